@@ -1,0 +1,49 @@
+"""Fetching qlib's published ``stock2concept`` matrix when the file is missing."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import requests
+
+from .._io import atomic_write_bytes
+from .base import ConceptError
+
+#: Where qlib's HIST downloads its CSI300 concept matrix from.
+QLIB_STOCK2CONCEPT_URL = "https://github.com/SunsetWolf/qlib_dataset/releases/download/v0/qlib_csi300_stock2concept.npy"
+
+BUILD_HINT = (
+    "Build a concept file instead: `qlib-hist concepts from-sw SW.csv members.csv` then pass members.csv as "
+    "stock2concept (point in time), or `qlib-hist concepts to-legacy members.csv --as-of DATE ...` for a legacy .npy."
+)
+
+
+def download_stock2concept(path: Union[str, Path], url: str = QLIB_STOCK2CONCEPT_URL, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``path``: one retry, checked to load as a 2-D array, then written atomically.
+
+    Raises:
+        ConceptError: on network or HTTP errors, or when the body is not a 2-D ``.npy`` array.
+    """
+    path = Path(path)
+    log = logging.getLogger("qlib_hist")
+    errors = []
+    for attempt in (1, 2):
+        try:
+            response = requests.get(url, timeout=timeout)
+            response.raise_for_status()
+            body = response.content
+            matrix = np.load(io.BytesIO(body), allow_pickle=False)
+            if matrix.ndim != 2:
+                raise ValueError(f"expected a 2-D array, got shape {matrix.shape}")
+        except (requests.RequestException, ValueError, OSError, EOFError) as err:
+            errors.append(f"attempt {attempt}: {type(err).__name__}: {err}")
+            log.warning("download of %s failed (%s)", url, errors[-1])
+            continue
+        atomic_write_bytes(path, body)
+        log.info("downloaded stock2concept %s from %s (%d x %d)", path, url, *matrix.shape)
+        return path
+    raise ConceptError(f"stock2concept {path} is missing and could not be downloaded from {url}: {'; '.join(errors)}. {BUILD_HINT}")

@@ -1,0 +1,162 @@
+"""Daily batches: one dataset segment turned, once, into contiguous tensors grouped by trading day.
+
+HIST's attention runs across the stocks of one day, so a batch is a day. A segment becomes:
+
+- ``features``  float32 ``[rows, F]`` (Alpha360: ``F = 360 = 6 fields x 60 days``), rows sorted by day;
+- ``labels``    float32 ``[rows]`` (NaN where unknown), training segments only;
+- ``day_start`` / ``day_count`` int64 ``[days]``: the rows of day ``d`` are ``day_start[d] : day_start[d] + day_count[d]``;
+- the concept vectors of every row (:class:`qlib_hist.concepts.SegmentConcepts`), gathered per day on demand.
+
+No pandas and no file reads happen after construction: the epoch loop only slices tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .concepts import ConceptSource, SegmentConcepts
+
+Segment = Union[str, slice]
+
+
+class DataError(ValueError):
+    """The dataset segment cannot be used by HIST; the message names the segment and the problem."""
+
+
+@dataclass
+class DailyBatches:
+    """One segment as daily batches. See the module docstring for shapes."""
+
+    features: torch.Tensor
+    labels: Optional[torch.Tensor]
+    weights: Optional[torch.Tensor]
+    day_start: np.ndarray
+    day_count: np.ndarray
+    index: pd.MultiIndex
+    concept_matrix: torch.Tensor  # [U, C] distinct concept vectors, last row all zero
+    concept_rows: torch.Tensor  # [rows] row of concept_matrix for each row
+    concepts: SegmentConcepts
+    order: Optional[np.ndarray] = None  # dataset row i is our row order[i]'s source; None when already sorted
+
+    @property
+    def n_days(self) -> int:
+        return len(self.day_start)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.features)
+
+    def day_slice(self, day: int) -> slice:
+        start = int(self.day_start[day])
+        return slice(start, start + int(self.day_count[day]))
+
+    def day(self, day: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Tensors of one day on ``device``: features ``[n, F]``, concepts ``[n, C]``, labels ``[n]``, weights ``[n]``."""
+        rows = self.day_slice(day)
+        x = self.features[rows].to(device, non_blocking=True)
+        concepts = self.concept_matrix[self.concept_rows[rows]].to(device, non_blocking=True)
+        y = None if self.labels is None else self.labels[rows].to(device, non_blocking=True)
+        w = None if self.weights is None else self.weights[rows].to(device, non_blocking=True)
+        return x, concepts, y, w
+
+    def days(self, device: torch.device, order: Optional[np.ndarray] = None) -> Iterator[Tuple[int, tuple]]:
+        """Yield ``(day, day_tensors)`` in ``order`` (default: calendar order)."""
+        for day in range(self.n_days) if order is None else order:
+            yield int(day), self.day(int(day), device)
+
+    def to_dataset_order(self, values: np.ndarray) -> np.ndarray:
+        """Per-row ``values`` in our (day-sorted) order -> the dataset's original row order."""
+        if self.order is None:
+            return values
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
+
+
+def _day_bounds(dates: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``dates [rows]`` sorted -> (day_start, day_count), int64 ``[days]``."""
+    change = np.flatnonzero(dates[1:] != dates[:-1]) + 1
+    day_start = np.concatenate([[0], change]).astype(np.int64)
+    day_count = np.diff(np.concatenate([day_start, [len(dates)]])).astype(np.int64)
+    return day_start, day_count
+
+
+def _check_finite(features: np.ndarray, index: pd.MultiIndex, columns: pd.Index, segment_name: str) -> None:
+    bad = ~np.isfinite(features)
+    n_bad = int(bad.sum())
+    if n_bad:
+        row, col = np.argwhere(bad)[0]
+        n_rows = int(bad.any(1).sum())
+        raise DataError(
+            f"segment {segment_name}: {n_bad} NaN/inf feature values in {n_rows} rows; first at {index[row]} "
+            f"column {columns[col]!r}. Add a Fillna processor (e.g. infer_processors: Fillna) to the handler."
+        )
+
+
+def build_daily_batches(
+    df: pd.DataFrame,
+    concept_source: ConceptSource,
+    segment_name: str,
+    d_feat: int,
+    with_label: bool,
+    weights: Optional[pd.Series] = None,
+) -> DailyBatches:
+    """Convert a prepared segment (``DatasetH.prepare`` output) into :class:`DailyBatches`.
+
+    Args:
+        df: rows indexed by (datetime, instrument); ``feature`` columns, plus ``label`` when ``with_label``.
+        concept_source: gives each row's concept vector on its own day (point in time where it can).
+        segment_name: used in error messages and logs.
+        d_feat: features per time step; the feature count must be a multiple of it.
+        with_label: read the first ``label`` column.
+        weights: optional per-row sample weights (a qlib ``Reweighter``'s output) on ``df``'s index.
+    """
+    if df is None or len(df) == 0:
+        raise DataError(f"segment {segment_name} is empty: check the dataset's segments and the handler's time range")
+    if not isinstance(df.index, pd.MultiIndex) or df.index.nlevels != 2:
+        raise DataError(f"segment {segment_name}: expected a (datetime, instrument) MultiIndex, got {df.index.names}")
+    dates = df.index.get_level_values(0).values
+    if not np.issubdtype(dates.dtype, np.datetime64):
+        raise DataError(f"segment {segment_name}: index level 0 must hold dates, got {df.index.names[0]!r} ({dates.dtype})")
+    order = None
+    if not (dates[1:] >= dates[:-1]).all():
+        order = np.argsort(dates, kind="stable")
+        df = df.iloc[order]
+        dates = dates[order]
+        weights = None if weights is None else weights.iloc[order]
+
+    feature_frame = df["feature"] if isinstance(df.columns, pd.MultiIndex) else df
+    features = feature_frame.to_numpy(dtype=np.float32, copy=True)
+    if features.shape[1] % d_feat:
+        raise DataError(
+            f"segment {segment_name}: {features.shape[1]} feature columns is not a multiple of d_feat={d_feat} "
+            "(Alpha360 has 360 = 6 x 60: use d_feat=6)"
+        )
+    _check_finite(features, df.index, feature_frame.columns, segment_name)
+
+    labels = None
+    if with_label:
+        label_frame = df["label"]
+        if label_frame.shape[1] != 1:
+            raise DataError(f"segment {segment_name}: HIST trains on one label column, got {list(label_frame.columns)}")
+        labels = torch.from_numpy(label_frame.to_numpy(dtype=np.float32).reshape(-1).copy())
+
+    concepts = concept_source.for_rows(df.index.get_level_values(1).values.astype(str), dates)
+    day_start, day_count = _day_bounds(dates)
+    return DailyBatches(
+        features=torch.from_numpy(features),
+        labels=labels,
+        weights=None if weights is None else torch.from_numpy(weights.to_numpy(dtype=np.float32).copy()),
+        day_start=day_start,
+        day_count=day_count,
+        index=df.index,
+        concept_matrix=torch.from_numpy(concepts.matrix),
+        concept_rows=torch.from_numpy(concepts.row_index),
+        concepts=concepts,
+        order=order,
+    )
