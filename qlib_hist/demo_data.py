@@ -304,7 +304,8 @@ def write_demo_provider(
     Returns:
         ``DemoData`` with the paths and the stocks of each special case.
 
-    The provider is built in a hidden sibling directory and renamed into place; each file is written atomically.
+    The provider is built in a hidden directory beside ``provider`` and renamed into place; every file is
+    written atomically, ``demo_meta.json`` last.
     """
     out_dir = Path(out_dir)
     n_stocks, n_concepts, n_days, seed = (operator.index(v) for v in (n_stocks, n_concepts, n_days, seed))
@@ -335,7 +336,8 @@ def write_demo_provider(
     atomic_write_bytes(s2c_path, _npy_bytes(matrix))
     atomic_write_bytes(index_path, _npy_bytes(stock_index))
     atomic_write_text(membership_path, m.membership.to_csv(index=False, lineterminator="\n"))
-    meta = dict(format=FORMAT, n_stocks=n_stocks, n_concepts=n_concepts, n_days=n_days, seed=seed, start=start)
+    first_day, last_day = (str(day.date()) for day in m.calendar[[0, -1]])
+    meta = dict(format=FORMAT, n_stocks=n_stocks, n_concepts=n_concepts, n_days=n_days, seed=seed, start=first_day)
     atomic_write_text(out_dir / MARKER, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
     names = np.array(m.instruments)
@@ -343,8 +345,8 @@ def write_demo_provider(
         provider_uri=provider,
         market=MARKET,
         benchmark=BENCHMARK,
-        start=str(m.calendar[0].date()),
-        end=str(m.calendar[-1].date()),
+        start=first_day,
+        end=last_day,
         stock2concept=s2c_path,
         stock_index=index_path,
         membership=membership_path,
