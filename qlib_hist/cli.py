@@ -46,7 +46,8 @@ def cmd_from_sw(args: argparse.Namespace) -> None:
 def cmd_to_legacy(args: argparse.Namespace) -> None:
     from .concepts.legacy_export import market_instruments, to_legacy
 
-    universe = market_instruments(args.provider_uri, args.market, args.as_of, args.as_of)
+    window = (args.as_of, args.as_of) if args.universe == "as-of" else (None, None)
+    universe = market_instruments(args.provider_uri, args.market, *window)
     paths = to_legacy(args.membership, args.as_of, universe, args.out)
     for path in paths:
         print(f"wrote {path}")
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     legacy.add_argument("--provider-uri", required=True, help="qlib data directory (for the market's instruments)")
     legacy.add_argument("--market", default="csi300")
     legacy.add_argument("--out", required=True, help="output directory or file prefix")
+    legacy.add_argument("--universe", choices=("all", "as-of"), default="all",
+                        help="rows: every stock the market file ever lists (default, like qlib's file) or only "
+                             "the members on --as-of")
     legacy.set_defaults(func=cmd_to_legacy)
 
     report = concepts.add_parser("report", help="per-year coverage of a membership table over a market")

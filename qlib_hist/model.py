@@ -158,7 +158,7 @@ class HIST(Model):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
         self.d_feat, self.hidden_size, self.num_layers, self.dropout = d_feat, hidden_size, num_layers, dropout
-        self.n_epochs, self.lr, self.early_stop, self.loss = n_epochs, lr, early_stop, loss
+        self.n_epochs, self.lr, self.early_stop, self.loss = int(n_epochs), float(lr), int(early_stop), loss
         self.optimizer = optimizer.lower()
         self.base_model, self.model_path = base_model, model_path
         self.stock2concept, self.stock_index, self.stock2concept_url = stock2concept, stock_index, stock2concept_url
@@ -248,7 +248,7 @@ class HIST(Model):
             self._pretrain_base(train, valid)
         result = self._trainer(self.HIST_model, self.train_optimizer, self.n_epochs).fit(train, valid, evals_result)
         self.fitted = True
-        self.best_epoch, self.best_score = result.best_epoch, result.best_score
+        self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
         if save_path:
             with atomic_path(Path(save_path).expanduser()) as tmp:
                 torch.save(self.HIST_model.state_dict(), tmp)

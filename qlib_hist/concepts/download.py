@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Union
@@ -10,8 +9,9 @@ from typing import Union
 import numpy as np
 import requests
 
-from .._io import atomic_write_bytes
+from .._io import atomic_path
 from .base import ConceptError
+from .legacy import load_stock2concept
 
 #: Where qlib's HIST downloads its CSI300 concept matrix from.
 QLIB_STOCK2CONCEPT_URL = "https://github.com/SunsetWolf/qlib_dataset/releases/download/v0/qlib_csi300_stock2concept.npy"
@@ -36,14 +36,13 @@ def download_stock2concept(path: Union[str, Path], url: str = QLIB_STOCK2CONCEPT
             response = requests.get(url, timeout=timeout)
             response.raise_for_status()
             body = response.content
-            matrix = np.load(io.BytesIO(body), allow_pickle=False)
-            if matrix.ndim != 2:
-                raise ValueError(f"expected a 2-D array, got shape {matrix.shape}")
-        except (requests.RequestException, ValueError, OSError, EOFError) as err:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(body)
+                matrix = load_stock2concept(tmp)  # a 2-D numeric finite array, or ConceptError
+        except (requests.RequestException, ConceptError, OSError) as err:
             errors.append(f"attempt {attempt}: {type(err).__name__}: {err}")
             log.warning("download of %s failed (%s)", url, errors[-1])
             continue
-        atomic_write_bytes(path, body)
         log.info("downloaded stock2concept %s from %s (%d x %d)", path, url, *matrix.shape)
         return path
     raise ConceptError(f"stock2concept {path} is missing and could not be downloaded from {url}: {'; '.join(errors)}. {BUILD_HINT}")

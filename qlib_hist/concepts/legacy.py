@@ -10,6 +10,7 @@ Unlike qlib, which maps every unknown stock to row 733 (a real stock, SZ002958),
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -31,7 +32,7 @@ def load_stock_index(path: PathLike) -> Dict[str, int]:
         else:
             loaded = np.load(path, allow_pickle=True)
             mapping = loaded.item() if loaded.dtype == object and loaded.shape == () else None
-    except (ValueError, OSError, json.JSONDecodeError) as err:
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
         raise ConceptError(f"stock_index {path}: cannot be read as a .npy pickled dict or a .json object ({err})")
     if not isinstance(mapping, dict) or not mapping:
         raise ConceptError(f"stock_index {path}: expected a non-empty dict {{instrument: row}}")
@@ -50,6 +51,8 @@ def load_stock2concept(path: PathLike) -> np.ndarray:
         raise ConceptError(f"stock2concept {path}: not a readable .npy array ({err})")
     if matrix.ndim != 2:
         raise ConceptError(f"stock2concept {path}: expected a 2-D [stocks, concepts] array, got shape {matrix.shape}")
+    if not (np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating) or matrix.dtype == bool):
+        raise ConceptError(f"stock2concept {path}: expected numbers (0/1 or weights), got dtype {matrix.dtype}")
     if not np.isfinite(matrix).all():
         raise ConceptError(f"stock2concept {path}: contains NaN or inf")
     return matrix.astype(np.float32, copy=False)
