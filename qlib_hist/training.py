@@ -207,13 +207,14 @@ class Trainer:
         for epoch in range(cfg.n_epochs):
             tic = time.perf_counter()
             train_preds = self.train_epoch(train)
+            train_seconds = time.perf_counter() - tic
             train_metrics = self.evaluate(train, None if cfg.eval_train else train_preds)
             valid_metrics = self.evaluate(valid)
             seconds = time.perf_counter() - tic
             train_score, valid_score = score_of(train_metrics, cfg.metric), score_of(valid_metrics, cfg.metric)
             evals_result["train"].append(train_score)
             evals_result["valid"].append(valid_score)
-            history.append({"epoch": epoch, "seconds": seconds, **{f"train_{k}": v for k, v in train_metrics.items()},
+            history.append({"epoch": epoch, "seconds": seconds, "train_seconds": train_seconds, **{f"train_{k}": v for k, v in train_metrics.items()},
                             **{f"valid_{k}": v for k, v in valid_metrics.items()}})
             self.logger.info(
                 "Epoch %d: train loss %.6f | valid ic %.4f rank_ic %.4f loss %.6f | %.1fs",

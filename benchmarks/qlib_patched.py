@@ -1,0 +1,45 @@
+"""qlib's own HIST, patched only enough to run on a CPU with pandas 3 — a labelled baseline, not a product.
+
+Three patches, active only inside ``fit`` / ``predict`` of :class:`PatchedQlibHIST`:
+
+1. ``torch.get_device(x)`` returns -1 for CPU tensors and ``torch.device(-1)`` raises: answer ``"cpu"`` instead;
+2. ``torch.load(model_path)`` of qlib's CUDA-saved LSTM/GRU files fails without CUDA: default ``map_location="cpu"``;
+3. pandas 3 returns read-only ``Series.values`` and qlib writes into them (``stock_index[np.isnan(...)] = 733``):
+   give a writable copy, as pandas < 3 did.
+
+Everything else — row 733 for unknown stocks, the ``.npy`` read every epoch, the extra train scoring pass,
+the test segment prepared in ``fit`` — is qlib's behaviour, unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import pandas as pd
+import torch
+from qlib.contrib.model.pytorch_hist import HIST
+
+
+@contextlib.contextmanager
+def cpu_pandas3_patches():
+    get_device, load, values = torch.get_device, torch.load, pd.Series.values
+    torch.get_device = lambda t: t.get_device() if t.is_cuda else "cpu"
+    torch.load = functools.partial(load, map_location="cpu")
+    pd.Series.values = property(lambda s: s.to_numpy(copy=True))
+    try:
+        yield
+    finally:
+        torch.get_device, torch.load, pd.Series.values = get_device, load, values
+
+
+class PatchedQlibHIST(HIST):
+    """``qlib.contrib.model.pytorch_hist.HIST`` with :func:`cpu_pandas3_patches` around fit and predict."""
+
+    def fit(self, *args, **kwargs):
+        with cpu_pandas3_patches():
+            return super().fit(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with cpu_pandas3_patches():
+            return super().predict(*args, **kwargs)

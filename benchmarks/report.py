@@ -1,0 +1,138 @@
+"""Benchmark table and plots from the per-run JSON files that ``benchmarks/run.py`` writes.
+
+    python benchmarks/report.py --profile cpu-quick
+
+Writes ``benchmarks/results/<profile>.md`` (rows: mean ± std over seeds, like qlib's benchmark README; a model that
+crashed is a row with its error) and two PNGs beside it: the cumulative excess return (with cost) of each
+model's TopkDropout backtest over the test period (mean over seeds), and the monthly mean IC per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.run import REPORT_METRICS  # noqa: E402
+from qlib_hist._io import atomic_path, atomic_write_text  # noqa: E402
+
+LABELS = {
+    "hist_pit": "HIST (qlib_hist, point-in-time SW concepts)",
+    "hist_legacy": "HIST (qlib_hist, static legacy matrix as of end of train)",
+    "qlib_hist": "HIST (qlib.contrib.model.pytorch_hist, as shipped)",
+    "qlib_hist_patched": "HIST (qlib's, patched only to run: CPU + pandas 3)",
+    "lstm": "LSTM (qlib, Alpha360)",
+    "gru": "GRU (qlib, Alpha360)",
+    "lightgbm": "LightGBM (qlib, Alpha360)",
+}
+
+
+def load_runs(runs_dir: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+
+
+def summary_table(runs: list) -> str:
+    """Markdown: one row per model, each metric as mean ± std over its seeds."""
+    header = ["Model", "Seeds"] + list(REPORT_METRICS) + ["Epochs run", "Sec/epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    order = [m for m in LABELS if any(r["model"] == m for r in runs)]
+    for model in order:
+        mine = [r for r in runs if r["model"] == model]
+        ok = [r for r in mine if "metrics" in r]
+        if not ok:
+            err = mine[0].get("error", "no result")
+            lines.append(f"| {LABELS[model]} | {len(mine)} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
+            continue
+        cells = [LABELS[model], ", ".join(str(r["seed"]) for r in ok)]
+        for metric in REPORT_METRICS:
+            values = np.array([r["metrics"].get(metric, np.nan) for r in ok])
+            cells.append(f"{values.mean():.4f} ± {values.std(ddof=0):.4f}")
+        epochs = [len(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
+        seconds = [np.median(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
+        cells.append(f"{np.mean(epochs):.1f}" if epochs else "n/a")
+        cells.append(f"{np.mean(seconds):.0f}" if seconds else f"fit {np.mean([r['fit_seconds'] for r in ok]):.0f}s")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_over_seeds(runs: list, key: str) -> dict:
+    """model -> mean over seeds of the daily series ``key`` (a pd.Series indexed by date)."""
+    out = {}
+    for model in LABELS:
+        series = [pd.Series(r[key]) for r in runs if r["model"] == model and key in r]
+        if series:
+            frame = pd.concat(series, axis=1)
+            frame.index = pd.to_datetime(frame.index)
+            out[model] = frame.mean(axis=1).sort_index()
+    return out
+
+
+def plot(runs: list, out_prefix: Path) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    excess = _mean_over_seeds(runs, "daily_excess")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for model, daily in excess.items():
+        ax.plot(daily.index, daily.cumsum(), label=LABELS[model])
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title("Cumulative excess return with cost (TopkDropout 50/5 vs SH000300), mean over seeds")
+    ax.set_ylabel("cumulative sum of daily excess return")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, out_prefix.with_name(out_prefix.name + "_excess_return.png")))
+
+    ic = _mean_over_seeds(runs, "daily_ic")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    monthly = pd.DataFrame({LABELS[m]: s.resample("ME").mean() for m, s in ic.items()})
+    monthly.index = monthly.index.strftime("%Y-%m")
+    monthly.plot(ax=ax, marker=".", lw=1)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title("Monthly mean of daily IC on the test segment, mean over seeds")
+    ax.set_ylabel("IC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, out_prefix.with_name(out_prefix.name + "_monthly_ic.png")))
+    plt.close("all")
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu-quick")
+    parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--command", default=None, help="the command line that produced the runs, for the page")
+    args = parser.parse_args(argv)
+    results = Path(args.results_dir)
+    runs = load_runs(results / args.profile / "runs")
+    if not runs:
+        raise SystemExit(f"no runs in {results / args.profile / 'runs'}")
+    pngs = plot(runs, results / args.profile)
+    host = runs[0].get("host", "")
+    page = [f"# Benchmark `{args.profile}`", "", f"Provider: `{runs[0]['provider_uri']}`; host: {host}.", ""]
+    if args.command:
+        page += ["Made by:", "", "```bash", args.command, "```", ""]
+    page += [summary_table(runs), ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    atomic_write_text(results / f"{args.profile}.md", "\n".join(page))
+    print("\n".join(page))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
