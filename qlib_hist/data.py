@@ -13,7 +13,8 @@ No pandas and no file reads happen after construction: the epoch loop only slice
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple, Union
+import hashlib
+from typing import Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -28,20 +29,31 @@ class DataError(ValueError):
     """The dataset segment cannot be used by HIST; the message names the segment and the problem."""
 
 
+class Day(NamedTuple):
+    """One trading day's tensors on the training device (``n`` stocks)."""
+
+    x: torch.Tensor  # [n, F] features
+    concepts: torch.Tensor  # [n, C] concept vectors on that day
+    label: Optional[torch.Tensor]  # [n] (NaN = unknown)
+    sample_weight: Optional[torch.Tensor]  # [n] loss weights (a qlib Reweighter)
+    stock_weight: Optional[torch.Tensor]  # [n] member weights in the predefined concepts (e.g. market value)
+
+
 @dataclass
 class DailyBatches:
     """One segment as daily batches. See the module docstring for shapes."""
 
     features: torch.Tensor
     labels: Optional[torch.Tensor]
-    weights: Optional[torch.Tensor]
+    weights: Optional[torch.Tensor]  # [rows] sample weights for the loss
     day_start: np.ndarray
     day_count: np.ndarray
     index: pd.MultiIndex
     concept_matrix: torch.Tensor  # [U, C] distinct concept vectors, last row all zero
     concept_rows: torch.Tensor  # [rows] row of concept_matrix for each row
     concepts: SegmentConcepts
-    order: Optional[np.ndarray] = None  # dataset row i is our row order[i]'s source; None when already sorted
+    order: Optional[np.ndarray] = None  # our row k is the dataset's row order[k]; None when already sorted
+    stock_weights: Optional[torch.Tensor] = None  # [rows] member weights in the predefined concepts
 
     @property
     def n_days(self) -> int:
@@ -55,19 +67,30 @@ class DailyBatches:
         start = int(self.day_start[day])
         return slice(start, start + int(self.day_count[day]))
 
-    def day(self, day: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Tensors of one day on ``device``: features ``[n, F]``, concepts ``[n, C]``, labels ``[n]``, weights ``[n]``."""
+    def day(self, day: int, device: torch.device) -> Day:
+        """The tensors of trading day ``day`` on ``device``."""
         rows = self.day_slice(day)
-        x = self.features[rows].to(device, non_blocking=True)
-        concepts = self.concept_matrix[self.concept_rows[rows]].to(device, non_blocking=True)
-        y = None if self.labels is None else self.labels[rows].to(device, non_blocking=True)
-        w = None if self.weights is None else self.weights[rows].to(device, non_blocking=True)
-        return x, concepts, y, w
 
-    def days(self, device: torch.device, order: Optional[np.ndarray] = None) -> Iterator[Tuple[int, tuple]]:
+        def take(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if values is None else values[rows].to(device, non_blocking=True)
+
+        concepts = self.concept_matrix[self.concept_rows[rows]].to(device, non_blocking=True)
+        return Day(take(self.features), concepts, take(self.labels), take(self.weights), take(self.stock_weights))
+
+    def days(self, device: torch.device, order: Optional[np.ndarray] = None) -> Iterator[Tuple[int, Day]]:
         """Yield ``(day, day_tensors)`` in ``order`` (default: calendar order)."""
         for day in range(self.n_days) if order is None else order:
             yield int(day), self.day(int(day), device)
+
+    def fingerprint(self) -> str:
+        """A cheap, stable hash of the segment's content (shapes, days, every 97th row, labels, concepts)."""
+        digest = hashlib.sha1()
+        for part in (np.array(self.features.shape), self.day_start, self.day_count, self.features[::97].numpy(),
+                     self.concept_matrix.numpy(), self.concept_rows.numpy(),
+                     np.array([]) if self.labels is None else self.labels.numpy()):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        digest.update("|".join(map(str, self.index[[0, -1]])).encode())
+        return digest.hexdigest()[:16]
 
     def to_dataset_order(self, values: np.ndarray) -> np.ndarray:
         """Per-row ``values`` in our (day-sorted) order -> the dataset's original row order."""
@@ -105,6 +128,7 @@ def build_daily_batches(
     d_feat: int,
     with_label: bool,
     weights: Optional[pd.Series] = None,
+    stock_weights: Optional[pd.Series] = None,
 ) -> DailyBatches:
     """Convert a prepared segment (``DatasetH.prepare`` output) into :class:`DailyBatches`.
 
@@ -115,6 +139,7 @@ def build_daily_batches(
         d_feat: features per time step; the feature count must be a multiple of it.
         with_label: read the first ``label`` column.
         weights: optional per-row sample weights (a qlib ``Reweighter``'s output) on ``df``'s index.
+        stock_weights: optional per-row member weights for the predefined concepts, on ``df``'s index.
     """
     if df is None or len(df) == 0:
         raise DataError(f"segment {segment_name} is empty: check the dataset's segments and the handler's time range")
@@ -129,6 +154,7 @@ def build_daily_batches(
         df = df.iloc[order]
         dates = dates[order]
         weights = None if weights is None else weights.iloc[order]
+        stock_weights = None if stock_weights is None else stock_weights.iloc[order]
 
     feature_frame = df["feature"] if isinstance(df.columns, pd.MultiIndex) else df
     features = feature_frame.to_numpy(dtype=np.float32, copy=True)
@@ -148,10 +174,14 @@ def build_daily_batches(
 
     concepts = concept_source.for_rows(df.index.get_level_values(1).values.astype(str), dates)
     day_start, day_count = _day_bounds(dates)
+
+    def as_tensor(values: Optional[pd.Series]) -> Optional[torch.Tensor]:
+        return None if values is None else torch.from_numpy(values.to_numpy(dtype=np.float32).copy())
+
     return DailyBatches(
         features=torch.from_numpy(features),
         labels=labels,
-        weights=None if weights is None else torch.from_numpy(weights.to_numpy(dtype=np.float32).copy()),
+        weights=as_tensor(weights),
         day_start=day_start,
         day_count=day_count,
         index=df.index,
@@ -159,4 +189,5 @@ def build_daily_batches(
         concept_rows=torch.from_numpy(concepts.row_index),
         concepts=concepts,
         order=order,
+        stock_weights=as_tensor(stock_weights),
     )

@@ -8,6 +8,8 @@ A drop-in for ``qlib.contrib.model.pytorch_hist.HIST``: same constructor argumen
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Optional, Text, Union
 
@@ -23,10 +25,18 @@ from ._io import atomic_path
 from .concepts import QLIB_STOCK2CONCEPT_URL, ConceptSource, load_concept_source
 from .data import DailyBatches, DataError, build_daily_batches
 from .network import RNN_TYPES, HISTModel, RNNRegressor
+from .stock_weights import stock_weights
 from .training import TrainConfig, Trainer, normalize_metric, predict_days
+
+CHECKPOINT_NAME = "hist_checkpoint.pt"
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "gd": torch.optim.SGD}
 LOSSES = ("mse",)
+
+
+def _in_dataset_order(values: Union[pd.Series, pd.DataFrame], batches: DailyBatches):
+    """Rows in the dataset's own order (``batches`` sorts rows by day when the dataset does not)."""
+    return values if batches.order is None else values.iloc[np.argsort(batches.order)]
 
 
 def select_device(GPU: Union[int, str, None], logger) -> torch.device:
@@ -116,6 +126,22 @@ class HIST(Model):
         (0 = off, as in qlib), then start HIST from it.
     pretrain_save_path : str, optional
         save that pretrained base RNN in qlib's LSTM/GRU ``model_path`` format.
+
+    The paper's model and recipe (each off by default, so qlib's results reproduce)
+    ----------
+    hidden_topk : int
+        each stock joins the hidden concepts of its K most similar peers (1 = qlib).
+    concept_weight : str, optional
+        member weights in the predefined concepts: a qlib expression (``"$close*$volume"``, a market-cap field)
+        or a table ``instrument, datetime, value``; see :mod:`qlib_hist.stock_weights`.
+    concept_refine : bool
+        the paper's second pass over each concept's members before stocks attend to concepts.
+    temporal_attention : bool
+        attention over the encoder's time steps in place of its last state.
+    smooth_steps : int
+        evaluate (and keep as best) the mean of the last N epochs' weights (1 = off).
+    checkpoint_dir : str, optional
+        write a resumable checkpoint after every epoch; ``fit`` resumes from it.
     """
 
     def __init__(
@@ -140,6 +166,12 @@ class HIST(Model):
         eval_train: bool = False,
         pretrain_epochs: int = 0,
         pretrain_save_path: Optional[str] = None,
+        hidden_topk: int = 1,
+        concept_weight: Optional[str] = None,
+        concept_refine: bool = False,
+        temporal_attention: bool = False,
+        smooth_steps: int = 1,
+        checkpoint_dir: Optional[str] = None,
         **kwargs,
     ) -> None:
         self.logger = get_module_logger("HIST")
@@ -153,7 +185,8 @@ class HIST(Model):
         if base_model not in RNN_TYPES:
             raise ValueError(f"base_model must be one of {sorted(RNN_TYPES)}, got {base_model!r}")
         for name, value, low in (("d_feat", d_feat, 1), ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
-                                 ("n_epochs", n_epochs, 0), ("early_stop", early_stop, 1), ("pretrain_epochs", pretrain_epochs, 0)):
+                                 ("n_epochs", n_epochs, 0), ("early_stop", early_stop, 1), ("pretrain_epochs", pretrain_epochs, 0),
+                                 ("hidden_topk", hidden_topk, 1), ("smooth_steps", smooth_steps, 1)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
@@ -164,17 +197,20 @@ class HIST(Model):
         self.stock2concept, self.stock_index, self.stock2concept_url = stock2concept, stock_index, stock2concept_url
         self.seed, self.eval_train = seed, eval_train
         self.pretrain_epochs, self.pretrain_save_path = pretrain_epochs, pretrain_save_path
+        self.hidden_topk, self.concept_weight, self.concept_refine = int(hidden_topk), concept_weight, bool(concept_refine)
+        self.temporal_attention, self.smooth_steps, self.checkpoint_dir = bool(temporal_attention), int(smooth_steps), checkpoint_dir
         self.GPU = GPU
         self.device = select_device(GPU, self.logger)
         self.logger.info(
             "HIST parameters: %s",
             ", ".join(f"{k}={getattr(self, k)!r}" for k in (
                 "d_feat", "hidden_size", "num_layers", "dropout", "n_epochs", "lr", "metric", "early_stop", "optimizer",
-                "loss", "base_model", "model_path", "stock2concept", "stock_index", "device", "seed")),
+                "loss", "base_model", "model_path", "stock2concept", "stock_index", "device", "seed", "hidden_topk",
+                "concept_weight", "concept_refine", "temporal_attention", "smooth_steps", "checkpoint_dir")),
         )
 
         self._seed_everything()
-        self.HIST_model = HISTModel(d_feat, hidden_size, num_layers, dropout, base_model).to(self.device)
+        self.HIST_model = self._new_network().to(self.device)
         self.train_optimizer = OPTIMIZERS[self.optimizer](self.HIST_model.parameters(), lr=self.lr)
         self.fitted = False
         self._concept_source: Optional[ConceptSource] = None
@@ -184,6 +220,18 @@ class HIST(Model):
         return self.device != torch.device("cpu")
 
     # ------------------------------------------------------------------ helpers
+    def _new_network(self) -> HISTModel:
+        return HISTModel(self.d_feat, self.hidden_size, self.num_layers, self.dropout, self.base_model,
+                         hidden_topk=self.hidden_topk, concept_refine=self.concept_refine,
+                         temporal_attention=self.temporal_attention)
+
+    def _settings(self) -> dict:
+        """Everything that changes what ``fit`` computes (for checkpoint fingerprints)."""
+        keys = ("d_feat", "hidden_size", "num_layers", "dropout", "n_epochs", "lr", "metric", "early_stop", "loss",
+                "optimizer", "base_model", "model_path", "stock2concept", "stock_index", "seed", "eval_train",
+                "pretrain_epochs", "hidden_topk", "concept_weight", "concept_refine", "temporal_attention", "smooth_steps")
+        return {k: getattr(self, k) for k in keys}
+
     def _seed_everything(self) -> None:
         if self.seed is not None:
             np.random.seed(self.seed)
@@ -204,8 +252,10 @@ class HIST(Model):
             df = dataset.prepare(segment, col_set=["feature", "label"], data_key=DataHandlerLP.DK_L)
         else:
             df = dataset.prepare(segment, col_set="feature", data_key=DataHandlerLP.DK_I)
-        weights = None if reweighter is None or df is None or df.empty else reweighter.reweight(df)
-        batches = build_daily_batches(df, self.concept_source(), name, self.d_feat, with_label, weights)
+        empty = df is None or df.empty
+        weights = None if reweighter is None or empty else reweighter.reweight(df)
+        member_weights = None if self.concept_weight is None or empty else stock_weights(self.concept_weight, df.index, name)
+        batches = build_daily_batches(df, self.concept_source(), name, self.d_feat, with_label, weights, member_weights)
         c = batches.concepts
         if c.n_unknown:
             shown = ", ".join(c.unknown_instruments[:5]) + (", ..." if len(c.unknown_instruments) > 5 else "")
@@ -215,10 +265,19 @@ class HIST(Model):
             )
         return batches
 
-    def _trainer(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, n_epochs: int) -> Trainer:
+    def _trainer(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, n_epochs: int, **options) -> Trainer:
         config = TrainConfig(n_epochs=n_epochs, early_stop=self.early_stop, metric=self.metric,
-                             seed=self.seed, eval_train=self.eval_train)
+                             seed=self.seed, eval_train=self.eval_train, **options)
         return Trainer(network, optimizer, config, self.device, self.logger)
+
+    def _checkpoint(self, train: DailyBatches, valid: DailyBatches) -> dict:
+        """Trainer options for ``smooth_steps`` and ``checkpoint_dir`` (with a fingerprint of settings + data)."""
+        if not self.checkpoint_dir:
+            return {"smooth_steps": self.smooth_steps}
+        digest = hashlib.sha1(json.dumps(self._settings(), sort_keys=True, default=str).encode())
+        digest.update(f"{train.fingerprint()}|{valid.fingerprint()}".encode())
+        path = Path(self.checkpoint_dir).expanduser() / CHECKPOINT_NAME
+        return {"smooth_steps": self.smooth_steps, "checkpoint_path": path, "fingerprint": digest.hexdigest()[:16]}
 
     def _pretrain_base(self, train: DailyBatches, valid: DailyBatches) -> None:
         """Train the base RNN with a linear head, then start HIST's ``rnn.*``/``fc_out.*`` from it."""
@@ -242,11 +301,14 @@ class HIST(Model):
         self.logger.info("train: %d days, %d rows; valid: %d days, %d rows",
                          train.n_days, train.n_rows, valid.n_days, valid.n_rows)
         self._seed_everything()
+        options = self._checkpoint(train, valid)
+        resuming = "checkpoint_path" in options and options["checkpoint_path"].exists()
         if self.model_path is not None:
             load_pretrained(self.HIST_model, self.model_path, self.logger)
-        elif self.pretrain_epochs:
+        elif self.pretrain_epochs and not resuming:
             self._pretrain_base(train, valid)
-        result = self._trainer(self.HIST_model, self.train_optimizer, self.n_epochs).fit(train, valid, evals_result)
+        trainer = self._trainer(self.HIST_model, self.train_optimizer, self.n_epochs, **options)
+        result = trainer.fit(train, valid, evals_result)
         self.fitted = True
         self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
         if save_path:
@@ -259,15 +321,34 @@ class HIST(Model):
             raise ValueError("model is not fitted yet!")
         batches = self._batches(dataset, segment, with_label=False)
         preds = predict_days(self.HIST_model, batches, self.device)
-        index = batches.index if batches.order is None else batches.index[np.argsort(batches.order)]
-        return pd.Series(batches.to_dataset_order(preds), index=index, name="score")
+        return _in_dataset_order(pd.Series(preds, index=batches.index, name="score"), batches)
+
+    @torch.no_grad()
+    def explain(self, dataset: DatasetH, segment: Union[Text, slice] = "test", top: int = 3) -> pd.DataFrame:
+        """Each prediction split into its parts, with what it attended to.
+
+        HIST's output layer is linear in the sum of three parts, so ``score = concept + hidden_concept +
+        individual + bias`` exactly (to float rounding). Columns, on the predictions' (datetime, instrument) index:
+        ``score``, ``concept``, ``hidden_concept``, ``individual``, ``bias``; ``concept_1..top`` (the predefined
+        concepts with the highest attention weight, by name where the source has names) with ``concept_k_weight``;
+        ``peer_1..top`` (the instruments whose hidden concepts got the most attention) with ``peer_k_weight``; and,
+        with ``temporal_attention``, ``step_1..top``: the days back (0 = the last day of the window) that the
+        encoder weighted most, with ``step_k_weight``.
+        """
+        if not self.fitted:
+            raise ValueError("model is not fitted yet!")
+        from .explain import explain_batches
+
+        batches = self._batches(dataset, segment, with_label=False)
+        frame = explain_batches(self.HIST_model, batches, self.device, top)
+        return _in_dataset_order(frame, batches)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
         """Pickle with CPU tensors, so a model fitted on a GPU loads on a CPU-only machine."""
         state = super().__getstate__()
         network = state["HIST_model"]
-        state["HIST_model"] = HISTModel(self.d_feat, self.hidden_size, self.num_layers, self.dropout, self.base_model)
+        state["HIST_model"] = self._new_network()
         state["HIST_model"].load_state_dict({k: v.detach().cpu() for k, v in network.state_dict().items()})
         state["train_optimizer"] = None  # rebuilt on load (its moments are not kept)
         return state

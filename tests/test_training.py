@@ -32,7 +32,7 @@ LOG = logging.getLogger("test_training")
 
 # ----------------------------------------------------------------------------- daily_metrics
 def _expected_metrics(pred, label, starts, counts):
-    ics, rics, losses = [], [], []
+    ics, rics, losses, precisions = [], [], [], []
     for s, c in zip(starts, counts):
         day = pd.DataFrame({"p": pred[s : s + c], "y": label[s : s + c]}).dropna(subset=["y"])
         if len(day) == 0:
@@ -41,7 +41,8 @@ def _expected_metrics(pred, label, starts, counts):
         if len(day) >= 2:
             ics.append(day.p.corr(day.y))
             rics.append(stats.spearmanr(day.p, day.y).statistic)
-    return {"ic": np.mean(ics), "rank_ic": np.mean(rics), "loss": np.mean(losses)}
+        precisions.append((day.nlargest(5, "p").y > 0).mean())
+    return {"ic": np.mean(ics), "rank_ic": np.mean(rics), "loss": np.mean(losses), "precision@5": np.mean(precisions)}
 
 
 def test_daily_metrics_match_pandas_and_scipy():
@@ -57,11 +58,11 @@ def test_daily_metrics_match_pandas_and_scipy():
     pred[42:67] = np.round(pred[42:67], 1)
     label[42:67] = np.round(label[42:67])
     label[rng.choice(n, 15, replace=False)] = np.nan
-    got = daily_metrics(pred.astype(np.float32), label.astype(np.float32), starts, counts)
+    got = daily_metrics(pred.astype(np.float32), label.astype(np.float32), starts, counts, precision_k=5)
     want = _expected_metrics(pred.astype(np.float32).astype(np.float64), label.astype(np.float32).astype(np.float64),
                              starts, counts)
-    assert set(got) == set(METRICS)
-    for k in METRICS:
+    assert set(got) == {"ic", "rank_ic", "loss", "precision@5"}
+    for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), k
 
 
@@ -86,7 +87,7 @@ def test_daily_metrics_skip_all_nan_day():
     label_nan = label.copy()
     label_nan[10:] = np.nan
     got = daily_metrics(pred, label_nan, starts, counts)
-    for k in METRICS:
+    for k in got:
         assert np.isfinite(got[k]), k
         assert got[k] == pytest.approx(only_first[k], rel=1e-9), k
     # sanity: with the second day's labels present the figures differ
@@ -113,12 +114,13 @@ def test_daily_metrics_single_label_day_counts_for_loss_only():
 
 def test_daily_metrics_all_nan():
     got = daily_metrics(np.ones(4, np.float32), np.full(4, np.nan, np.float32), np.array([0, 2]), np.array([2, 2]))
-    assert all(np.isnan(got[k]) for k in METRICS)
+    assert set(got) == {"ic", "rank_ic", "loss", "precision@30"} and all(np.isnan(v) for v in got.values())
 
 
 # ----------------------------------------------------------------------------- normalize_metric
 @pytest.mark.parametrize("given, want", [("", "loss"), (None, "loss"), ("mse", "loss"), ("loss", "loss"),
-                                         ("ic", "ic"), ("IC", "ic"), ("rank_ic", "rank_ic")])
+                                         ("ic", "ic"), ("IC", "ic"), ("rank_ic", "rank_ic"),
+                                         ("precision@10", "precision@10")])
 def test_normalize_metric(given, want):
     assert normalize_metric(given) == want
 
@@ -126,6 +128,8 @@ def test_normalize_metric(given, want):
 def test_normalize_metric_unknown():
     with pytest.raises(ValueError) as err:
         normalize_metric("sharpe")
+    with pytest.raises(ValueError):
+        normalize_metric("precision@0")
     msg = str(err.value)
     assert "sharpe" in msg
     for allowed in METRICS:
@@ -246,8 +250,8 @@ def test_batches_shape(batches, concept_source):
     assert train.n_days == 16 and train.n_rows == 16 * 24
     assert train.features.shape == (16 * 24, N_FEATURES)
     assert train.order is None
-    x, concepts, y, w = train.day(3, CPU)
-    assert x.shape == (24, N_FEATURES) and concepts.shape == (24, 6) and y.shape == (24,) and w is None
+    x, concepts, y, w, stock_w = train.day(3, CPU)
+    assert x.shape == (24, N_FEATURES) and concepts.shape == (24, 6) and y.shape == (24,) and w is None and stock_w is None
     assert not concepts[20:].any()  # unknown stocks
     np.testing.assert_array_equal(concepts[:20].numpy(), concept_source.matrix)
     assert train.concepts.n_unknown == 16 * 4
