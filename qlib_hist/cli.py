@@ -4,6 +4,7 @@
     qlib-hist concepts from-sw SW_CSV OUT [--levels 1,2,3]
     qlib-hist concepts to-legacy MEMBERSHIP --as-of DATE --provider-uri DIR [--market csi300] --out PREFIX
     qlib-hist concepts report MEMBERSHIP --provider-uri DIR [--market csi300] [--png FILE]
+    qlib-hist explain WORKFLOW.yaml --out DIR [--experiment NAME] [--recorder-id ID] [--segment test] [--day DATE]
 
 Errors in the inputs end with one line ``qlib-hist: error: ...`` and exit status 2.
 """
@@ -62,6 +63,17 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {plot_report(table, args.png)}")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from .explain import explain_recorded_model, write_explanation
+
+    table = explain_recorded_model(args.workflow, args.experiment, args.recorder_id, args.segment)
+    for path in write_explanation(table, args.out, args.day):
+        print(f"wrote {path}")
+    day = table.index.get_level_values(0).max() if args.day is None else args.day
+    print(f"\nTop 5 scores on {day}:")
+    print(table.xs(day, level=0).nlargest(5, "score").iloc[:, :11].to_string(float_format=lambda v: f"{v:.4f}"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qlib-hist", description="HIST for qlib: demo and concept tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--market", default="csi300")
     report.add_argument("--png", default=None, help="also save a plot here")
     report.set_defaults(func=cmd_report)
+
+    explain = commands.add_parser("explain", help="split a recorded HIST's predictions into their parts")
+    explain.add_argument("workflow", help="the qrun YAML the model was trained with (run from the same directory)")
+    explain.add_argument("--out", required=True, help="directory for explanations.pkl and the two plots")
+    explain.add_argument("--experiment", default=None, help="default: the YAML's experiment_name, else 'workflow'")
+    explain.add_argument("--recorder-id", default=None, help="default: the experiment's latest recorder")
+    explain.add_argument("--segment", default="test")
+    explain.add_argument("--day", default=None, help="day of the per-stock plot, YYYY-MM-DD (default: the last)")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -147,6 +147,31 @@ def write_explanation(table: pd.DataFrame, out_dir: Union[str, Path], day=None) 
             plot_shares(table, out_dir / "explain_shares.png")]
 
 
+def explain_recorded_model(workflow: Union[str, Path], experiment: Optional[str] = None,
+                           recorder_id: Optional[str] = None, segment: str = "test") -> pd.DataFrame:
+    """Explain the HIST that a ``qrun WORKFLOW.yaml`` run saved (``params.pkl``), on the YAML's dataset."""
+    import qlib
+    import yaml
+    from qlib.utils import init_instance_by_config
+    from qlib.workflow import R
+
+    from .model import HIST
+
+    config = yaml.safe_load(Path(workflow).read_text())
+    qlib.init(**config["qlib_init"])
+    experiment = experiment or config.get("experiment_name", "workflow")
+    if recorder_id is None:
+        recorders = R.get_exp(experiment_name=experiment, create=False).list_recorders()
+        recorder = max(recorders.values(), key=lambda r: r.info["start_time"])
+    else:
+        recorder = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment)
+    model = recorder.load_object("params.pkl")
+    if not isinstance(model, HIST):
+        raise ValueError(f"recorder {recorder.id} of experiment {experiment!r} holds a {type(model).__name__}, not qlib_hist.HIST")
+    dataset = init_instance_by_config(config["task"]["dataset"])
+    return model.explain(dataset, segment=segment)
+
+
 # ---------------------------------------------------------------------------------------------------- qrun
 try:
     from qlib.workflow.record_temp import RecordTemp

@@ -9,6 +9,7 @@ A drop-in for ``qlib.contrib.model.pytorch_hist.HIST``: same constructor argumen
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Optional, Text, Union
@@ -345,17 +346,21 @@ class HIST(Model):
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
-        """Pickle with CPU tensors, so a model fitted on a GPU loads on a CPU-only machine."""
+        """Pickle the network as a CPU state dict, so a model fitted on a GPU loads on a CPU-only machine."""
         state = super().__getstate__()
-        network = state["HIST_model"]
-        state["HIST_model"] = self._new_network()
-        state["HIST_model"].load_state_dict({k: v.detach().cpu() for k, v in network.state_dict().items()})
+        state["HIST_model"] = {k: v.detach().cpu() for k, v in state["HIST_model"].state_dict().items()}
         state["train_optimizer"] = None  # rebuilt on load (its moments are not kept)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
+        # a model pickled by an older qlib_hist lacks newer options: they take their (off) defaults
+        defaults = {k: p.default for k, p in inspect.signature(HIST.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        super().__setstate__({**defaults, **state})
+        weights = self.HIST_model if isinstance(self.HIST_model, dict) else self.HIST_model.state_dict()
         self.device = select_device(self.GPU, self.logger)
+        self.HIST_model = self._new_network()
+        self.HIST_model.load_state_dict(weights)
         self.HIST_model.to(self.device)
         self.train_optimizer = OPTIMIZERS[self.optimizer](self.HIST_model.parameters(), lr=self.lr)
         self._concept_source = None
