@@ -52,12 +52,16 @@ def test_qrun_writes_the_three_records(qrun_dir):
         ic = recorder.load_object("sig_analysis/ic.pkl")  # SigAnaRecord
         report = recorder.load_object("portfolio_analysis/report_normal_1day.pkl")  # PortAnaRecord
         figures = recorder_report(recorder)
+        explanations = recorder.load_object("explain/explanations.pkl")  # HISTExplainRecord
     finally:
         os.chdir(cwd)
     assert len(pred) > 1000 and pred.notna().all().all()
     assert len(ic) > 100 and ic.notna().mean() > 0.9
     assert {"return", "bench", "cost"} <= set(report.columns) and len(report) > 100
     assert set(figures) == set(REPORT_METRICS)
+    assert explanations.index.equals(pred.index)
+    parts = explanations[["concept", "hidden_concept", "individual", "bias"]].sum(axis=1)
+    assert (parts - pred.iloc[:, 0]).abs().max() < 1e-5
     assert all(abs(v) < 1e3 for v in figures.values())
 
 
@@ -65,7 +69,7 @@ def test_packaged_demo_yaml_is_the_repo_default():
     config = yaml.safe_load(DEMO_YAML.read_text())
     assert config["qlib_init"]["exp_manager"]["kwargs"]["uri"].startswith("sqlite:")
     records = [r["class"] for r in config["task"]["record"]]
-    assert records == ["SignalRecord", "SigAnaRecord", "PortAnaRecord"]
+    assert records == ["SignalRecord", "SigAnaRecord", "PortAnaRecord", "HISTExplainRecord"]
 
 
 def test_top_level_yaml_differs_from_qlib_only_in_module_path_and_store():
