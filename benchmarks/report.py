@@ -26,6 +26,7 @@ from qlib_hist._io import atomic_path, atomic_write_text  # noqa: E402
 LABELS = {
     "hist_pit": "HIST (qlib_hist, point-in-time SW concepts)",
     "hist_legacy": "HIST (qlib_hist, static legacy matrix as of end of train)",
+    "hist_paper": "HIST (qlib_hist, paper options, point-in-time SW concepts)",
     "qlib_hist": "HIST (qlib.contrib.model.pytorch_hist, as shipped)",
     "qlib_hist_patched": "HIST (qlib's, patched only to run: CPU + pandas 3)",
     "lstm": "LSTM (qlib, Alpha360)",

@@ -58,6 +58,10 @@ PROCESSORS = dict(
     label=["Ref($close, -2) / Ref($close, -1) - 1"],
 )
 
+#: the options workflow_config_hist_paper.yaml turns on
+PAPER_OPTIONS = dict(hidden_topk=3, concept_weight="$close * $volume", concept_refine=True, temporal_attention=True,
+                     smooth_steps=5)
+
 REPORT_METRICS = {
     "IC": "IC", "ICIR": "ICIR", "Rank IC": "Rank IC", "Rank ICIR": "Rank ICIR",
     "Annualized Return": "1day.excess_return_with_cost.annualized_return",
@@ -87,6 +91,8 @@ def model_config(name: str, profile: dict, concepts: dict, args, seed: int) -> d
     table = {
         "hist_pit": ("HIST", "qlib_hist", hist_kwargs(profile, args, stock2concept=str(concepts["membership"]))),
         "hist_legacy": ("HIST", "qlib_hist", hist_kwargs(profile, args, **legacy)),
+        "hist_paper": ("HIST", "qlib_hist", hist_kwargs(profile, args, stock2concept=str(concepts["membership"]),
+                                                        **PAPER_OPTIONS)),
         "qlib_hist": ("HIST", "qlib.contrib.model.pytorch_hist", hist_kwargs(profile, args, **legacy)),
         "qlib_hist_patched": ("PatchedQlibHIST", "benchmarks.qlib_patched", hist_kwargs(profile, args, **legacy)),
         "lstm": ("LSTM", "qlib.contrib.model.pytorch_lstm", rnn_kwargs(profile)),
