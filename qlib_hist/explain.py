@@ -204,5 +204,4 @@ class HISTExplainRecord(RecordTemp):
                 self.recorder.log_artifact(str(path), artifact_path=self.artifact_path)
 
     def list(self) -> list:
-        return [f"{self.artifact_path}/explanations.pkl", f"{self.artifact_path}/explain_day.png",
-                f"{self.artifact_path}/explain_shares.png"]
+        return ["explanations.pkl", "explain_day.png", "explain_shares.png"]  # qlib prefixes artifact_path

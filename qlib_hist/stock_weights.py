@@ -57,7 +57,7 @@ def stock_weights(spec: Union[str, Path], index: pd.MultiIndex, segment_name: st
     spec_text = str(spec)
     raw = _from_expression(spec_text, index) if "$" in spec_text else _from_table(Path(spec_text).expanduser(), index)
     raw = raw[~raw.index.duplicated(keep="last")]
-    values = raw.reindex(index).to_numpy(dtype=np.float64)
+    values = raw.reindex(index).to_numpy(dtype=np.float64, copy=True)
     values[~(np.isfinite(values) & (values > 0))] = np.nan
     if np.isnan(values).all():
         raise DataError(
