@@ -115,7 +115,7 @@ def build_concepts(profile: dict, args, cache: Path) -> dict:
     if not membership.exists():
         write_membership(from_sw(args.sw_csv), membership)
     universe = market_instruments(args.provider_uri, args.market)
-    legacy = to_legacy(membership, profile["legacy_as_of"], universe, cache / f"sw_legacy_{profile['legacy_as_of']}_")
+    legacy = to_legacy(membership, profile["legacy_as_of"], universe, cache / f"sw_legacy_{profile['legacy_as_of']}")
     return {"membership": membership, "legacy": legacy}
 
 

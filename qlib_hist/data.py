@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import hashlib
+import warnings
 from typing import Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -109,12 +110,21 @@ def _day_bounds(dates: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return day_start, day_count
 
 
-def _check_finite(features: np.ndarray, index: pd.MultiIndex, columns: pd.Index, segment_name: str) -> None:
-    bad = ~np.isfinite(features)
-    n_bad = int(bad.sum())
+def _check_finite(features: np.ndarray, index: pd.MultiIndex, columns: pd.Index, segment_name: str,
+                  chunk: int = 16384) -> None:
+    """Raise a DataError naming the count and first place of NaN/inf values; scans in row chunks (low memory)."""
+    n_bad = n_rows = 0
+    first = None
+    for start in range(0, len(features), chunk):
+        bad = ~np.isfinite(features[start : start + chunk])
+        if bad.any():
+            n_bad += int(bad.sum())
+            n_rows += int(bad.any(1).sum())
+            if first is None:
+                row, col = np.argwhere(bad)[0]
+                first = (start + row, col)
     if n_bad:
-        row, col = np.argwhere(bad)[0]
-        n_rows = int(bad.any(1).sum())
+        row, col = first
         raise DataError(
             f"segment {segment_name}: {n_bad} NaN/inf feature values in {n_rows} rows; first at {index[row]} "
             f"column {columns[col]!r}. Add a Fillna processor (e.g. infer_processors: Fillna) to the handler."
@@ -157,7 +167,8 @@ def build_daily_batches(
         stock_weights = None if stock_weights is None else stock_weights.iloc[order]
 
     feature_frame = df["feature"] if isinstance(df.columns, pd.MultiIndex) else df
-    features = feature_frame.to_numpy(dtype=np.float32, copy=True)
+    # no copy when the frame already holds one float32 block: the tensors share the handler's memory (read only)
+    features = feature_frame.to_numpy(dtype=np.float32)
     if features.shape[1] % d_feat:
         raise DataError(
             f"segment {segment_name}: {features.shape[1]} feature columns is not a multiple of d_feat={d_feat} "
@@ -178,8 +189,11 @@ def build_daily_batches(
     def as_tensor(values: Optional[pd.Series]) -> Optional[torch.Tensor]:
         return None if values is None else torch.from_numpy(values.to_numpy(dtype=np.float32).copy())
 
+    with warnings.catch_warnings():  # a read-only view is fine: the batches never write into their features
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        features_tensor = torch.from_numpy(features)
     return DailyBatches(
-        features=torch.from_numpy(features),
+        features=features_tensor,
         labels=labels,
         weights=as_tensor(weights),
         day_start=day_start,
