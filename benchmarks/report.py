@@ -81,31 +81,27 @@ def plot(runs: list, out_prefix: Path) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    excess = _mean_over_seeds(runs, "daily_excess")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for model, daily in excess.items():
-        ax.plot(daily.index, daily.cumsum(), label=LABELS[model])
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title("Cumulative excess return with cost (TopkDropout 50/5 vs SH000300), mean over seeds")
-    ax.set_ylabel("cumulative sum of daily excess return")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(_save(fig, out_prefix.with_name(out_prefix.name + "_excess_return.png")))
+    def line_plot(lines: pd.DataFrame, title: str, ylabel: str, suffix: str, **style) -> Path:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        lines.plot(ax=ax, lw=1, **style)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = _save(fig, out_prefix.with_name(out_prefix.name + suffix))
+        plt.close(fig)
+        return path
 
-    ic = _mean_over_seeds(runs, "daily_ic")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    monthly = pd.DataFrame({LABELS[m]: s.resample("ME").mean() for m, s in ic.items()})
-    monthly.index = monthly.index.strftime("%Y-%m")
-    monthly.plot(ax=ax, marker=".", lw=1)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title("Monthly mean of daily IC on the test segment, mean over seeds")
-    ax.set_ylabel("IC")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(_save(fig, out_prefix.with_name(out_prefix.name + "_monthly_ic.png")))
-    plt.close("all")
-    return written
+    excess = pd.DataFrame({LABELS[m]: daily.cumsum() for m, daily in _mean_over_seeds(runs, "daily_excess").items()})
+    monthly_ic = pd.DataFrame({LABELS[m]: s.resample("ME").mean() for m, s in _mean_over_seeds(runs, "daily_ic").items()})
+    monthly_ic.index = monthly_ic.index.strftime("%Y-%m")
+    return [
+        line_plot(excess, "Cumulative excess return with cost (TopkDropout 50/5 vs SH000300), mean over seeds",
+                  "cumulative sum of daily excess return", "_excess_return.png"),
+        line_plot(monthly_ic, "Monthly mean of daily IC on the test segment, mean over seeds", "IC",
+                  "_monthly_ic.png", marker="."),
+    ]
 
 
 def _save(fig, path: Path) -> Path:
