@@ -125,7 +125,10 @@ def main(argv=None) -> int:
     page = [f"# Benchmark `{args.profile}`", "", f"Provider: `{runs[0]['provider_uri']}`; host: {host}.", ""]
     if args.command:
         page += ["Made by:", "", "```bash", args.command, "```", ""]
-    page += [summary_table(runs), ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    page += [summary_table(runs), "",
+             "Mean ± std over the seeds listed (± 0 with one seed). Sec/epoch is the median wall time of the run's "
+             "epochs, on whatever else the machine was doing then; `speed.py` has the clean timings.", ""]
+    page += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     atomic_write_text(results / f"{args.profile}.md", "\n".join(page))
     print("\n".join(page))
     return 0
