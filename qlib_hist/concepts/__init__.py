@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Union
 
@@ -52,9 +53,5 @@ def load_concept_source(
             raise ConceptError(f"stock2concept {path} does not exist and stock2concept_url is empty (download off)")
         download_stock2concept(path, stock2concept_url)
     names_file = path.with_suffix(".concepts.json")
-    names = None
-    if names_file.exists():
-        import json
-
-        names = json.loads(names_file.read_text())
+    names = json.loads(names_file.read_text()) if names_file.exists() else None
     return LegacyConcepts(path, Path(stock_index).expanduser(), concept_names=names)
