@@ -93,6 +93,10 @@ class DailyBatches:
         digest.update("|".join(map(str, self.index[[0, -1]])).encode())
         return digest.hexdigest()[:16]
 
+    def in_dataset_order(self, frame: Union[pd.Series, pd.DataFrame]) -> Union[pd.Series, pd.DataFrame]:
+        """Rows of ``frame`` (on ``self.index``, day-sorted) put back in the dataset's own row order."""
+        return frame if self.order is None else frame.iloc[np.argsort(self.order)]
+
     def to_dataset_order(self, values: np.ndarray) -> np.ndarray:
         """Per-row ``values`` in our (day-sorted) order -> the dataset's original row order."""
         if self.order is None:

@@ -35,11 +35,6 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "gd": torch.optim.SGD}
 LOSSES = ("mse",)
 
 
-def _in_dataset_order(values: Union[pd.Series, pd.DataFrame], batches: DailyBatches):
-    """Rows in the dataset's own order (``batches`` sorts rows by day when the dataset does not)."""
-    return values if batches.order is None else values.iloc[np.argsort(batches.order)]
-
-
 def select_device(GPU: Union[int, str, None], logger) -> torch.device:
     """qlib's rule (``cuda:<GPU>`` when CUDA is there and ``GPU >= 0``), falling back to CPU with a log line."""
     if isinstance(GPU, str) and not GPU.lstrip("-").isdigit():
@@ -322,7 +317,7 @@ class HIST(Model):
             raise ValueError("model is not fitted yet!")
         batches = self._batches(dataset, segment, with_label=False)
         preds = predict_days(self.HIST_model, batches, self.device)
-        return _in_dataset_order(pd.Series(preds, index=batches.index, name="score"), batches)
+        return batches.in_dataset_order(pd.Series(preds, index=batches.index, name="score"))
 
     @torch.no_grad()
     def explain(self, dataset: DatasetH, segment: Union[Text, slice] = "test", top: int = 3) -> pd.DataFrame:
@@ -342,7 +337,7 @@ class HIST(Model):
 
         batches = self._batches(dataset, segment, with_label=False)
         frame = explain_batches(self.HIST_model, batches, self.device, top)
-        return _in_dataset_order(frame, batches)
+        return batches.in_dataset_order(frame)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
