@@ -6,6 +6,9 @@
 
 Each (model, seed) writes ``benchmarks/results/<profile>/runs/<model>_seed<k>.json`` as soon as it finishes,
 so a stopped session loses one run, not the table; a rerun skips runs that already have a file.
+Several runners can share one list: each claims a run with ``<model>_seed<k>.claim`` (holding its pid) before
+starting it, skips runs another live runner holds, and takes over claims whose runner has died. On 2 cores,
+two runners with ``--threads 1`` finish the table ~1.2x sooner than one runner with 2 threads.
 The Alpha360 handler is built once per (provider, market, dates, processors) and cached on disk
 (:mod:`qlib_hist.handler_cache`).
 """
@@ -167,6 +170,30 @@ def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args) 
     return result
 
 
+def claim(path: Path) -> bool:
+    """Claim a run for this process: True when ``path`` (the run's .claim file) is now ours.
+
+    A claim whose pid is no longer alive (a killed runner) is taken over.
+    """
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+                os.kill(pid, 0)
+                return False  # another live runner has it
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its runner is gone
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-quick")
@@ -180,7 +207,13 @@ def main(argv=None) -> int:
                         help="pretrained LSTM for HIST's base (qlib's benchmark file); ignored when missing")
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
     parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for this runner (default: torch's, = cores); 1 when running two runners")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()
     profile = PROFILES[args.profile]
     cache = Path(args.cache_dir).resolve()
@@ -197,7 +230,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO)
     qlib.init(provider_uri=str(args.provider_uri), region="cn", kernels=2,
               exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
-                           "kwargs": {"uri": f"sqlite:///{cache / 'mlruns.db'}", "default_exp_name": "Experiment"}})
+                           "kwargs": {"uri": f"sqlite:///{cache / f'mlruns_{os.getpid()}.db'}",  # one per runner
+                                      "default_exp_name": "Experiment"}})
     handler_config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
                       "kwargs": dict(instruments=args.market, start_time=profile["start"], end_time=profile["end"],
                                      fit_start_time=profile["fit"][0], fit_end_time=profile["fit"][1], **PROCESSORS)}
@@ -206,12 +240,19 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for name in args.models:
             path = runs_dir / f"{name}_seed{seed}.json"
+            claim_path = path.with_suffix(".claim")
             if path.exists():
                 print(f"skip {path.name} (done)")
                 continue
+            if not claim(claim_path):
+                print(f"skip {path.name} (another runner has it)")
+                continue
             print(f"=== {name} seed {seed}", flush=True)
-            result = run_one(name, seed, profile, dataset, concepts, args)
-            atomic_write_text(path, json.dumps(result, indent=1, default=str))
+            try:
+                result = run_one(name, seed, profile, dataset, concepts, args)
+                atomic_write_text(path, json.dumps(result, indent=1, default=str))
+            finally:
+                claim_path.unlink(missing_ok=True)
             print(f"=== {name} seed {seed}: {result.get('metrics') or result.get('error')}", flush=True)
     return 0
 

@@ -12,6 +12,7 @@ that refuses Alpha360, while this cache only unpickles a DataFrame, with pandas,
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -24,15 +25,28 @@ import pandas as pd
 from ._io import atomic_path
 
 PathLike = Union[str, Path]
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+
+def _provider_digest(provider: Path) -> str:
+    """sha1 of the provider's calendar and instrument files (their contents, not their modification times).
+
+    A provider re-mounted or touched keeps its key; one with more days or changed universes gets a new one.
+    """
+    digest = hashlib.sha1()
+    files = [provider / "calendars" / "day.txt", *sorted((provider / "instruments").glob("*.txt"))]
+    for file in files:
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def cache_key(handler_config: dict, provider_uri: PathLike) -> str:
-    """A stable hash of the provider (path and calendar) and the full handler config."""
+    """A stable hash of the provider (path, calendar and instruments) and the full handler config."""
     provider = Path(provider_uri).expanduser().resolve()
-    calendar = provider / "calendars" / "day.txt"
-    stamp = calendar.stat().st_mtime_ns if calendar.exists() else None
-    payload = {"v": CACHE_VERSION, "provider": str(provider), "calendar": stamp, "handler": handler_config}
+    payload = {"v": CACHE_VERSION, "provider": str(provider), "content": _provider_digest(provider),
+               "handler": handler_config}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -56,13 +70,13 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
         log.info("handler cache hit %s (%.1fs)", path, time.perf_counter() - tic)
     else:
         tic = time.perf_counter()
-        handler = init_instance_by_config(handler_config)
+        handler = init_instance_by_config(copy.deepcopy(handler_config))  # qlib fills processor kwargs in place
         frame = handler.fetch(col_set=DataHandlerLP.CS_RAW, data_key=DataHandlerLP.DK_I)
         with atomic_path(path) as tmp:
             frame.to_pickle(tmp)
         log.info("handler built in %.1fs and cached at %s", time.perf_counter() - tic, path)
         del handler
-    learn = check_transform_proc(kwargs.get("learn_processors", []), kwargs.get("fit_start_time"), kwargs.get("fit_end_time"))
+    learn = check_transform_proc(copy.deepcopy(kwargs.get("learn_processors", [])), kwargs.get("fit_start_time"), kwargs.get("fit_end_time"))
     return DataHandlerLP(
         data_loader=StaticDataLoader(config=frame),
         infer_processors=[],

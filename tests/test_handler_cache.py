@@ -1,0 +1,71 @@
+"""The on-disk handler cache: its key, and that a cached handler gives the original handler's frames."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from qlib_hist.handler_cache import cache_key, cached_handler
+
+from conftest import DEMO_SEGMENTS, init_qlib
+
+CONFIG = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
+          "kwargs": {"instruments": "all", "start_time": "2016-01-04", "end_time": "2016-12-30"}}
+
+
+@pytest.fixture
+def provider(tmp_path):
+    (tmp_path / "calendars").mkdir()
+    (tmp_path / "instruments").mkdir()
+    (tmp_path / "calendars" / "day.txt").write_text("2016-01-04\n2016-01-05\n")
+    (tmp_path / "instruments" / "all.txt").write_text("SH600000\t2016-01-04\t2016-01-05\n")
+    return tmp_path
+
+
+def test_key_ignores_modification_times(provider):
+    before = cache_key(CONFIG, provider)
+    for file in [provider / "calendars" / "day.txt", provider / "instruments" / "all.txt"]:
+        os.utime(file, (1, 1))  # a re-mounted or copied provider gets new times, same contents
+    assert cache_key(CONFIG, provider) == before
+
+
+def test_key_changes_with_calendar_instruments_and_settings(provider):
+    before = cache_key(CONFIG, provider)
+    other_dates = {**CONFIG, "kwargs": {**CONFIG["kwargs"], "end_time": "2016-06-30"}}
+    assert cache_key(other_dates, provider) != before
+
+    (provider / "instruments" / "all.txt").write_text("SH600000\t2016-01-04\t2016-01-04\n")
+    after_universe = cache_key(CONFIG, provider)
+    assert after_universe != before
+
+    with open(provider / "calendars" / "day.txt", "a") as f:
+        f.write("2016-01-06\n")
+    assert cache_key(CONFIG, provider) not in (before, after_universe)
+
+
+def test_cached_handler_matches_original_and_is_reused(demo, demo_handler, tmp_path, monkeypatch):
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    init_qlib(demo.provider_uri)
+    config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
+              "kwargs": dict(instruments=demo.market, start_time=demo.start, end_time=DEMO_SEGMENTS["test"][1],
+                             fit_start_time=DEMO_SEGMENTS["train"][0], fit_end_time=DEMO_SEGMENTS["train"][1],
+                             infer_processors=[
+                                 {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+                                 {"class": "Fillna", "kwargs": {"fields_group": "feature"}}],
+                             learn_processors=[{"class": "DropnaLabel"},
+                                               {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}])}
+    built = cached_handler(config, demo.provider_uri, tmp_path)
+    (entry,) = tmp_path.glob("Alpha360_*.pkl")
+    for key in (DataHandlerLP.DK_I, DataHandlerLP.DK_L):
+        pd.testing.assert_frame_equal(built.fetch(data_key=key), demo_handler.fetch(data_key=key))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the second call rebuilt the handler")
+
+    monkeypatch.setattr("qlib.utils.init_instance_by_config", no_build)
+    again = cached_handler(config, demo.provider_uri, tmp_path)
+    pd.testing.assert_frame_equal(again.fetch(data_key=DataHandlerLP.DK_L), demo_handler.fetch(data_key=DataHandlerLP.DK_L))
+    assert list(tmp_path.glob("Alpha360_*.pkl")) == [entry]
