@@ -1,4 +1,4 @@
-"""Daily batches: one dataset segment turned, once, into contiguous tensors grouped by trading day.
+"""Daily batches: one dataset segment turned, once, into tensors grouped by trading day.
 
 HIST's attention runs across the stocks of one day, so a batch is a day. A segment becomes:
 
@@ -7,7 +7,8 @@ HIST's attention runs across the stocks of one day, so a batch is a day. A segme
 - ``day_start`` / ``day_count`` int64 ``[days]``: the rows of day ``d`` are ``day_start[d] : day_start[d] + day_count[d]``;
 - the concept vectors of every row (:class:`qlib_hist.concepts.SegmentConcepts`), gathered per day on demand.
 
-No pandas and no file reads happen after construction: the epoch loop only slices tensors.
+No pandas and no file reads happen after construction: the epoch loop only slices tensors. The features are a
+read-only view of the handler's own float32 block where :func:`segment_frame` can take the segment without a copy.
 """
 
 from __future__ import annotations
@@ -104,6 +105,50 @@ class DailyBatches:
         out = np.empty_like(values)
         out[self.order] = values
         return out
+
+
+def _as_date_slice(segment) -> Optional[slice]:
+    """A dataset segment (``(start, end)`` or a slice) as a step-less slice; None for anything else."""
+    if isinstance(segment, slice):
+        return segment if segment.step is None else None
+    if isinstance(segment, (tuple, list)) and len(segment) == 2:
+        return slice(*segment)
+    return None
+
+
+def segment_frame(dataset, segment: Segment, with_label: bool) -> pd.DataFrame:
+    """The rows of ``segment`` with its ``feature`` (and ``label``) columns, indexed by (datetime, instrument).
+
+    ``DatasetH.prepare`` copies a segment out of the handler (180 MB for three years of CSI300 Alpha360). When
+    ``dataset`` is a plain ``DatasetH`` whose ``DataHandlerLP`` keeps one date-sorted DataFrame, the same rows are
+    taken instead as a positional slice of the handler's own frame, fetched whole through qlib's public
+    ``handler.fetch(col_set="__raw")``: under pandas' copy-on-write that slice shares the handler's memory. The rows
+    are the ones qlib's own ``fetch_df_by_index`` selects (same bounds, partial dates included). Any other dataset (a
+    subclass, ``fetch_kwargs``, an index selector) goes through ``prepare``.
+
+    Training segments come from the learn data (``DK_L``), inference segments from the infer data (``DK_I``).
+    """
+    from qlib.data.dataset import DatasetH
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    data_key = DataHandlerLP.DK_L if with_label else DataHandlerLP.DK_I
+    groups = ["feature", "label"] if with_label else ["feature"]
+    selector = _as_date_slice(dataset.segments.get(segment) if isinstance(segment, str) else segment)
+    plain = (type(dataset) is DatasetH and not getattr(dataset, "fetch_kwargs", None)
+             and isinstance(getattr(dataset, "handler", None), DataHandlerLP))
+    if selector is not None and plain:
+        from qlib.data.dataset.utils import fetch_df_by_index
+
+        full = dataset.handler.fetch(slice(None), col_set=DataHandlerLP.CS_RAW, data_key=data_key)
+        if (isinstance(full, pd.DataFrame) and isinstance(full.columns, pd.MultiIndex)
+                and set(groups) <= set(full.columns.get_level_values(0))):
+            # the rows prepare would select, found by qlib's own selection run on row numbers (8 bytes a row)
+            numbered = pd.DataFrame({"row": np.arange(len(full))}, index=full.index)
+            rows = fetch_df_by_index(numbered, selector, "datetime")["row"].to_numpy()
+            if len(rows) and (np.diff(rows) == 1).all():
+                return full.iloc[rows[0] : rows[-1] + 1]  # a view
+            return full.iloc[rows]
+    return dataset.prepare(segment, col_set=groups if with_label else "feature", data_key=data_key)
 
 
 def _day_bounds(dates: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 from qlib.data.dataset import DatasetH
-from qlib.data.dataset.handler import DataHandlerLP
 from qlib.log import get_module_logger
 from qlib.model.base import Model
 
 from ._io import atomic_path
 from .concepts import QLIB_STOCK2CONCEPT_URL, ConceptSource, load_concept_source
-from .data import DailyBatches, DataError, build_daily_batches
+from .data import DailyBatches, DataError, build_daily_batches, segment_frame
 from .network import RNN_TYPES, HISTModel, RNNRegressor
 from .stock_weights import stock_weights
 from .training import TrainConfig, Trainer, normalize_metric, predict_days
@@ -244,10 +243,7 @@ class HIST(Model):
         name = segment if isinstance(segment, str) else f"{segment.start}..{segment.stop}"
         if isinstance(segment, str) and segment not in getattr(dataset, "segments", {segment: None}):
             raise DataError(f"segment {segment!r} is not in the dataset's segments {list(dataset.segments)}")
-        if with_label:
-            df = dataset.prepare(segment, col_set=["feature", "label"], data_key=DataHandlerLP.DK_L)
-        else:
-            df = dataset.prepare(segment, col_set="feature", data_key=DataHandlerLP.DK_I)
+        df = segment_frame(dataset, segment, with_label)
         empty = df is None or df.empty
         weights = None if reweighter is None or empty else reweighter.reweight(df)
         member_weights = None if self.concept_weight is None or empty else stock_weights(self.concept_weight, df.index, name)
