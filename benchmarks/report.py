@@ -49,7 +49,8 @@ def summary_table(runs: list) -> str:
         ok = [r for r in mine if "metrics" in r]
         if not ok:
             err = mine[0].get("error", "no result")
-            lines.append(f"| {LABELS[model]} | {len(mine)} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
+            seeds = ", ".join(str(r["seed"]) for r in mine)
+            lines.append(f"| {LABELS[model]} | {seeds} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
             continue
         cells = [LABELS[model], ", ".join(str(r["seed"]) for r in ok)]
         for metric in REPORT_METRICS:
