@@ -61,6 +61,10 @@ PROCESSORS = dict(
     label=["Ref($close, -2) / Ref($close, -1) - 1"],
 )
 
+#: qlib's LightGBM benchmark settings (examples/benchmarks/LightGBM); qlib's fit boosts up to 1000 rounds, early stop 50
+LIGHTGBM = dict(loss="mse", colsample_bytree=0.8879, learning_rate=0.0421, subsample=0.8789, lambda_l1=205.6999,
+                lambda_l2=580.9768, max_depth=8, num_leaves=210)
+
 #: the options workflow_config_hist_paper.yaml turns on
 PAPER_OPTIONS = dict(hidden_topk=3, concept_weight="$close * $volume", concept_refine=True, temporal_attention=True,
                      smooth_steps=5)
@@ -100,7 +104,8 @@ def model_config(name: str, profile: dict, concepts: dict, args, seed: int) -> d
         "qlib_hist_patched": ("PatchedQlibHIST", "benchmarks.qlib_patched", hist_kwargs(profile, args, **legacy)),
         "lstm": ("LSTM", "qlib.contrib.model.pytorch_lstm", rnn_kwargs(profile)),
         "gru": ("GRU", "qlib.contrib.model.pytorch_gru", rnn_kwargs(profile)),
-        "lightgbm": ("LGBModel", "qlib.contrib.model.gbdt", dict(loss="mse", num_threads=2, seed=seed)),
+        "lightgbm": ("LGBModel", "qlib.contrib.model.gbdt", dict(LIGHTGBM, num_threads=args.threads or os.cpu_count(),
+                                                                 seed=seed)),
     }
     cls, module, kwargs = table[name]
     if name != "lightgbm":
