@@ -124,7 +124,7 @@ def segment_frame(dataset, segment: Segment, with_label: bool) -> pd.DataFrame:
     taken instead as a positional slice of the handler's own frame, fetched whole through qlib's public
     ``handler.fetch(col_set="__raw")``: under pandas' copy-on-write that slice shares the handler's memory. The rows
     are the ones qlib's own ``fetch_df_by_index`` selects (same bounds, partial dates included). Any other dataset (a
-    subclass, ``fetch_kwargs``, an index selector) goes through ``prepare``.
+    subclass, ``fetch_kwargs``, a handler with ``fetch_orig=False``, an index selector) goes through ``prepare``.
 
     Training segments come from the learn data (``DK_L``), inference segments from the infer data (``DK_I``).
     """
@@ -134,12 +134,13 @@ def segment_frame(dataset, segment: Segment, with_label: bool) -> pd.DataFrame:
     data_key = DataHandlerLP.DK_L if with_label else DataHandlerLP.DK_I
     groups = ["feature", "label"] if with_label else ["feature"]
     selector = _as_date_slice(dataset.segments.get(segment) if isinstance(segment, str) else segment)
+    handler = getattr(dataset, "handler", None)
     plain = (type(dataset) is DatasetH and not getattr(dataset, "fetch_kwargs", None)
-             and isinstance(getattr(dataset, "handler", None), DataHandlerLP))
+             and isinstance(handler, DataHandlerLP) and getattr(handler, "fetch_orig", False))  # fetch_orig: no copy
     if selector is not None and plain:
         from qlib.data.dataset.utils import fetch_df_by_index
 
-        full = dataset.handler.fetch(slice(None), col_set=DataHandlerLP.CS_RAW, data_key=data_key)
+        full = handler.fetch(slice(None), col_set=DataHandlerLP.CS_RAW, data_key=data_key)
         if (isinstance(full, pd.DataFrame) and isinstance(full.columns, pd.MultiIndex)
                 and set(groups) <= set(full.columns.get_level_values(0))):
             # the rows prepare would select, found by qlib's own selection run on row numbers (8 bytes a row)

@@ -53,6 +53,14 @@ def test_training_segment_shares_the_handlers_memory(demo_dataset):
     assert not np.shares_memory(_features(via_prepare), whole["feature"].to_numpy())
     assert via_prepare.index.equals(fast.index)
 
+    demo_dataset.handler.fetch_orig = False  # this handler copies even a whole-frame fetch: use prepare
+    try:
+        no_orig = segment_frame(demo_dataset, "train", with_label=True)
+    finally:
+        demo_dataset.handler.fetch_orig = True
+    assert not np.shares_memory(_features(no_orig), whole["feature"].to_numpy())
+    assert no_orig.index.equals(fast.index)
+
 
 def test_fit_and_predict_never_write_into_the_handler(demo_dataset, demo):
     """The batches view the handler's memory: training and prediction must leave it as it was."""
