@@ -8,7 +8,8 @@ Each (model, seed) writes ``benchmarks/results/<profile>/runs/<model>_seed<k>.js
 so a stopped session loses one run, not the table; a rerun skips runs that already have a file.
 Several runners can share one list: each claims a run with ``<model>_seed<k>.claim`` (holding its pid) before
 starting it, skips runs another live runner holds, and takes over claims whose runner has died. On 2 cores,
-two runners with ``--threads 1`` finish the table ~1.2x sooner than one runner with 2 threads.
+two runners with ``--threads 1`` finish the table ~1.8x sooner than one runner with 2 threads (qlib LSTM:
+3.0 min per epoch each vs 2.7 min for one 2-thread runner).
 The Alpha360 handler is built once per (provider, market, dates, processors) and cached on disk
 (:mod:`qlib_hist.handler_cache`).
 """
