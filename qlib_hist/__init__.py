@@ -1,17 +1,22 @@
 """qlib-hist: the HIST stock-forecasting model (Xu et al., 2021) as a qlib plugin.
 
-Use ``module_path: qlib_hist`` and ``class: HIST`` in a qlib workflow YAML.
+Use ``module_path: qlib_hist`` and ``class: HIST`` in a qlib workflow YAML. ``import qlib_hist`` stays light:
+qlib loads only when ``HIST`` is asked for (everything that imports qlib is in :mod:`qlib_hist.qlib_edge`).
 """
 
+from typing import Any
+
 from .network import HISTModel, RNNRegressor
+from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
-__version__ = "0.1.0"
-__all__ = ["HIST", "HISTModel", "RNNRegressor", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["HIST", "HISTModel", "RNNRegressor", "HISTSettings", "NetworkSettings", "TrainSettings",
+           "ConceptSettings", "__version__"]
 
 
-def __getattr__(name):  # keep `import qlib_hist` light: qlib loads only when HIST is asked for
+def __getattr__(name: str) -> Any:
     if name == "HIST":
-        from .model import HIST
+        from .qlib_edge.model import HIST
 
         return HIST
     raise AttributeError(f"module 'qlib_hist' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from .concepts import ConceptError
-from .data import DataError
+from .batches import DataError
 
 
 def _levels(text: str) -> tuple:
@@ -27,7 +27,8 @@ def _levels(text: str) -> tuple:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import format_report, run_demo
+    from .qlib_edge.demo import run_demo
+    from .qlib_edge.recorders import format_report
 
     report = run_demo(args.out, seed=args.seed, n_epochs=args.epochs)
     print(f"\nqlib-hist demo ({args.out}), test segment:")
@@ -64,7 +65,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from .explain import explain_recorded_model, write_explanation
+    from .explain_report import write_explanation
+    from .qlib_edge.recorders import explain_recorded_model
 
     table = explain_recorded_model(args.workflow, args.experiment, args.recorder_id, args.segment)
     for path in write_explanation(table, args.out, args.day):

@@ -1,127 +1,51 @@
-"""The epoch loop: shuffled days, masked loss, gradient clipping, daily metrics, early stopping, checkpoints.
+"""The epoch loop as parts: ``fit`` -> ``run_epoch`` -> ``train_epoch`` -> ``train_step``, with callbacks.
 
-Model-agnostic: it takes any ``network(x [n, F], concepts [n, C], stock_weight [n]?) -> [n]`` and
-:class:`DailyBatches`; it never imports qlib. Metrics are computed per trading day and averaged over days:
+Model-agnostic: it trains any module with ``forward_day(day) -> [n]`` (:class:`~qlib_hist.network.HISTModel`,
+:class:`~qlib_hist.network.RNNRegressor`) on :class:`~qlib_hist.batches.DailyBatches`, one optimizer step per
+trading day, days in a seeded shuffled order (as qlib's HIST and the paper). It never imports qlib.
 
-- ``ic``: Pearson correlation of predictions and labels;
-- ``rank_ic``: Spearman correlation (average ranks for ties);
-- ``loss``: mean squared error on the finite labels (early stopping maximises ``-loss``);
-- ``precision@k``: the share of the day's k highest predictions whose label is positive (the paper's metric;
-  with qlib's ``CSRankNorm`` labels "positive" means above the day's median).
+Parts, each with ``state_dict`` / ``load_state_dict`` (so that a checkpoint is the sum of them):
 
-Options beyond qlib: ``smooth_steps`` (evaluate and keep the average of the last N epochs' weights, as the
-paper's code does) and ``checkpoint_path`` (after every epoch, everything needed to resume bit for bit).
+- :class:`EarlyStopping`   qlib's rule: keep the best valid score's weights, stop after ``early_stop`` bad epochs;
+- :class:`WeightAveraging`  ``smooth_steps``: evaluate (and keep as best) the mean of the last N epochs' weights;
+- :class:`History`          one record per epoch (seconds, train and valid metrics);
+- the optimizer, the RNG states and the epoch counter (:meth:`Trainer.state_dict`).
+
+Callbacks (:mod:`qlib_hist.callbacks`) see the trainer at the start of ``fit``, after each epoch and at the end:
+logging and checkpoints are callbacks, and so are a test's interruptions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_path
-from .data import DailyBatches, Day
+from .batches import DailyBatches, Day
+from .callbacks import Callback, LogEpochs
+from .metrics import daily_metrics, masked_mse, precision_k, score_of
+from .settings import TrainSettings
 
-METRICS = ("ic", "rank_ic", "loss", "precision@<k>")
-METRIC_ALIASES = {"": "loss", "mse": "loss", "ic": "ic", "rank_ic": "rank_ic", "loss": "loss"}
-PRECISION = re.compile(r"^precision@(\d+)$")
-DEFAULT_PRECISION_K = 30
+CLIP_VALUE = 3.0  # qlib clips each gradient element to [-3, 3]
 
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resumed here (other settings, another dataset, or an unreadable file)."""
+State = Dict[str, torch.Tensor]
 
 
-def normalize_metric(metric: Optional[str]) -> str:
-    """Map a metric name to ``ic``, ``rank_ic``, ``loss`` or ``precision@<k>`` (``""``/``None`` mean ``loss``)."""
-    key = (metric or "").lower().strip()
-    match = PRECISION.match(key)
-    if match and int(match.group(1)) > 0:
-        return key
-    if key not in METRIC_ALIASES:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)} (or '' for loss), got {metric!r}")
-    return METRIC_ALIASES[key]
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties sharing their average rank (``scipy.stats.rankdata(method="average")``)."""
-    sorter = np.argsort(values, kind="mergesort")
-    inverse = np.empty(len(values), dtype=np.int64)
-    inverse[sorter] = np.arange(len(values))
-    ordered = values[sorter]
-    new_value = np.concatenate([[True], ordered[1:] != ordered[:-1]])
-    dense = np.cumsum(new_value)[inverse]
-    bounds = np.concatenate([np.flatnonzero(new_value), [len(values)]])
-    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    vx, vy = x - x.mean(), y - y.mean()
-    denom = np.sqrt((vx * vx).sum() * (vy * vy).sum())
-    return float((vx * vy).sum() / denom) if denom > 0 else np.nan
-
-
-def _nanmean(values: List[float]) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else float("nan")
-
-
-def daily_metrics(pred: np.ndarray, label: np.ndarray, day_start: np.ndarray, day_count: np.ndarray,
-                  precision_k: int = DEFAULT_PRECISION_K) -> Dict[str, float]:
-    """Per-day ``ic``, ``rank_ic``, ``loss`` and ``precision@k`` of ``pred`` vs ``label`` (``[rows]``), averaged over days.
-
-    Rows whose label is not finite are ignored; days with fewer than two such rows are skipped for the
-    correlations (and days with none for the loss and precision).
-    """
-    ics, rank_ics, losses, precisions = [], [], [], []
-    for start, count in zip(day_start, day_count):
-        p, y = pred[start : start + count].astype(np.float64), label[start : start + count].astype(np.float64)
-        keep = np.isfinite(y)
-        p, y = p[keep], y[keep]
-        if len(y) == 0:
-            continue
-        losses.append(float(((p - y) ** 2).mean()))
-        top = np.argsort(-p, kind="mergesort")[:precision_k]
-        precisions.append(float((y[top] > 0).mean()))
-        if len(y) >= 2:
-            ics.append(_pearson(p, y))
-            rank_ics.append(_pearson(_average_ranks(p), _average_ranks(y)))
-    return {"ic": _nanmean(ics), "rank_ic": _nanmean(rank_ics), "loss": _nanmean(losses),
-            f"precision@{precision_k}": _nanmean(precisions)}
-
-
-def score_of(metrics: Dict[str, float], metric: str) -> float:
-    """The early-stopping score (higher is better) for a normalized metric name."""
-    return -metrics["loss"] if metric == "loss" else metrics[metric]
-
-
-def masked_mse(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-    """Mean squared error over finite labels (weighted mean when ``weight`` is given); ``None`` if none is finite."""
-    keep = torch.isfinite(label)
-    if not bool(keep.any()):
-        return None
-    err = (pred[keep] - label[keep]) ** 2
-    if weight is None:
-        return err.mean()
-    w = weight[keep]
-    return (err * w).sum() / w.sum()
-
-
-def _copy_state(network: nn.Module) -> Dict[str, torch.Tensor]:
+def copy_state(network: nn.Module) -> State:
+    """A detached copy of ``network``'s state dict."""
     return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
-def average_states(states: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+def average_states(states: Sequence[State]) -> State:
     """Element-wise mean of state dicts (floating tensors; others taken from the last)."""
     last = states[-1]
     return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone() for k, v in last.items()}
@@ -135,34 +59,73 @@ class EarlyStopping:
     best_score: float = -np.inf
     best_epoch: int = -1
     bad_epochs: int = 0
-    best_state: Optional[Dict[str, torch.Tensor]] = None
+    best_state: Optional[State] = None
 
     def update(self, epoch: int, score: float, network: nn.Module) -> bool:
-        """Record one epoch's score; return True when training should stop."""
+        """Record one epoch's score (higher is better); return True when training should stop."""
         if score > self.best_score:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
-            self.best_state = _copy_state(network)
+            self.best_state = copy_state(network)
             return False
         self.bad_epochs += 1
         return self.bad_epochs >= self.patience
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best_score": float(self.best_score), "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_state": self.best_state}
 
-@dataclass
-class TrainConfig:
-    n_epochs: int = 200
-    early_stop: int = 20
-    metric: str = "loss"
-    clip_value: float = 3.0
-    seed: Optional[int] = None
-    eval_train: bool = False
-    smooth_steps: int = 1
-    checkpoint_path: Optional[Path] = None
-    fingerprint: str = ""  # identifies settings + data; a checkpoint with another one is refused
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
+
+
+class WeightAveraging:
+    """The mean of the last ``window`` epochs' weights, swapped in while the epoch is scored (``smooth_steps``).
+
+    Training continues from the unaveraged weights; with ``window = 1`` it does nothing.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, window)
+        self.recent: Deque[State] = deque(maxlen=self.window)
 
     @property
-    def precision_k(self) -> int:
-        match = PRECISION.match(self.metric)
-        return int(match.group(1)) if match else DEFAULT_PRECISION_K
+    def active(self) -> bool:
+        return self.window > 1
+
+    @contextlib.contextmanager
+    def applied(self, network: nn.Module) -> Iterator[None]:
+        """Inside the block ``network`` holds the average (this epoch's weights included); restored after."""
+        if not self.active:
+            yield
+            return
+        current = copy_state(network)
+        self.recent.append(current)
+        network.load_state_dict(average_states(list(self.recent)))
+        try:
+            yield
+        finally:
+            network.load_state_dict(current)
+
+    def state_dict(self) -> List[State]:
+        return list(self.recent)
+
+    def load_state_dict(self, states: List[State]) -> None:
+        self.recent = deque(states, maxlen=self.window)
+
+
+class History(list):
+    """One dict per finished epoch: ``epoch``, ``seconds``, ``train_seconds``, ``train_score``, ``valid_score``,
+    and every metric as ``train_<name>`` / ``valid_<name>``."""
+
+    def column(self, key: str) -> List[float]:
+        return [record[key] for record in self]
+
+    def state_dict(self) -> List[Dict[str, float]]:
+        return list(self)
+
+    def load_state_dict(self, records: List[Dict[str, float]]) -> None:
+        self[:] = records
 
 
 @dataclass
@@ -183,10 +146,6 @@ def _progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def run_network(network: nn.Module, day: Day) -> torch.Tensor:
-    return network(day.x, day.concepts, day.stock_weight)
-
-
 def _one_intra_op_thread() -> None:
     torch.set_num_threads(1)
 
@@ -202,11 +161,11 @@ def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device
 
     @torch.no_grad()
     def predict_day(d: int) -> np.ndarray:
-        return run_network(network, batches.day(d, device)).cpu().numpy()
+        return network.forward_day(batches.day(d, device)).cpu().numpy()
 
     workers = torch.get_num_threads() if device.type == "cpu" else 1
     if workers <= 1 or batches.n_days < 2:
-        results = map(predict_day, range(batches.n_days))
+        results: Iterator[np.ndarray] = map(predict_day, range(batches.n_days))
         for d, pred in _progress(enumerate(results), batches.n_days, "predict"):
             preds[batches.day_slice(d)] = pred
         return preds
@@ -217,150 +176,165 @@ def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device
 
 
 class Trainer:
-    """Trains ``network`` on daily batches with ``optimizer`` (see the module docstring)."""
+    """Trains ``network`` on daily batches with ``optimizer`` (see the module docstring).
+
+    Args:
+        network: a module with ``forward_day(day) -> [n]``.
+        optimizer: over ``network``'s parameters.
+        settings: ``n_epochs``, ``early_stop``, ``metric``, ``seed``, ``eval_train`` and ``smooth_steps`` are read.
+        device: where the days' tensors go.
+        logger: for the per-epoch lines (default ``logging.getLogger("qlib_hist")``).
+        callbacks: called after the built-in :class:`~qlib_hist.callbacks.LogEpochs`, in order.
+        loss_fn: ``(pred [n], label [n], sample_weight [n] or None) -> scalar or None`` (None: no finite label).
+    """
 
     def __init__(
         self,
         network: nn.Module,
         optimizer: torch.optim.Optimizer,
-        config: TrainConfig,
+        settings: TrainSettings,
         device: torch.device,
         logger: Optional[logging.Logger] = None,
+        callbacks: Sequence[Callback] = (),
         loss_fn: Callable = masked_mse,
     ) -> None:
         self.network = network
         self.optimizer = optimizer
-        self.config = config
+        self.settings = settings
         self.device = device
         self.logger = logger or logging.getLogger("qlib_hist")
+        self.callbacks: List[Callback] = [LogEpochs(self.logger), *callbacks]
         self.loss_fn = loss_fn
-        self.generator = np.random.default_rng(config.seed)
-        self.stopper = EarlyStopping(config.early_stop)
-        self.recent_states: deque = deque(maxlen=max(1, config.smooth_steps))
-        self.history: List[Dict[str, float]] = []
+        self.generator = np.random.default_rng(settings.seed)
+        self.stopper = EarlyStopping(settings.early_stop)
+        self.averaging = WeightAveraging(settings.smooth_steps)
+        self.history = History()
         self.next_epoch = 0
         self.finished = False
 
-    # ------------------------------------------------------------------ epochs
+    # ------------------------------------------------------------------ the loop
+    def fit(self, train: DailyBatches, valid: DailyBatches, evals_result: Optional[dict] = None) -> FitResult:
+        """Train with early stopping on ``valid``; leaves the best weights in ``network``.
+
+        ``evals_result["train"]`` / ``["valid"]`` receive the chosen metric per epoch (``-loss`` for loss, like
+        qlib's score).
+        """
+        for callback in self.callbacks:
+            callback.on_fit_begin(self)
+        while not self.finished and self.next_epoch < self.settings.n_epochs:
+            self.run_epoch(train, valid)
+        if evals_result is not None:
+            evals_result["train"] = self.history.column("train_score")
+            evals_result["valid"] = self.history.column("valid_score")
+        if self.stopper.best_state is not None:
+            self.network.load_state_dict(self.stopper.best_state)
+        result = FitResult(self.stopper.best_epoch, self.stopper.best_score, list(self.history))
+        for callback in self.callbacks:
+            callback.on_fit_end(self, result)
+        return result
+
+    def run_epoch(self, train: DailyBatches, valid: DailyBatches) -> Dict[str, float]:
+        """Train one epoch, score it, update early stopping and history, then call the callbacks.
+
+        The train figure comes from the epoch's own train-mode predictions unless ``eval_train`` asks for a
+        separate eval pass (qlib's way, ~30% slower) or weight averaging changes the weights being scored.
+        """
+        epoch, tic = self.next_epoch, time.perf_counter()
+        train_preds = self.train_epoch(train)
+        train_seconds = time.perf_counter() - tic
+        with self.averaging.applied(self.network):
+            reuse = not (self.settings.eval_train or self.averaging.active)
+            train_metrics = self.evaluate(train, train_preds if reuse else None)
+            valid_metrics = self.evaluate(valid)
+            score = score_of(valid_metrics, self.settings.metric)
+            stop = self.stopper.update(epoch, score if np.isfinite(score) else -np.inf, self.network)
+        record = {"epoch": epoch, "seconds": time.perf_counter() - tic, "train_seconds": train_seconds,
+                  "train_score": score_of(train_metrics, self.settings.metric), "valid_score": score,
+                  **{f"train_{k}": v for k, v in train_metrics.items()},
+                  **{f"valid_{k}": v for k, v in valid_metrics.items()}}
+        self.history.append(record)
+        self.next_epoch, self.finished = epoch + 1, stop or epoch + 1 >= self.settings.n_epochs
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, record)
+        return record
+
     def train_epoch(self, batches: DailyBatches) -> np.ndarray:
-        """One pass over the days in shuffled order; returns the train-mode predictions ``[rows]``."""
+        """One pass over the days in shuffled order; returns the train-mode predictions ``[rows]`` (NaN on days
+        without a finite label)."""
         self.network.train()
         preds = np.full(batches.n_rows, np.nan, dtype=np.float32)
         order = self.generator.permutation(batches.n_days)
         for d, day in _progress(batches.days(self.device, order), batches.n_days, "train"):
-            pred = run_network(self.network, day)
-            loss = self.loss_fn(pred, day.label, day.sample_weight)
-            if loss is None:  # no finite label on this day
-                continue
-            self.optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_value_(self.network.parameters(), self.config.clip_value)
-            self.optimizer.step()
-            preds[batches.day_slice(d)] = pred.detach().cpu().numpy()
+            pred = self.train_step(day)
+            if pred is not None:
+                preds[batches.day_slice(d)] = pred
         return preds
+
+    def train_step(self, day: Day) -> Optional[np.ndarray]:
+        """One optimizer step on one day; returns its predictions ``[n]``, or None when no label is finite."""
+        pred = self.network.forward_day(day)
+        loss = self.loss_fn(pred, day.label, day.sample_weight)
+        if loss is None:
+            return None
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_value_(self.network.parameters(), CLIP_VALUE)
+        self.optimizer.step()
+        return pred.detach().cpu().numpy()
 
     def predict(self, batches: DailyBatches) -> np.ndarray:
         return predict_days(self.network, batches, self.device)
 
     def evaluate(self, batches: DailyBatches, preds: Optional[np.ndarray] = None) -> Dict[str, float]:
+        """Daily metrics of ``preds`` (default: an eval-mode pass) against the batches' labels."""
         preds = self.predict(batches) if preds is None else preds
-        return daily_metrics(preds, batches.labels.numpy(), batches.day_start, batches.day_count, self.config.precision_k)
+        return daily_metrics(preds, batches.labels.numpy(), batches.day_start, batches.day_count,
+                             precision_k(self.settings.metric))
 
-    def fit(self, train: DailyBatches, valid: DailyBatches, evals_result: Optional[dict] = None) -> FitResult:
-        """Train with early stopping on ``valid``; leaves the best weights in ``network``.
-
-        ``evals_result["train"]`` / ``["valid"]`` receive the chosen metric per epoch (``-loss`` for loss, like
-        qlib's score). The train figure comes from the epoch's own train-mode predictions unless
-        ``config.eval_train`` asks for a separate eval pass over the train segment (qlib's way, ~30% slower).
-        With ``smooth_steps = N > 1`` the weights evaluated (and kept as best) after each epoch are the mean of
-        the last N epochs' weights; training continues from the unaveraged ones.
-        """
-        cfg = self.config
-        if cfg.checkpoint_path is not None and Path(cfg.checkpoint_path).exists():
-            self.load_checkpoint(cfg.checkpoint_path)
-        for epoch in range(self.next_epoch, cfg.n_epochs if not self.finished else 0):
-            tic = time.perf_counter()
-            train_preds = self.train_epoch(train)
-            train_seconds = time.perf_counter() - tic
-            current = _copy_state(self.network) if cfg.smooth_steps > 1 else None
-            if current is not None:
-                self.recent_states.append(current)
-                self.network.load_state_dict(average_states(list(self.recent_states)))
-            train_metrics = self.evaluate(train, None if cfg.eval_train or current is not None else train_preds)
-            valid_metrics = self.evaluate(valid)
-            score = score_of(valid_metrics, cfg.metric)
-            stop = self.stopper.update(epoch, score if np.isfinite(score) else -np.inf, self.network)
-            if current is not None:
-                self.network.load_state_dict(current)
-            seconds = time.perf_counter() - tic
-            self.history.append({"epoch": epoch, "seconds": seconds, "train_seconds": train_seconds,
-                                 "train_score": score_of(train_metrics, cfg.metric), "valid_score": score,
-                                 **{f"train_{k}": v for k, v in train_metrics.items()},
-                                 **{f"valid_{k}": v for k, v in valid_metrics.items()}})
-            self.logger.info(
-                "Epoch %d: train loss %.6f | valid %s | %.1fs", epoch, train_metrics["loss"],
-                " ".join(f"{k} {v:.4f}" for k, v in valid_metrics.items()), seconds,
-            )
-            if not np.isfinite(score):
-                self.logger.warning("Epoch %d: valid %s is not finite", epoch, cfg.metric)
-            self.next_epoch, self.finished = epoch + 1, stop or epoch + 1 >= cfg.n_epochs
-            self.after_epoch(epoch)
-            if stop:
-                self.logger.info("early stop at epoch %d (no better valid %s for %d epochs)", epoch, cfg.metric, cfg.early_stop)
-                break
-        if evals_result is not None:
-            evals_result["train"] = [h["train_score"] for h in self.history]
-            evals_result["valid"] = [h["valid_score"] for h in self.history]
-        if self.stopper.best_state is not None:
-            self.network.load_state_dict(self.stopper.best_state)
-        self.logger.info("best valid %s: %.6f @ epoch %d", cfg.metric, self.stopper.best_score, self.stopper.best_epoch)
-        return FitResult(self.stopper.best_epoch, self.stopper.best_score, self.history)
-
-    def after_epoch(self, epoch: int) -> None:
-        """Called once an epoch is complete: writes the checkpoint when one is configured."""
-        if self.config.checkpoint_path is not None:
-            self.save_checkpoint(self.config.checkpoint_path)
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path: Path) -> None:
-        """Everything needed to resume bit for bit, written atomically (loads with ``weights_only=True``)."""
-        state = {
-            "fingerprint": self.config.fingerprint,
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue bit for bit (plain tensors and numbers: loads with ``weights_only``)."""
+        return {
             "next_epoch": self.next_epoch,
             "finished": self.finished,
-            "model": _copy_state(self.network),
+            "model": copy_state(self.network),
             "optimizer": self.optimizer.state_dict(),
-            "stopper": {"best_score": float(self.stopper.best_score), "best_epoch": self.stopper.best_epoch,
-                        "bad_epochs": self.stopper.bad_epochs, "best_state": self.stopper.best_state},
-            "recent_states": list(self.recent_states),
-            "history": self.history,
+            "stopper": self.stopper.state_dict(),
+            "recent_states": self.averaging.state_dict(),
+            "history": self.history.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "shuffle_rng": self.generator.bit_generator.state,
         }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
 
-    def load_checkpoint(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for a bad file
-            raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
-        if state.get("fingerprint") != self.config.fingerprint:
-            raise CheckpointError(
-                f"checkpoint {path} was written with other settings or another dataset (fingerprint "
-                f"{state.get('fingerprint')!r}, this fit {self.config.fingerprint!r}); delete it or use another checkpoint_dir"
-            )
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        stopper = state["stopper"]
-        self.stopper = EarlyStopping(self.config.early_stop, stopper["best_score"], stopper["best_epoch"],
-                                     stopper["bad_epochs"], stopper["best_state"])
-        self.recent_states = deque(state["recent_states"], maxlen=max(1, self.config.smooth_steps))
-        self.history = list(state["history"])
+        self.stopper.load_state_dict(state["stopper"])
+        self.averaging.load_state_dict(state["recent_states"])
+        self.history.load_state_dict(state["history"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.generator.bit_generator.state = state["shuffle_rng"]
         self.next_epoch, self.finished = state["next_epoch"], state["finished"]
-        self.logger.info("resumed from checkpoint %s at epoch %d%s", path, self.next_epoch, " (finished)" if self.finished else "")
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "gd": torch.optim.SGD}  # keys: settings.OPTIMIZERS
+
+
+def make_optimizer(name: str, network: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """qlib's optimizer choice: ``"adam"`` or ``"gd"`` (plain SGD) over ``network``'s parameters."""
+    return OPTIMIZERS[name](network.parameters(), lr=lr)
+
+
+def select_device(GPU: Union[int, str, None], logger: logging.Logger) -> torch.device:
+    """qlib's rule (``cuda:<GPU>`` when CUDA is there and ``GPU >= 0``), falling back to CPU with a log line."""
+    if isinstance(GPU, str) and not GPU.lstrip("-").isdigit():
+        return torch.device(GPU)
+    gpu = -1 if GPU is None else int(GPU)
+    if gpu >= 0 and torch.cuda.is_available():
+        return torch.device(f"cuda:{gpu}")
+    if gpu >= 0:
+        logger.info("CUDA is not available: HIST runs on the CPU (GPU=%s ignored)", GPU)
+    return torch.device("cpu")

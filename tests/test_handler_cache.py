@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from qlib_hist.handler_cache import cache_key, cached_handler
+from qlib_hist.qlib_edge.handler_cache import cache_key, cached_handler
 
 from conftest import DEMO_SEGMENTS, init_qlib
 

@@ -41,10 +41,6 @@ class SegmentConcepts:
         self.matrix = np.ascontiguousarray(self.matrix, dtype=np.float32)
         self.row_index = np.ascontiguousarray(self.row_index, dtype=np.int64)
 
-    @property
-    def n_concepts(self) -> int:
-        return int(self.matrix.shape[1])
-
 
 class ConceptSource(Protocol):
     """Anything that answers "which concepts does stock s belong to on day t" for a whole segment."""

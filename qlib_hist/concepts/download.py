@@ -10,11 +10,10 @@ import numpy as np
 import requests
 
 from .._io import atomic_path
+from ..settings import QLIB_STOCK2CONCEPT_URL
 from .base import ConceptError
 from .legacy import load_stock2concept
 
-#: Where qlib's HIST downloads its CSI300 concept matrix from.
-QLIB_STOCK2CONCEPT_URL = "https://github.com/SunsetWolf/qlib_dataset/releases/download/v0/qlib_csi300_stock2concept.npy"
 
 BUILD_HINT = (
     "Build a concept file instead: `qlib-hist concepts from-sw SW.csv members.csv` then pass members.csv as "

@@ -19,7 +19,8 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike, atomic_path
+from .._io import PathLike
+from .._plotting import new_figure, save_png
 from .base import ConceptError
 from .legacy_export import read_market_spans
 from .membership import MembershipLike, as_source
@@ -97,11 +98,7 @@ def format_report(df: pd.DataFrame) -> str:
 
 def plot_report(df: pd.DataFrame, png_path: PathLike) -> Path:
     """Write a 2x2-panel PNG of a :func:`coverage_report` result (matplotlib Agg, atomic). Returns the path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 6), dpi=100)  # no pyplot: no global backend state, nothing left open
-    FigureCanvasAgg(fig)
+    fig = new_figure((9, 6))
     axes = fig.subplots(2, 2, sharex=True)
     years = df.index.to_numpy()
     panels = [
@@ -123,7 +120,4 @@ def plot_report(df: pd.DataFrame, png_path: PathLike) -> Path:
         ax.set_xlabel("year")
     fig.suptitle("Concept coverage per year", fontsize=11)
     fig.tight_layout()
-    png_path = Path(png_path)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    return png_path
+    return save_png(fig, png_path)

@@ -1,10 +1,10 @@
-"""Per-stock, per-day member weights for the predefined-concept module (the paper weights by market value).
+"""Per-stock, per-day member weights ``w_i`` for the predefined-concept module (the paper weights by market value).
 
 ``concept_weight`` names the source:
 
 - a qlib expression (anything with a ``$``), e.g. ``"$close * $volume"`` or a market-cap field your provider has,
-  evaluated with ``qlib.data.D.features`` over the segment's instruments and days;
-- a table file (``.csv`` / ``.parquet``) with columns ``instrument, datetime, value``.
+  evaluated by the qlib edge (:mod:`qlib_hist.qlib_edge.expressions`) over the segment's instruments and days;
+- a table file (``.csv`` / ``.parquet``) with columns ``instrument, datetime, value`` (:func:`read_weight_table`).
 
 Values that are missing, not finite or not positive get the day's median of the valid ones (never another
 stock's value); a day with no valid value gets 1 for every stock. Each day is then divided by its mean, so the
@@ -19,24 +19,11 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from .data import DataError
+from .batches import DataError
 
 
-def _from_expression(expression: str, index: pd.MultiIndex) -> pd.Series:
-    from qlib.data import D
-
-    dates = index.get_level_values(0)
-    instruments = sorted(index.get_level_values(1).unique())
-    try:
-        frame = D.features(instruments, [expression], start_time=dates.min(), end_time=dates.max())
-    except Exception as err:  # qlib raises many types for a bad expression or field
-        raise DataError(f"concept_weight {expression!r}: qlib cannot evaluate it ({type(err).__name__}: {err})") from None
-    values = frame.iloc[:, 0]
-    values.index = values.index.swaplevel().set_names(["datetime", "instrument"])
-    return values
-
-
-def _from_table(path: Path, index: pd.MultiIndex) -> pd.Series:
+def read_weight_table(path: Path) -> pd.Series:
+    """Raw values of a weight table, on a (datetime, instrument) index."""
     if not path.exists():
         raise DataError(f"concept_weight table {path} does not exist")
     table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
@@ -52,10 +39,15 @@ def _from_table(path: Path, index: pd.MultiIndex) -> pd.Series:
                                                                           names=["datetime", "instrument"]))
 
 
-def stock_weights(spec: Union[str, Path], index: pd.MultiIndex, segment_name: str) -> pd.Series:
-    """Member weights on ``index`` ((datetime, instrument) rows of a segment), float32, positive, day mean 1."""
+def is_expression(spec: Union[str, Path]) -> bool:
+    """Whether a ``concept_weight`` names a qlib expression (it holds a ``$``) rather than a table file."""
+    return "$" in str(spec)
+
+
+def normalize_member_weights(raw: pd.Series, index: pd.MultiIndex, spec: Union[str, Path], segment_name: str) -> pd.Series:
+    """Raw values (any (datetime, instrument) index) -> member weights on ``index`` (a segment's rows): float32,
+    positive, each day's mean 1. ``spec`` and ``segment_name`` are for the error message."""
     spec_text = str(spec)
-    raw = _from_expression(spec_text, index) if "$" in spec_text else _from_table(Path(spec_text).expanduser(), index)
     raw = raw[~raw.index.duplicated(keep="last")]
     values = raw.reindex(index).to_numpy(dtype=np.float64, copy=True)
     values[~(np.isfinite(values) & (values > 0))] = np.nan

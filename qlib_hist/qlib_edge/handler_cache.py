@@ -22,7 +22,7 @@ from typing import Union
 
 import pandas as pd
 
-from ._io import atomic_path
+from .._io import atomic_path
 
 PathLike = Union[str, Path]
 CACHE_VERSION = 2

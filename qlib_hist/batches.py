@@ -8,7 +8,8 @@ HIST's attention runs across the stocks of one day, so a batch is a day. A segme
 - the concept vectors of every row (:class:`qlib_hist.concepts.SegmentConcepts`), gathered per day on demand.
 
 No pandas and no file reads happen after construction: the epoch loop only slices tensors. The features are a
-read-only view of the handler's own float32 block where :func:`segment_frame` can take the segment without a copy.
+read-only view of the frame's float32 block where it has one (the qlib edge hands in views of the handler's frame).
+This module imports no qlib.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 
 from .concepts import ConceptSource, SegmentConcepts
 
-Segment = Union[str, slice]
 
 
 class DataError(ValueError):
@@ -37,8 +37,8 @@ class Day(NamedTuple):
     x: torch.Tensor  # [n, F] features
     concepts: torch.Tensor  # [n, C] concept vectors on that day
     label: Optional[torch.Tensor]  # [n] (NaN = unknown)
-    sample_weight: Optional[torch.Tensor]  # [n] loss weights (a qlib Reweighter)
-    stock_weight: Optional[torch.Tensor]  # [n] member weights in the predefined concepts (e.g. market value)
+    sample_weight: Optional[torch.Tensor]  # [n] loss weights (a qlib Reweighter's)
+    member_weight: Optional[torch.Tensor]  # [n] weights as members of the predefined concepts (e.g. market value)
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DailyBatches:
 
     features: torch.Tensor
     labels: Optional[torch.Tensor]
-    weights: Optional[torch.Tensor]  # [rows] sample weights for the loss
+    sample_weights: Optional[torch.Tensor]  # [rows] loss weights
     day_start: np.ndarray
     day_count: np.ndarray
     index: pd.MultiIndex
@@ -55,7 +55,7 @@ class DailyBatches:
     concept_rows: torch.Tensor  # [rows] row of concept_matrix for each row
     concepts: SegmentConcepts
     order: Optional[np.ndarray] = None  # our row k is the dataset's row order[k]; None when already sorted
-    stock_weights: Optional[torch.Tensor] = None  # [rows] member weights in the predefined concepts
+    member_weights: Optional[torch.Tensor] = None  # [rows] weights as members of the predefined concepts
 
     @property
     def n_days(self) -> int:
@@ -77,7 +77,7 @@ class DailyBatches:
             return None if values is None else values[rows].to(device, non_blocking=True)
 
         concepts = self.concept_matrix[self.concept_rows[rows]].to(device, non_blocking=True)
-        return Day(take(self.features), concepts, take(self.labels), take(self.weights), take(self.stock_weights))
+        return Day(take(self.features), concepts, take(self.labels), take(self.sample_weights), take(self.member_weights))
 
     def days(self, device: torch.device, order: Optional[np.ndarray] = None) -> Iterator[Tuple[int, Day]]:
         """Yield ``(day, day_tensors)`` in ``order`` (default: calendar order)."""
@@ -97,59 +97,6 @@ class DailyBatches:
     def in_dataset_order(self, frame: Union[pd.Series, pd.DataFrame]) -> Union[pd.Series, pd.DataFrame]:
         """Rows of ``frame`` (on ``self.index``, day-sorted) put back in the dataset's own row order."""
         return frame if self.order is None else frame.iloc[np.argsort(self.order)]
-
-    def to_dataset_order(self, values: np.ndarray) -> np.ndarray:
-        """Per-row ``values`` in our (day-sorted) order -> the dataset's original row order."""
-        if self.order is None:
-            return values
-        out = np.empty_like(values)
-        out[self.order] = values
-        return out
-
-
-def _as_date_slice(segment) -> Optional[slice]:
-    """A dataset segment (``(start, end)`` or a slice) as a step-less slice; None for anything else."""
-    if isinstance(segment, slice):
-        return segment if segment.step is None else None
-    if isinstance(segment, (tuple, list)) and len(segment) == 2:
-        return slice(*segment)
-    return None
-
-
-def segment_frame(dataset, segment: Segment, with_label: bool) -> pd.DataFrame:
-    """The rows of ``segment`` with its ``feature`` (and ``label``) columns, indexed by (datetime, instrument).
-
-    ``DatasetH.prepare`` copies a segment out of the handler (180 MB for three years of CSI300 Alpha360). When
-    ``dataset`` is a plain ``DatasetH`` whose ``DataHandlerLP`` keeps one date-sorted DataFrame, the same rows are
-    taken instead as a positional slice of the handler's own frame, fetched whole through qlib's public
-    ``handler.fetch(col_set="__raw")``: under pandas' copy-on-write that slice shares the handler's memory. The rows
-    are the ones qlib's own ``fetch_df_by_index`` selects (same bounds, partial dates included). Any other dataset (a
-    subclass, ``fetch_kwargs``, a handler with ``fetch_orig=False``, an index selector) goes through ``prepare``.
-
-    Training segments come from the learn data (``DK_L``), inference segments from the infer data (``DK_I``).
-    """
-    from qlib.data.dataset import DatasetH
-    from qlib.data.dataset.handler import DataHandlerLP
-
-    data_key = DataHandlerLP.DK_L if with_label else DataHandlerLP.DK_I
-    groups = ["feature", "label"] if with_label else ["feature"]
-    selector = _as_date_slice(dataset.segments.get(segment) if isinstance(segment, str) else segment)
-    handler = getattr(dataset, "handler", None)
-    plain = (type(dataset) is DatasetH and not getattr(dataset, "fetch_kwargs", None)
-             and isinstance(handler, DataHandlerLP) and getattr(handler, "fetch_orig", False))  # fetch_orig: no copy
-    if selector is not None and plain:
-        from qlib.data.dataset.utils import fetch_df_by_index
-
-        full = handler.fetch(slice(None), col_set=DataHandlerLP.CS_RAW, data_key=data_key)
-        if (isinstance(full, pd.DataFrame) and isinstance(full.columns, pd.MultiIndex)
-                and set(groups) <= set(full.columns.get_level_values(0))):
-            # the rows prepare would select, found by qlib's own selection run on row numbers (8 bytes a row)
-            numbered = pd.DataFrame({"row": np.arange(len(full))}, index=full.index)
-            rows = fetch_df_by_index(numbered, selector, "datetime")["row"].to_numpy()
-            if len(rows) and (np.diff(rows) == 1).all():
-                return full.iloc[rows[0] : rows[-1] + 1]  # a view
-            return full.iloc[rows]
-    return dataset.prepare(segment, col_set=groups if with_label else "feature", data_key=data_key)
 
 
 def _day_bounds(dates: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -187,10 +134,10 @@ def build_daily_batches(
     segment_name: str,
     d_feat: int,
     with_label: bool,
-    weights: Optional[pd.Series] = None,
-    stock_weights: Optional[pd.Series] = None,
+    sample_weights: Optional[pd.Series] = None,
+    member_weights: Optional[pd.Series] = None,
 ) -> DailyBatches:
-    """Convert a prepared segment (``DatasetH.prepare`` output) into :class:`DailyBatches`.
+    """Convert a segment's frame (what ``DatasetH.prepare`` returns) into :class:`DailyBatches`.
 
     Args:
         df: rows indexed by (datetime, instrument); ``feature`` columns, plus ``label`` when ``with_label``.
@@ -198,8 +145,8 @@ def build_daily_batches(
         segment_name: used in error messages and logs.
         d_feat: features per time step; the feature count must be a multiple of it.
         with_label: read the first ``label`` column.
-        weights: optional per-row sample weights (a qlib ``Reweighter``'s output) on ``df``'s index.
-        stock_weights: optional per-row member weights for the predefined concepts, on ``df``'s index.
+        sample_weights: optional per-row loss weights (a qlib ``Reweighter``'s output) on ``df``'s index.
+        member_weights: optional per-row member weights for the predefined concepts, on ``df``'s index.
     """
     if df is None or len(df) == 0:
         raise DataError(f"segment {segment_name} is empty: check the dataset's segments and the handler's time range")
@@ -213,8 +160,8 @@ def build_daily_batches(
         order = np.argsort(dates, kind="stable")
         df = df.iloc[order]
         dates = dates[order]
-        weights = None if weights is None else weights.iloc[order]
-        stock_weights = None if stock_weights is None else stock_weights.iloc[order]
+        sample_weights = None if sample_weights is None else sample_weights.iloc[order]
+        member_weights = None if member_weights is None else member_weights.iloc[order]
 
     feature_frame = df["feature"] if isinstance(df.columns, pd.MultiIndex) else df
     # no copy when the frame already holds one float32 block: the tensors share the handler's memory (read only)
@@ -245,7 +192,7 @@ def build_daily_batches(
     return DailyBatches(
         features=features_tensor,
         labels=labels,
-        weights=as_tensor(weights),
+        sample_weights=as_tensor(sample_weights),
         day_start=day_start,
         day_count=day_count,
         index=df.index,
@@ -253,5 +200,5 @@ def build_daily_batches(
         concept_rows=torch.from_numpy(concepts.row_index),
         concepts=concepts,
         order=order,
-        stock_weights=as_tensor(stock_weights),
+        member_weights=as_tensor(member_weights),
     )

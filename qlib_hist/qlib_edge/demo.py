@@ -16,30 +16,19 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Iterator, Optional, Union
 
 import yaml
 
-from ._io import atomic_write_text
-from .demo_data import write_demo_provider
+from .._io import atomic_write_text
+from ..demo_data import write_demo_provider
+from .recorders import latest_recorder, recorder_report
 
-DEMO_YAML = Path(__file__).parent / "configs" / "workflow_config_hist_demo.yaml"
+DEMO_YAML = Path(__file__).parents[1] / "configs" / "workflow_config_hist_demo.yaml"
 DEMO_YAML_NAME = "workflow_config_hist_demo.yaml"
 
-#: report label -> recorder metric name, as qlib's SigAnaRecord / PortAnaRecord log them
-REPORT_METRICS = {
-    "IC": "IC",
-    "ICIR": "ICIR",
-    "Rank IC": "Rank IC",
-    "Rank ICIR": "Rank ICIR",
-    "annualized excess return": "1day.excess_return_with_cost.annualized_return",
-    "information ratio": "1day.excess_return_with_cost.information_ratio",
-    "max drawdown": "1day.excess_return_with_cost.max_drawdown",
-}
-
-
 @contextlib.contextmanager
-def _working_dir(path: Path):
+def _working_dir(path: Path) -> Iterator[None]:
     previous = Path.cwd()
     os.chdir(path)
     try:
@@ -58,25 +47,6 @@ def write_demo_config(out_dir: Path, seed: int = 0, n_epochs: Optional[int] = No
     path = out_dir / DEMO_YAML_NAME
     atomic_write_text(path, text)
     return path
-
-
-def latest_recorder(experiment_name: str):
-    """The most recently started recorder of ``experiment_name`` (qlib must be initialised)."""
-    from qlib.workflow import R
-
-    recorders = R.get_exp(experiment_name=experiment_name, create=False).list_recorders()
-    return max(recorders.values(), key=lambda r: r.info["start_time"])
-
-
-def recorder_report(recorder) -> Dict[str, float]:
-    """The demo's figures from a finished workflow's recorder."""
-    metrics = recorder.list_metrics()
-    return {label: float(metrics[name]) for label, name in REPORT_METRICS.items() if name in metrics}
-
-
-def format_report(report: Dict[str, float]) -> str:
-    width = max(map(len, REPORT_METRICS))
-    return "\n".join(f"{label:<{width}}  {value: .4f}" for label, value in report.items())
 
 
 def run_demo(

@@ -1,0 +1,95 @@
+"""Callbacks of the :class:`~qlib_hist.training.Trainer`: what happens around the loop, not in it.
+
+A callback sees the trainer when ``fit`` begins, after every finished epoch (with that epoch's history record)
+and when ``fit`` ends. Built in: :class:`LogEpochs` (always first) and :class:`Checkpoint` (with
+``checkpoint_dir``). Tests interrupt and observe training with their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Union
+
+import numpy as np
+import torch
+
+from ._io import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .training import FitResult, Trainer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed here (other settings, another dataset, or an unreadable file)."""
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_fit_begin(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
+        pass
+
+    def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
+        pass
+
+
+class LogEpochs(Callback):
+    """One log line per epoch (train loss, every valid metric, seconds), early stops and the best epoch."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
+        epoch, metric = record["epoch"], trainer.settings.metric
+        valid = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_") and k != "valid_score")
+        self.logger.info("Epoch %d: train loss %.6f | valid %s | %.1fs", epoch, record["train_loss"], valid,
+                         record["seconds"])
+        if not np.isfinite(record["valid_score"]):
+            self.logger.warning("Epoch %d: valid %s is not finite", epoch, metric)
+        if trainer.stopper.bad_epochs >= trainer.stopper.patience:
+            self.logger.info("early stop at epoch %d (no better valid %s for %d epochs)", epoch, metric,
+                             trainer.settings.early_stop)
+
+    def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
+        self.logger.info("best valid %s: %.6f @ epoch %d", trainer.settings.metric, result.best_score, result.best_epoch)
+
+
+class Checkpoint(Callback):
+    """After every epoch, write everything needed to resume bit for bit; on ``fit``, resume from it.
+
+    The file holds :meth:`Trainer.state_dict` plus a ``fingerprint`` of the settings and data that produced it;
+    a checkpoint with another fingerprint is refused. Written atomically; read with ``weights_only=True``.
+    """
+
+    def __init__(self, path: Union[str, Path], fingerprint: str) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def on_fit_begin(self, trainer: "Trainer") -> None:
+        if not self.path.exists():
+            return
+        state = self.read()
+        trainer.load_state_dict(state)
+        trainer.logger.info("resumed from checkpoint %s at epoch %d%s", self.path, trainer.next_epoch,
+                            " (finished)" if trainer.finished else "")
+
+    def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, **trainer.state_dict()}, tmp)
+
+    def read(self) -> Dict[str, Any]:
+        """The checkpoint's content, checked to belong to this fit."""
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for a bad file
+            raise CheckpointError(f"checkpoint {self.path} cannot be read ({type(err).__name__}: {err})") from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written with other settings or another dataset (fingerprint "
+                f"{state.get('fingerprint')!r}, this fit {self.fingerprint!r}); delete it or use another checkpoint_dir"
+            )
+        return state

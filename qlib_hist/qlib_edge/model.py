@@ -1,0 +1,266 @@
+"""``qlib_hist.HIST``: the qlib face of the model — qlib's arguments in, fit / predict / explain, pickling.
+
+A drop-in for ``qlib.contrib.model.pytorch_hist.HIST``: same constructor arguments, defaults and attributes
+(``HIST_model``, ``train_optimizer``, ``fitted``, ``device``, ``use_gpu``, and every argument by its name), so a
+qlib YAML only changes its ``module_path``. The arguments are parsed once into
+:class:`~qlib_hist.settings.HISTSettings`; the network, the loop, the batches and the concepts are the core's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Text, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from qlib.data.dataset import DatasetH
+from qlib.log import get_module_logger
+from qlib.model.base import Model
+
+from ..batches import DailyBatches
+from ..callbacks import Callback, Checkpoint
+from ..concepts import ConceptSource, load_concept_source
+from ..explain import explain_batches
+from ..network import HISTModel, RNNRegressor
+from ..pretrained import load_pretrained, save_state_dict
+from ..settings import GROUPS, HISTSettings
+from ..training import Trainer, make_optimizer, predict_days, select_device
+from .dataset import Segment, segment_batches
+
+CHECKPOINT_NAME = "hist_checkpoint.pt"
+PICKLE_FORMAT = 2  # 1: qlib-hist 0.1.0 (flat attributes); 2: {"settings": {...}, "HIST_model": state dict, ...}
+RESULT_ATTRIBUTES = ("fitted", "best_epoch", "best_score", "history")  # kept in pickles beside the settings
+
+
+class HIST(Model):
+    """HIST (Xu et al., 2021) for qlib: stock trend forecasting with predefined and hidden concepts.
+
+    Parameters (same names, meanings and defaults as ``qlib.contrib.model.pytorch_hist.HIST``)
+    ----------
+    d_feat : int
+        features per time step (6 for Alpha360: open, close, high, low, vwap, volume).
+    hidden_size, num_layers, dropout : the RNN encoder's size.
+    n_epochs : int
+        maximum training epochs.
+    lr : float
+        learning rate.
+    metric : str
+        early-stopping metric on valid: ``"ic"``, ``"rank_ic"``, ``"precision@k"`` or ``"loss"`` (``""`` = loss).
+    early_stop : int
+        epochs without a better valid metric before stopping.
+    loss : str
+        ``"mse"`` (on non-NaN labels).
+    base_model : str
+        ``"GRU"`` or ``"LSTM"``.
+    model_path : str, optional
+        a saved qlib LSTM/GRU (``rnn.*``, ``fc_out.*``) to start from; only matching names are loaded.
+    stock2concept : str
+        a membership table (``.csv`` / ``.parquet``, point in time) or qlib's legacy ``.npy`` matrix.
+    stock_index : str
+        for a legacy matrix: ``{instrument: row}`` as a pickled-dict ``.npy`` or a ``.json``.
+    optimizer : str
+        ``"adam"`` or ``"gd"``.
+    GPU : int or str
+        CUDA device index (or a device string); CPU when CUDA is unavailable or ``GPU < 0``.
+    seed : int, optional
+        seeds the weights, the day shuffling and dropout: the same seed gives the same predictions on CPU.
+
+    Extra parameters (not in qlib's HIST)
+    ----------
+    stock2concept_url : str
+        where to download a missing legacy ``stock2concept`` from (qlib's address; ``None`` = never).
+    eval_train : bool
+        score the train segment with a separate eval pass each epoch, as qlib does (default: use the epoch's
+        own train-mode predictions, which costs nothing).
+    pretrain_epochs : int
+        without ``model_path``: first train the base RNN with a linear head for up to this many epochs
+        (0 = off, as in qlib), then start HIST from it.
+    pretrain_save_path : str, optional
+        save that pretrained base RNN in qlib's LSTM/GRU ``model_path`` format.
+
+    The paper's model and recipe (each off by default, so qlib's results reproduce)
+    ----------
+    hidden_topk : int
+        each stock joins the hidden concepts of its K most similar peers (1 = qlib).
+    concept_weight : str, optional
+        member weights in the predefined concepts: a qlib expression (``"$close*$volume"``, a market-cap field)
+        or a table ``instrument, datetime, value``; see :mod:`qlib_hist.member_weights`.
+    concept_refine : bool
+        the paper's second pass over each concept's members before stocks attend to concepts.
+    temporal_attention : bool
+        attention over the encoder's time steps in place of its last state.
+    smooth_steps : int
+        evaluate (and keep as best) the mean of the last N epochs' weights (1 = off).
+    checkpoint_dir : str, optional
+        write a resumable checkpoint after every epoch; ``fit`` resumes from it.
+
+    Every argument stays readable (and settable, validated again) as an attribute: ``model.n_epochs``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.logger = get_module_logger("HIST")
+        settings, unknown = HISTSettings.from_kwargs(**kwargs)
+        if unknown:
+            self.logger.warning("HIST ignores unknown arguments: %s", ", ".join(sorted(unknown)))
+        self.settings = settings
+        self.device = select_device(settings.training.GPU, self.logger)
+        self.logger.info("HIST parameters: %s, device=%s",
+                         ", ".join(f"{k}={v!r}" for k, v in settings.flat().items()), self.device)
+        self._seed_everything()
+        self.HIST_model = HISTModel.from_settings(settings.network).to(self.device)
+        self.train_optimizer = make_optimizer(settings.training.optimizer, self.HIST_model, settings.training.lr)
+        self.fitted = False
+        self._concept_source: Optional[ConceptSource] = None
+
+    # ------------------------------------------------------------------ settings as attributes
+    def __getattr__(self, name: str) -> Any:
+        """``model.<argument>`` reads the setting (qlib's HIST keeps its arguments as attributes)."""
+        settings = self.__dict__.get("settings")
+        owner = HISTSettings.field_names().get(name)
+        if settings is None or owner is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(getattr(settings, owner), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``model.<argument> = value`` replaces the setting, validated again."""
+        if name in HISTSettings.field_names() and "settings" in self.__dict__:
+            self.__dict__["settings"] = self.settings.replace(**{name: value})
+            if name in ("stock2concept", "stock_index", "stock2concept_url"):
+                self.__dict__["_concept_source"] = None
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.device != torch.device("cpu")
+
+    # ------------------------------------------------------------------ helpers
+    def _seed_everything(self) -> None:
+        seed = self.settings.training.seed
+        if seed is not None:
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+
+    def concept_source(self) -> ConceptSource:
+        """The concept source named by ``stock2concept`` / ``stock_index``, loaded once per model object."""
+        if self.__dict__.get("_concept_source") is None:
+            c = self.settings.concepts
+            self._concept_source = load_concept_source(c.stock2concept, c.stock_index, c.stock2concept_url)
+            self.logger.info("concepts: %s", self._concept_source.describe())
+        return self._concept_source
+
+    def _batches(self, dataset: DatasetH, segment: Segment, with_label: bool, reweighter: Any = None) -> DailyBatches:
+        return segment_batches(dataset, segment, with_label, self.concept_source(), self.settings.network.d_feat,
+                               self.settings.concepts.concept_weight, reweighter, self.logger)
+
+    def _checkpoint(self, train: DailyBatches, valid: DailyBatches) -> Optional[Checkpoint]:
+        """The checkpoint callback for ``checkpoint_dir``, fingerprinted by the settings and the data."""
+        if not self.settings.training.checkpoint_dir:
+            return None
+        digest = hashlib.sha1(json.dumps(self.settings.fingerprint_fields(), sort_keys=True, default=str).encode())
+        digest.update(f"{train.fingerprint()}|{valid.fingerprint()}".encode())
+        path = Path(self.settings.training.checkpoint_dir).expanduser() / CHECKPOINT_NAME
+        return Checkpoint(path, digest.hexdigest()[:16])
+
+    def _pretrain_base(self, train: DailyBatches, valid: DailyBatches) -> None:
+        """Train the base RNN with a linear head, then start HIST's ``rnn.*``/``fc_out.*`` from it."""
+        t = self.settings.training
+        base = RNNRegressor.from_settings(self.settings.network).to(self.device)
+        self.logger.info("pretraining the base %s for up to %d epochs", self.settings.network.base_model, t.pretrain_epochs)
+        recipe = dataclasses.replace(t, n_epochs=t.pretrain_epochs, smooth_steps=1)
+        Trainer(base, make_optimizer(t.optimizer, base, t.lr), recipe, self.device, self.logger).fit(train, valid)
+        state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
+        if t.pretrain_save_path:
+            self.logger.info("saved the pretrained base model to %s", save_state_dict(state, t.pretrain_save_path))
+        own = self.HIST_model.state_dict()
+        self.HIST_model.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
+
+    # ------------------------------------------------------------------ qlib API
+    def fit(self, dataset: DatasetH, evals_result: dict = dict(), save_path: Optional[str] = None,
+            reweighter: Any = None, callbacks: Sequence[Callback] = ()) -> None:
+        """Train on ``dataset``'s ``train`` segment, early-stopping on ``valid``; ``test`` is not touched.
+
+        ``callbacks`` (:class:`~qlib_hist.callbacks.Callback`) run after the built-in ones (logging, checkpoint).
+        """
+        train = self._batches(dataset, "train", with_label=True, reweighter=reweighter)
+        valid = self._batches(dataset, "valid", with_label=True)
+        self.logger.info("train: %d days, %d rows; valid: %d days, %d rows",
+                         train.n_days, train.n_rows, valid.n_days, valid.n_rows)
+        self._seed_everything()
+        t = self.settings.training
+        checkpoint = self._checkpoint(train, valid)
+        if t.model_path is not None:
+            load_pretrained(self.HIST_model, t.model_path, self.logger)
+        elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
+            self._pretrain_base(train, valid)
+        own = [] if checkpoint is None else [checkpoint]
+        trainer = Trainer(self.HIST_model, self.train_optimizer, t, self.device, self.logger, [*own, *callbacks])
+        result = trainer.fit(train, valid, evals_result)
+        self.fitted = True
+        self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
+        if save_path:
+            save_state_dict(self.HIST_model.state_dict(), save_path)
+
+    def predict(self, dataset: DatasetH, segment: Union[Text, slice] = "test") -> pd.Series:
+        """Predictions for ``segment`` as a ``pd.Series`` on the dataset's (datetime, instrument) index."""
+        if not self.fitted:
+            raise ValueError("model is not fitted yet!")
+        batches = self._batches(dataset, segment, with_label=False)
+        preds = predict_days(self.HIST_model, batches, self.device)
+        return batches.in_dataset_order(pd.Series(preds, index=batches.index, name="score"))
+
+    def explain(self, dataset: DatasetH, segment: Union[Text, slice] = "test", top: int = 3) -> pd.DataFrame:
+        """Each prediction split into its parts, with what it attended to.
+
+        HIST's output layer is linear in the sum of three parts, so ``score = concept + hidden_concept +
+        individual + bias`` exactly (to float rounding). Columns, on the predictions' (datetime, instrument) index:
+        ``score``, ``concept``, ``hidden_concept``, ``individual``, ``bias``; ``concept_1..top`` (the predefined
+        concepts with the highest attention weight, by name where the source has names) with ``concept_k_weight``;
+        ``peer_1..top`` (the instruments whose hidden concepts got the most attention) with ``peer_k_weight``; and,
+        with ``temporal_attention``, ``step_1..top``: the days back (0 = the last day of the window) that the
+        encoder weighted most, with ``step_k_weight``.
+        """
+        if not self.fitted:
+            raise ValueError("model is not fitted yet!")
+        batches = self._batches(dataset, segment, with_label=False)
+        return batches.in_dataset_order(explain_batches(self.HIST_model, batches, self.device, top))
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> Dict[str, Any]:
+        """Plain values only: the settings by name, the network as a CPU state dict (a model fitted on a GPU loads
+        on a CPU-only machine), and the fit's results. The optimizer's moments are not kept."""
+        state: Dict[str, Any] = {"format": PICKLE_FORMAT, "settings": self.settings.flat(),
+                                 "HIST_model": {k: v.detach().cpu() for k, v in self.HIST_model.state_dict().items()}}
+        state.update({k: self.__dict__[k] for k in RESULT_ATTRIBUTES if k in self.__dict__})
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # format 1 (0.1.0) kept every argument as an attribute; options added later take their (off) defaults
+        flat = state["settings"] if "settings" in state else {k: v for k, v in state.items() if k in HISTSettings.field_names()}
+        settings, _ = HISTSettings.from_kwargs(**flat)
+        self.__dict__.update(logger=get_module_logger("HIST"), settings=settings, fitted=False, _concept_source=None)
+        self.__dict__.update({k: state[k] for k in RESULT_ATTRIBUTES if k in state})
+        self.device = select_device(settings.training.GPU, self.logger)
+        weights = state["HIST_model"] if isinstance(state["HIST_model"], dict) else state["HIST_model"].state_dict()
+        self.HIST_model = HISTModel.from_settings(settings.network)
+        self.HIST_model.load_state_dict(weights)
+        self.HIST_model.to(self.device)
+        self.train_optimizer = make_optimizer(settings.training.optimizer, self.HIST_model, settings.training.lr)
+
+
+def _signature() -> inspect.Signature:
+    """``HIST(d_feat=6, ..., checkpoint_dir=None, **kwargs)``, derived from the settings' fields."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for cls in GROUPS.values():
+        params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+                   for f in dataclasses.fields(cls)]
+    params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(params)
+
+
+HIST.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
