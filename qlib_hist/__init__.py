@@ -10,8 +10,16 @@ from .network import HISTModel, RNNRegressor
 from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
 __version__ = "0.2.0"
-__all__ = ["HIST", "HISTModel", "RNNRegressor", "HISTSettings", "NetworkSettings", "TrainSettings",
-           "ConceptSettings", "__version__"]
+__all__ = [
+    "HIST",
+    "HISTModel",
+    "RNNRegressor",
+    "HISTSettings",
+    "NetworkSettings",
+    "TrainSettings",
+    "ConceptSettings",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

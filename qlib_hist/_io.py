@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,6 +44,15 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def npy_bytes(obj: Any) -> bytes:
+    """``np.save`` output as bytes (a dict is pickled, as in qlib's ``csi300_stock_index.npy``)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=True)
+    return buf.getvalue()
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Tuple, Union
+from typing import Any, Tuple
 
-from ._io import atomic_path
+from ._io import PathLike, atomic_path
 
 
 def new_figure(figsize: Tuple[float, float], dpi: int = 100) -> Any:
@@ -18,7 +18,7 @@ def new_figure(figsize: Tuple[float, float], dpi: int = 100) -> Any:
     return fig
 
 
-def save_png(fig: Any, path: Union[str, Path], dpi: int = 100) -> Path:
+def save_png(fig: Any, path: PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` as a PNG, atomically. Returns the path."""
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -4,7 +4,7 @@ HIST's attention runs across the stocks of one day, so a batch is a day. A segme
 
 - ``features``  float32 ``[rows, F]`` (Alpha360: ``F = 360 = 6 fields x 60 days``), rows sorted by day;
 - ``labels``    float32 ``[rows]`` (NaN where unknown), training segments only;
-- ``day_start`` / ``day_count`` int64 ``[days]``: the rows of day ``d`` are ``day_start[d] : day_start[d] + day_count[d]``;
+- ``day_start`` / ``day_count`` int64 ``[days]``: day ``d`` is rows ``day_start[d] : day_start[d] + day_count[d]``;
 - the concept vectors of every row (:class:`qlib_hist.concepts.SegmentConcepts`), gathered per day on demand.
 
 No pandas and no file reads happen after construction: the epoch loop only slices tensors. The features are a
@@ -14,9 +14,9 @@ This module imports no qlib.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import hashlib
 import warnings
+from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 
 from .concepts import ConceptSource, SegmentConcepts
-
 
 
 class DataError(ValueError):
@@ -77,7 +76,13 @@ class DailyBatches:
             return None if values is None else values[rows].to(device, non_blocking=True)
 
         concepts = self.concept_matrix[self.concept_rows[rows]].to(device, non_blocking=True)
-        return Day(take(self.features), concepts, take(self.labels), take(self.sample_weights), take(self.member_weights))
+        return Day(
+            self.features[rows].to(device, non_blocking=True),
+            concepts,
+            take(self.labels),
+            take(self.sample_weights),
+            take(self.member_weights),
+        )
 
     def days(self, device: torch.device, order: Optional[np.ndarray] = None) -> Iterator[Tuple[int, Day]]:
         """Yield ``(day, day_tensors)`` in ``order`` (default: calendar order)."""
@@ -87,9 +92,15 @@ class DailyBatches:
     def fingerprint(self) -> str:
         """A cheap, stable hash of the segment's content (shapes, days, every 97th row, labels, concepts)."""
         digest = hashlib.sha1()
-        for part in (np.array(self.features.shape), self.day_start, self.day_count, self.features[::97].numpy(),
-                     self.concept_matrix.numpy(), self.concept_rows.numpy(),
-                     np.array([]) if self.labels is None else self.labels.numpy()):
+        for part in (
+            np.array(self.features.shape),
+            self.day_start,
+            self.day_count,
+            self.features[::97].numpy(),
+            self.concept_matrix.numpy(),
+            self.concept_rows.numpy(),
+            np.array([]) if self.labels is None else self.labels.numpy(),
+        ):
             digest.update(np.ascontiguousarray(part).tobytes())
         digest.update("|".join(map(str, self.index[[0, -1]])).encode())
         return digest.hexdigest()[:16]
@@ -107,8 +118,9 @@ def _day_bounds(dates: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return day_start, day_count
 
 
-def _check_finite(features: np.ndarray, index: pd.MultiIndex, columns: pd.Index, segment_name: str,
-                  chunk: int = 16384) -> None:
+def _check_finite(
+    features: np.ndarray, index: pd.MultiIndex, columns: pd.Index, segment_name: str, chunk: int = 16384
+) -> None:
     """Raise a DataError naming the count and first place of NaN/inf values; scans in row chunks (low memory)."""
     n_bad = n_rows = 0
     first = None
@@ -120,7 +132,7 @@ def _check_finite(features: np.ndarray, index: pd.MultiIndex, columns: pd.Index,
             if first is None:
                 row, col = np.argwhere(bad)[0]
                 first = (start + row, col)
-    if n_bad:
+    if first is not None:
         row, col = first
         raise DataError(
             f"segment {segment_name}: {n_bad} NaN/inf feature values in {n_rows} rows; first at {index[row]} "
@@ -154,7 +166,9 @@ def build_daily_batches(
         raise DataError(f"segment {segment_name}: expected a (datetime, instrument) MultiIndex, got {df.index.names}")
     dates = df.index.get_level_values(0).values
     if not np.issubdtype(dates.dtype, np.datetime64):
-        raise DataError(f"segment {segment_name}: index level 0 must hold dates, got {df.index.names[0]!r} ({dates.dtype})")
+        raise DataError(
+            f"segment {segment_name}: index level 0 must hold dates, got {df.index.names[0]!r} ({dates.dtype})"
+        )
     order = None
     if not (dates[1:] >= dates[:-1]).all():
         order = np.argsort(dates, kind="stable")

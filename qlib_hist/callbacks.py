@@ -46,16 +46,20 @@ class LogEpochs(Callback):
     def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
         epoch, metric = record["epoch"], trainer.settings.metric
         valid = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_") and k != "valid_score")
-        self.logger.info("Epoch %d: train loss %.6f | valid %s | %.1fs", epoch, record["train_loss"], valid,
-                         record["seconds"])
+        self.logger.info(
+            "Epoch %d: train loss %.6f | valid %s | %.1fs", epoch, record["train_loss"], valid, record["seconds"]
+        )
         if not np.isfinite(record["valid_score"]):
             self.logger.warning("Epoch %d: valid %s is not finite", epoch, metric)
         if trainer.stopper.bad_epochs >= trainer.stopper.patience:
-            self.logger.info("early stop at epoch %d (no better valid %s for %d epochs)", epoch, metric,
-                             trainer.settings.early_stop)
+            self.logger.info(
+                "early stop at epoch %d (no better valid %s for %d epochs)", epoch, metric, trainer.settings.early_stop
+            )
 
     def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
-        self.logger.info("best valid %s: %.6f @ epoch %d", trainer.settings.metric, result.best_score, result.best_epoch)
+        self.logger.info(
+            "best valid %s: %.6f @ epoch %d", trainer.settings.metric, result.best_score, result.best_epoch
+        )
 
 
 class Checkpoint(Callback):
@@ -74,8 +78,12 @@ class Checkpoint(Callback):
             return
         state = self.read()
         trainer.load_state_dict(state)
-        trainer.logger.info("resumed from checkpoint %s at epoch %d%s", self.path, trainer.next_epoch,
-                            " (finished)" if trainer.finished else "")
+        trainer.logger.info(
+            "resumed from checkpoint %s at epoch %d%s",
+            self.path,
+            trainer.next_epoch,
+            " (finished)" if trainer.finished else "",
+        )
 
     def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
         with atomic_path(self.path) as tmp:

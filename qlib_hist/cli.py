@@ -15,15 +15,17 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .concepts import ConceptError
 from .batches import DataError
+from .concepts import ConceptError
 
 
 def _levels(text: str) -> tuple:
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--levels takes comma-separated integers such as 1,2,3, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--levels takes comma-separated integers such as 1,2,3, got {text!r}"
+        ) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -41,8 +43,10 @@ def cmd_from_sw(args: argparse.Namespace) -> None:
 
     table = from_sw(args.sw_csv, levels=args.levels)
     path = write_membership(table, args.out)
-    print(f"wrote {path}: {len(table)} memberships, {table['concept'].nunique()} concepts, "
-          f"{table['instrument'].nunique()} instruments")
+    print(
+        f"wrote {path}: {len(table)} memberships, {table['concept'].nunique()} concepts, "
+        f"{table['instrument'].nunique()} instruments"
+    )
 
 
 def cmd_to_legacy(args: argparse.Namespace) -> None:
@@ -87,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     concepts = commands.add_parser("concepts", help="build and inspect concept inputs").add_subparsers(
-        dest="concepts_command", required=True)
+        dest="concepts_command", required=True
+    )
     sw = concepts.add_parser("from-sw", help="Shenwan industry history -> membership table")
     sw.add_argument("sw_csv")
     sw.add_argument("out", help="membership table to write (.csv or .parquet)")
@@ -100,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     legacy.add_argument("--provider-uri", required=True, help="qlib data directory (for the market's instruments)")
     legacy.add_argument("--market", default="csi300")
     legacy.add_argument("--out", required=True, help="output directory or file prefix")
-    legacy.add_argument("--universe", choices=("all", "as-of"), default="all",
-                        help="rows: every stock the market file ever lists (default, like qlib's file) or only "
-                             "the members on --as-of")
+    legacy.add_argument(
+        "--universe",
+        choices=("all", "as-of"),
+        default="all",
+        help="rows: every stock the market file ever lists (default, like qlib's file) or only the members on --as-of",
+    )
     legacy.set_defaults(func=cmd_to_legacy)
 
     report = concepts.add_parser("report", help="per-year coverage of a membership table over a market")

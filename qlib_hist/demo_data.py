@@ -36,7 +36,7 @@ from typing import Dict, List, Union
 import numpy as np
 import pandas as pd
 
-from qlib_hist._io import atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_text, npy_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -130,7 +130,11 @@ def _concept_factors(n_concepts: int, n_days: int, rng: np.random.Generator) -> 
 
 
 def _membership(
-    n_stocks: int, n_concepts: int, calendar: pd.DatetimeIndex, first: np.ndarray, eligible: np.ndarray,
+    n_stocks: int,
+    n_concepts: int,
+    calendar: pd.DatetimeIndex,
+    first: np.ndarray,
+    eligible: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """Point-in-time concept membership.
@@ -194,8 +198,15 @@ def _simulate(n_stocks: int, n_concepts: int, n_days: int, seed: int, start: str
     idio = r_stock.normal(size=(n_days, n_stocks)) * r_stock.uniform(*SIGMA_IDIO, size=n_stocks)
     log_ret = market[:, None] * beta + np.einsum("tnc,ct->tn", members, factors) + idio
     return _Market(
-        calendar, names, first, last, members, rows, log_ret,
-        unindexed=[names[i] for i in unindexed], switched=[names[i] for i in switchers],
+        calendar,
+        names,
+        first,
+        last,
+        members,
+        rows,
+        log_ret,
+        unindexed=[names[i] for i in unindexed],
+        switched=[names[i] for i in switchers],
     )
 
 
@@ -256,14 +267,6 @@ def _write_provider(root: Path, m: _Market, rng: np.random.Generator) -> None:
             atomic_write_bytes(root / "features" / name.lower() / f"{f}.day.bin", _bin(a, series[f]))
 
 
-def _npy_bytes(obj: object) -> bytes:
-    """``np.save`` output as bytes (a dict is pickled, as in qlib's ``csi300_stock_index.npy``)."""
-    with tempfile.TemporaryFile() as fh:
-        np.save(fh, obj, allow_pickle=True)
-        fh.seek(0)
-        return fh.read()
-
-
 def _check_args(out_dir: Path, n_stocks: int, n_concepts: int, n_days: int, seed: int, start: str) -> None:
     """Raise ``ValueError`` naming the first bad argument."""
     if not 10 <= n_stocks <= 5000:
@@ -287,7 +290,11 @@ def _check_args(out_dir: Path, n_stocks: int, n_concepts: int, n_days: int, seed
 
 
 def write_demo_provider(
-    out_dir: PathLike, n_stocks: int = 100, n_concepts: int = 8, n_days: int = 700, seed: int = 0,
+    out_dir: PathLike,
+    n_stocks: int = 100,
+    n_concepts: int = 8,
+    n_days: int = 700,
+    seed: int = 0,
     start: str = "2016-01-04",
 ) -> DemoData:
     """Generate the synthetic market and write it under ``out_dir`` (see the module docstring for the layout).
@@ -333,8 +340,8 @@ def write_demo_provider(
     s2c_path, index_path, membership_path = (
         out_dir / name for name in ("stock2concept.npy", "stock_index.npy", "concept_membership.csv")
     )
-    atomic_write_bytes(s2c_path, _npy_bytes(matrix))
-    atomic_write_bytes(index_path, _npy_bytes(stock_index))
+    atomic_write_bytes(s2c_path, npy_bytes(matrix))
+    atomic_write_bytes(index_path, npy_bytes(stock_index))
     atomic_write_text(membership_path, m.membership.to_csv(index=False, lineterminator="\n"))
     first_day, last_day = (str(day.date()) for day in m.calendar[[0, -1]])
     meta = dict(format=FORMAT, n_stocks=n_stocks, n_concepts=n_concepts, n_days=n_days, seed=seed, start=first_day)

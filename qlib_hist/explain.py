@@ -46,9 +46,13 @@ def explain_batches(network: HISTModel, batches: DailyBatches, device: torch.dev
     concept_names = np.array(batches.concepts.names or [f"concept_{j}" for j in range(n_concepts)], dtype=object)
     instruments = np.asarray(batches.index.get_level_values(1), dtype=object)
     parts = {name: np.empty(batches.n_rows, dtype=np.float32) for name in PARTS}
-    tops: Dict[str, tuple] = {key: (np.full((batches.n_rows, top), None, dtype=object),
-                                    np.full((batches.n_rows, top), np.nan, dtype=np.float32))
-                              for key in ("concept", "peer", "step")}
+    tops: Dict[str, tuple] = {
+        key: (
+            np.full((batches.n_rows, top), None, dtype=object),
+            np.full((batches.n_rows, top), np.nan, dtype=np.float32),
+        )
+        for key in ("concept", "peer", "step")
+    }
     with_steps = network.temporal_att is not None
     for d, day in batches.days(device):
         rows = batches.day_slice(d)
@@ -59,7 +63,7 @@ def explain_batches(network: HISTModel, batches: DailyBatches, device: torch.dev
             "concept": _top(p.concept_attention, concept_names[p.kept_concepts.cpu().numpy()], top),
             "peer": _top(p.hidden_attention, instruments[rows][p.hidden_concept_stocks.cpu().numpy()], top),
         }
-        if with_steps:
+        if p.time_attention is not None:
             steps = p.time_attention.shape[1]
             found["step"] = _top(p.time_attention, np.arange(steps - 1, -1, -1), top)  # days back from the last
         for key, (names, values) in found.items():

@@ -57,12 +57,17 @@ def plot_shares(table: pd.DataFrame, png_path: PathLike) -> Path:
     return save_png(fig, png_path, DPI)
 
 
-def write_explanation(table: pd.DataFrame, out_dir: PathLike, day: Optional[Union[str, pd.Timestamp]] = None) -> List[Path]:
+def write_explanation(
+    table: pd.DataFrame, out_dir: PathLike, day: Optional[Union[str, pd.Timestamp]] = None
+) -> List[Path]:
     """Save ``explanations.pkl`` and the two plots (for ``day``, default the last day) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     day = table.index.get_level_values(0).max() if day is None else day
     with atomic_path(out_dir / "explanations.pkl") as tmp:
         table.to_pickle(tmp)
-    return [out_dir / "explanations.pkl", plot_day(table, day, out_dir / "explain_day.png"),
-            plot_shares(table, out_dir / "explain_shares.png")]
+    return [
+        out_dir / "explanations.pkl",
+        plot_day(table, day, out_dir / "explain_day.png"),
+        plot_shares(table, out_dir / "explain_shares.png"),
+    ]

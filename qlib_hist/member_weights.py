@@ -35,8 +35,10 @@ def read_weight_table(path: Path) -> pd.Series:
     except (ValueError, TypeError) as err:
         raise DataError(f"concept_weight table {path}: column 'datetime' has unparsable dates ({err})") from None
     values = pd.to_numeric(table["value"], errors="coerce")
-    return pd.Series(values.to_numpy(), index=pd.MultiIndex.from_arrays([dates, table["instrument"].astype(str)],
-                                                                          names=["datetime", "instrument"]))
+    return pd.Series(
+        values.to_numpy(),
+        index=pd.MultiIndex.from_arrays([dates, table["instrument"].astype(str)], names=["datetime", "instrument"]),
+    )
 
 
 def is_expression(spec: Union[str, Path]) -> bool:
@@ -44,7 +46,9 @@ def is_expression(spec: Union[str, Path]) -> bool:
     return "$" in str(spec)
 
 
-def normalize_member_weights(raw: pd.Series, index: pd.MultiIndex, spec: Union[str, Path], segment_name: str) -> pd.Series:
+def normalize_member_weights(
+    raw: pd.Series, index: pd.MultiIndex, spec: Union[str, Path], segment_name: str
+) -> pd.Series:
     """Raw values (any (datetime, instrument) index) -> member weights on ``index`` (a segment's rows): float32,
     positive, each day's mean 1. ``spec`` and ``segment_name`` are for the error message."""
     spec_text = str(spec)

@@ -55,13 +55,18 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _nanmean(values: List[float]) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else float("nan")
+    array = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(array)) if len(array) and not np.isnan(array).all() else float("nan")
 
 
-def daily_metrics(pred: np.ndarray, label: np.ndarray, day_start: np.ndarray, day_count: np.ndarray,
-                  precision_k: int = DEFAULT_PRECISION_K) -> Dict[str, float]:
-    """Per-day ``ic``, ``rank_ic``, ``loss`` and ``precision@k`` of ``pred`` vs ``label`` (``[rows]``), averaged over days.
+def daily_metrics(
+    pred: np.ndarray,
+    label: np.ndarray,
+    day_start: np.ndarray,
+    day_count: np.ndarray,
+    precision_k: int = DEFAULT_PRECISION_K,
+) -> Dict[str, float]:
+    """Per-day ``ic``, ``rank_ic``, ``loss`` and ``precision@k`` of ``pred`` vs ``label`` (``[rows]``), day-averaged.
 
     Rows whose label is not finite are ignored; days with fewer than two such rows are skipped for the
     correlations (and days with none for the loss and precision).
@@ -79,8 +84,12 @@ def daily_metrics(pred: np.ndarray, label: np.ndarray, day_start: np.ndarray, da
         if len(y) >= 2:
             ics.append(_pearson(p, y))
             rank_ics.append(_pearson(_average_ranks(p), _average_ranks(y)))
-    return {"ic": _nanmean(ics), "rank_ic": _nanmean(rank_ics), "loss": _nanmean(losses),
-            f"precision@{precision_k}": _nanmean(precisions)}
+    return {
+        "ic": _nanmean(ics),
+        "rank_ic": _nanmean(rank_ics),
+        "loss": _nanmean(losses),
+        f"precision@{precision_k}": _nanmean(precisions),
+    }
 
 
 def precision_k(metric: str) -> int:
@@ -94,7 +103,9 @@ def score_of(metrics: Dict[str, float], metric: str) -> float:
     return -metrics["loss"] if metric == "loss" else metrics[metric]
 
 
-def masked_mse(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+def masked_mse(
+    pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None
+) -> Optional[torch.Tensor]:
     """Mean squared error over finite labels (weighted mean when ``weight`` is given); ``None`` if none is finite."""
     keep = torch.isfinite(label)
     if not bool(keep.any()):

@@ -27,13 +27,17 @@ PEER_SEARCH_CHUNK = 1024  # rows of the N x N similarity held at once during the
 def make_rnn(settings: NetworkSettings) -> nn.Module:
     """The encoder: ``nn.GRU`` or ``nn.LSTM`` with ``batch_first=True``, as in qlib."""
     return RNN_TYPES[settings.base_model](
-        input_size=settings.d_feat, hidden_size=settings.hidden_size, num_layers=settings.num_layers,
-        batch_first=True, dropout=settings.dropout,
+        input_size=settings.d_feat,
+        hidden_size=settings.hidden_size,
+        num_layers=settings.num_layers,
+        batch_first=True,
+        dropout=settings.dropout,
     )
 
 
-def encode(rnn: nn.Module, x: torch.Tensor, d_feat: int,
-           temporal_att: Optional[nn.Module] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def encode(
+    rnn: nn.Module, x: torch.Tensor, d_feat: int, temporal_att: Optional[nn.Module] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Alpha360-style flat features ``x [N, d_feat * T]`` (field-major: ``CLOSE59 .. CLOSE0, OPEN59 ..``) ->
     (stock state ``[N, H]``, time attention ``[N, T]`` or ``None``).
 
@@ -168,8 +172,9 @@ class HISTModel(nn.Module):
         temporal_attention: bool = False,
     ) -> None:
         super().__init__()
-        self.settings = NetworkSettings(d_feat, hidden_size, num_layers, dropout, base_model, hidden_topk,
-                                        concept_refine, temporal_attention)
+        self.settings = NetworkSettings(
+            d_feat, hidden_size, num_layers, dropout, base_model, hidden_topk, concept_refine, temporal_attention
+        )
         self.d_feat, self.hidden_size = self.settings.d_feat, self.settings.hidden_size
         self.rnn = make_rnn(self.settings)
 
@@ -189,7 +194,8 @@ class HISTModel(nn.Module):
         self.fc_out = nn.Linear(hidden_size, 1)
         self.temporal_att = (
             nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1, bias=False))
-            if self.settings.temporal_attention else None
+            if self.settings.temporal_attention
+            else None
         )
 
     @classmethod
@@ -201,8 +207,10 @@ class HISTModel(nn.Module):
         """``x [N, d_feat*T]`` -> (``x_i`` ``[N, H]``, time attention ``[N, T]`` or None); see :func:`encode`."""
         return encode(self.rnn, x, self.d_feat, self.temporal_att)
 
-    def predefined_concepts(self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None) -> PredefinedConcepts:
-        """``x [N, H]``, concept matrix ``c [N, C]``, member weights ``w [N]`` or None -> :class:`PredefinedConcepts`."""
+    def predefined_concepts(
+        self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None
+    ) -> PredefinedConcepts:
+        """``x [N, H]``, concept matrix ``c [N, C]``, member weights ``w [N]`` or None -> the module's outputs."""
         cw = c if w is None else c * w[:, None]  # [N, C]   c_ij w_i
         W = cw.sum(0, keepdim=True)  # [1, C]   W_j
         a = cw / (c * W + 1.0)  # [N, C]   a_ij
@@ -254,7 +262,9 @@ class HISTModel(nn.Module):
             time_attention=time_attention,
         )
 
-    def forward(self, x: torch.Tensor, concept_matrix: torch.Tensor, member_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, concept_matrix: torch.Tensor, member_weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """``x [N, d_feat*T]``, ``concept_matrix [N, C]``, optional ``member_weight [N]`` -> predictions ``[N]``."""
         p = self.parts(x, concept_matrix, member_weight)
         return self.fc_out(p.concept + p.hidden_concept + p.individual).squeeze(-1)

@@ -29,7 +29,9 @@ def load_pretrained(network: torch.nn.Module, model_path: Union[str, Path], logg
     own = network.state_dict()
     matching = {k: v for k, v in state.items() if k in own}
     if not matching:
-        raise ValueError(f"model_path {path}: none of its parameters ({', '.join(list(state)[:4])}, ...) is a HIST parameter")
+        raise ValueError(
+            f"model_path {path}: none of its parameters ({', '.join(list(state)[:4])}, ...) is a HIST parameter"
+        )
     for name, value in matching.items():
         if value.shape != own[name].shape:
             raise ValueError(
@@ -39,7 +41,6 @@ def load_pretrained(network: torch.nn.Module, model_path: Union[str, Path], logg
     network.load_state_dict({**own, **matching})
     logger.info("loaded %d pretrained parameters from %s", len(matching), path)
     return sorted(matching)
-
 
 
 def save_state_dict(state: Dict[str, torch.Tensor], path: Union[str, Path]) -> Path:

@@ -37,14 +37,23 @@ class SettingsError(ValueError):
     """A setting has a wrong type or value; the message names the argument."""
 
 
-def setting(default: Any, *, minimum: Optional[float] = None, choices: Optional[Tuple[str, ...]] = None,
-            fingerprint: bool = True) -> Any:
-    """A settings field with its checks (see the module docstring)."""
-    return field(default=default, metadata={"minimum": minimum, "choices": choices, "fingerprint": fingerprint})
+def setting(
+    default: Any,
+    *,
+    minimum: Optional[float] = None,
+    choices: Optional[Tuple[str, ...]] = None,
+    fingerprint: bool = True,
+    none_as: Any = None,
+) -> Any:
+    """A settings field with its checks (see the module docstring); ``none_as``: the value ``None`` stands for."""
+    meta = {"minimum": minimum, "choices": choices, "fingerprint": fingerprint, "none_as": none_as}
+    return field(default=default, metadata=meta)
 
 
 def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
     """``value`` checked against the type ``hint`` and ``meta``; returns it in its canonical type."""
+    if value is None and meta.get("none_as") is not None:
+        value = meta["none_as"]
     args = typing.get_args(hint)
     if typing.get_origin(hint) is Union and type(None) in args:
         if value is None:
@@ -56,9 +65,9 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
             raise SettingsError(f"{name} must be true or false, got {value!r}")
         return bool(value)
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer():
             raise SettingsError(f"{name} must be an integer{_bound(meta)}, got {value!r}")
-        value = int(value)
+        value = int(float(value))
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
             raise SettingsError(f"{name} must be a number{_bound(meta)}, got {value!r}")
@@ -114,7 +123,7 @@ class TrainSettings(_Validated):
 
     n_epochs: int = setting(200, minimum=0)
     lr: float = setting(0.001, minimum=0.0)
-    metric: Optional[str] = setting("")  # early-stopping metric on valid; normalised: ""/None -> "loss"
+    metric: str = setting("", none_as="")  # early-stopping metric on valid; normalised: ""/None -> "loss"
     early_stop: int = setting(20, minimum=1)  # epochs without a better valid metric before stopping
     loss: str = setting("mse", choices=LOSSES)
     optimizer: str = setting("adam")  # "adam" or "gd" (SGD), any case
@@ -179,8 +188,12 @@ class HISTSettings:
 
     def fingerprint_fields(self) -> Dict[str, Any]:
         """The settings that change what ``fit`` computes (checkpoints written with others are refused)."""
-        return {f.name: getattr(getattr(self, group), f.name) for group, cls in GROUPS.items()
-                for f in dataclasses.fields(cls) if f.metadata["fingerprint"]}
+        return {
+            f.name: getattr(getattr(self, group), f.name)
+            for group, cls in GROUPS.items()
+            for f in dataclasses.fields(cls)
+            if f.metadata["fingerprint"]
+        }
 
     def replace(self, **changes: Any) -> "HISTSettings":
         """A copy with some flat arguments changed (validated again)."""
@@ -193,4 +206,3 @@ class HISTSettings:
             mine = {k: v for k, v in changes.items() if owner[k] == group}
             groups[group] = dataclasses.replace(groups[group], **mine)
         return HISTSettings(**groups)
-

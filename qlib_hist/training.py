@@ -24,7 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,9 @@ def copy_state(network: nn.Module) -> State:
 def average_states(states: Sequence[State]) -> State:
     """Element-wise mean of state dicts (floating tensors; others taken from the last)."""
     last = states[-1]
-    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone() for k, v in last.items()}
+    return {
+        k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone() for k, v in last.items()
+    }
 
 
 @dataclass
@@ -71,8 +73,12 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"best_score": float(self.best_score), "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "best_state": self.best_state}
+        return {
+            "best_score": float(self.best_score),
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_state": self.best_state,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
@@ -146,6 +152,11 @@ def _progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+def forward_day(network: nn.Module, day: Day) -> torch.Tensor:
+    """``network.forward_day(day)``: predictions ``[n]``, the one call the loop makes of a network."""
+    return cast(Callable[[Day], torch.Tensor], network.forward_day)(day)
+
+
 def _one_intra_op_thread() -> None:
     torch.set_num_threads(1)
 
@@ -161,7 +172,7 @@ def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device
 
     @torch.no_grad()
     def predict_day(d: int) -> np.ndarray:
-        return network.forward_day(batches.day(d, device)).cpu().numpy()
+        return forward_day(network, batches.day(d, device)).cpu().numpy()
 
     workers = torch.get_num_threads() if device.type == "cpu" else 1
     if workers <= 1 or batches.n_days < 2:
@@ -248,10 +259,15 @@ class Trainer:
             valid_metrics = self.evaluate(valid)
             score = score_of(valid_metrics, self.settings.metric)
             stop = self.stopper.update(epoch, score if np.isfinite(score) else -np.inf, self.network)
-        record = {"epoch": epoch, "seconds": time.perf_counter() - tic, "train_seconds": train_seconds,
-                  "train_score": score_of(train_metrics, self.settings.metric), "valid_score": score,
-                  **{f"train_{k}": v for k, v in train_metrics.items()},
-                  **{f"valid_{k}": v for k, v in valid_metrics.items()}}
+        record = {
+            "epoch": epoch,
+            "seconds": time.perf_counter() - tic,
+            "train_seconds": train_seconds,
+            "train_score": score_of(train_metrics, self.settings.metric),
+            "valid_score": score,
+            **{f"train_{k}": v for k, v in train_metrics.items()},
+            **{f"valid_{k}": v for k, v in valid_metrics.items()},
+        }
         self.history.append(record)
         self.next_epoch, self.finished = epoch + 1, stop or epoch + 1 >= self.settings.n_epochs
         for callback in self.callbacks:
@@ -272,7 +288,7 @@ class Trainer:
 
     def train_step(self, day: Day) -> Optional[np.ndarray]:
         """One optimizer step on one day; returns its predictions ``[n]``, or None when no label is finite."""
-        pred = self.network.forward_day(day)
+        pred = forward_day(self.network, day)
         loss = self.loss_fn(pred, day.label, day.sample_weight)
         if loss is None:
             return None
@@ -287,9 +303,12 @@ class Trainer:
 
     def evaluate(self, batches: DailyBatches, preds: Optional[np.ndarray] = None) -> Dict[str, float]:
         """Daily metrics of ``preds`` (default: an eval-mode pass) against the batches' labels."""
+        if batches.labels is None:
+            raise ValueError("evaluate needs batches built with labels (with_label=True)")
         preds = self.predict(batches) if preds is None else preds
-        return daily_metrics(preds, batches.labels.numpy(), batches.day_start, batches.day_count,
-                             precision_k(self.settings.metric))
+        return daily_metrics(
+            preds, batches.labels.numpy(), batches.day_start, batches.day_count, precision_k(self.settings.metric)
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:

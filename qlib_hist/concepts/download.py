@@ -6,14 +6,12 @@ import logging
 from pathlib import Path
 from typing import Union
 
-import numpy as np
 import requests
 
 from .._io import atomic_path
 from ..settings import QLIB_STOCK2CONCEPT_URL
 from .base import ConceptError
 from .legacy import load_stock2concept
-
 
 BUILD_HINT = (
     "Build a concept file instead: `qlib-hist concepts from-sw SW.csv members.csv` then pass members.csv as "
@@ -44,4 +42,6 @@ def download_stock2concept(path: Union[str, Path], url: str = QLIB_STOCK2CONCEPT
             continue
         log.info("downloaded stock2concept %s from %s (%d x %d)", path, url, *matrix.shape)
         return path
-    raise ConceptError(f"stock2concept {path} is missing and could not be downloaded from {url}: {'; '.join(errors)}. {BUILD_HINT}")
+    raise ConceptError(
+        f"stock2concept {path} is missing and could not be downloaded from {url}: {'; '.join(errors)}. {BUILD_HINT}"
+    )

@@ -33,13 +33,15 @@ def load_stock_index(path: PathLike) -> Dict[str, int]:
             loaded = np.load(path, allow_pickle=True)
             mapping = loaded.item() if loaded.dtype == object and loaded.shape == () else None
     except (ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
-        raise ConceptError(f"stock_index {path}: cannot be read as a .npy pickled dict or a .json object ({err})")
+        raise ConceptError(
+            f"stock_index {path}: cannot be read as a .npy pickled dict or a .json object ({err})"
+        ) from None
     if not isinstance(mapping, dict) or not mapping:
         raise ConceptError(f"stock_index {path}: expected a non-empty dict {{instrument: row}}")
     try:
         return {str(k): int(v) for k, v in mapping.items()}
     except (TypeError, ValueError):
-        raise ConceptError(f"stock_index {path}: every value must be an integer row of stock2concept")
+        raise ConceptError(f"stock_index {path}: every value must be an integer row of stock2concept") from None
 
 
 def load_stock2concept(path: PathLike) -> np.ndarray:
@@ -48,10 +50,12 @@ def load_stock2concept(path: PathLike) -> np.ndarray:
     try:
         matrix = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise ConceptError(f"stock2concept {path}: not a readable .npy array ({err})")
+        raise ConceptError(f"stock2concept {path}: not a readable .npy array ({err})") from None
     if matrix.ndim != 2:
         raise ConceptError(f"stock2concept {path}: expected a 2-D [stocks, concepts] array, got shape {matrix.shape}")
-    if not (np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating) or matrix.dtype == bool):
+    if not (
+        np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating) or matrix.dtype == bool
+    ):
         raise ConceptError(f"stock2concept {path}: expected numbers (0/1 or weights), got dtype {matrix.dtype}")
     if not np.isfinite(matrix).all():
         raise ConceptError(f"stock2concept {path}: contains NaN or inf")

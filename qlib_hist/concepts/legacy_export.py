@@ -9,7 +9,6 @@ is a directory.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import List, NamedTuple, Sequence, Union
@@ -17,7 +16,7 @@ from typing import List, NamedTuple, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike, atomic_write_bytes, atomic_write_text
+from .._io import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
 from .base import ConceptError
 from .membership import MembershipLike, as_source
 
@@ -75,8 +74,7 @@ def instruments_in_window(spans: pd.DataFrame, start: DateLike = None, end: Date
     return sorted(spans.loc[keep, "instrument"].unique().tolist())
 
 
-def market_instruments(provider_uri: PathLike, market: str, start: DateLike = None,
-                       end: DateLike = None) -> List[str]:
+def market_instruments(provider_uri: PathLike, market: str, start: DateLike = None, end: DateLike = None) -> List[str]:
     """Sorted instruments of a qlib market listed at some day of ``[start, end]``, read without ``qlib.init``."""
     return instruments_in_window(read_market_spans(provider_uri, market), start, end)
 
@@ -91,12 +89,6 @@ def _output_paths(out_dir_or_prefix: PathLike) -> LegacyPaths:
     else:
         name = lambda s: out.with_name(f"{out.name}_{s}")  # noqa: E731
     return LegacyPaths(name("stock2concept.npy"), name("stock_index.npy"), name("stock_index.json"))
-
-
-def _npy_bytes(obj: object) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, obj, allow_pickle=True)
-    return buf.getvalue()
 
 
 def legacy_matrix(membership: MembershipLike, as_of: DateLike, instruments: Sequence[str]) -> pd.DataFrame:
@@ -115,8 +107,9 @@ def legacy_matrix(membership: MembershipLike, as_of: DateLike, instruments: Sequ
     return snap
 
 
-def to_legacy(membership: MembershipLike, as_of: DateLike, instruments: Sequence[str],
-              out_dir_or_prefix: PathLike) -> LegacyPaths:
+def to_legacy(
+    membership: MembershipLike, as_of: DateLike, instruments: Sequence[str], out_dir_or_prefix: PathLike
+) -> LegacyPaths:
     """Write qlib's legacy ``stock2concept.npy`` / ``stock_index.npy`` (+ ``.json``, concept names ``.json``).
 
     Args:
@@ -136,8 +129,8 @@ def to_legacy(membership: MembershipLike, as_of: DateLike, instruments: Sequence
     snap = legacy_matrix(membership, as_of, instruments)
     paths = _output_paths(out_dir_or_prefix)
     index = {inst: i for i, inst in enumerate(snap.index)}
-    atomic_write_bytes(paths.stock2concept, _npy_bytes(np.ascontiguousarray(snap.to_numpy(np.float32))))
-    atomic_write_bytes(paths.stock_index_npy, _npy_bytes(index))
+    atomic_write_bytes(paths.stock2concept, npy_bytes(np.ascontiguousarray(snap.to_numpy(np.float32))))
+    atomic_write_bytes(paths.stock_index_npy, npy_bytes(index))
     atomic_write_text(paths.stock_index_json, json.dumps(index, indent=0) + "\n")
     atomic_write_text(paths.concepts_json, json.dumps(list(map(str, snap.columns)), indent=0) + "\n")
     return paths

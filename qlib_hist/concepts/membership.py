@@ -191,8 +191,9 @@ def _span(start: np.datetime64, end: np.datetime64) -> str:
     return f"{fmt(start)} .. {fmt(end)}"
 
 
-def validate_membership(df: pd.DataFrame, source: str = "<membership table>",
-                        loc: Optional[_Locator] = None) -> pd.DataFrame:
+def validate_membership(
+    df: pd.DataFrame, source: str = "<membership table>", loc: Optional[_Locator] = None
+) -> pd.DataFrame:
     """Validate a raw membership table and return it normalized.
 
     Returns a new DataFrame with exactly the columns ``instrument`` (str), ``concept`` (str), ``start_date`` and
@@ -312,8 +313,9 @@ class MembershipConcepts:
 
     # -- construction ---------------------------------------------------------------------------------------
 
-    def _build_segments(self, inst: np.ndarray, conc: np.ndarray, start: np.ndarray, stop: np.ndarray,
-                        weight: np.ndarray) -> None:
+    def _build_segments(
+        self, inst: np.ndarray, conc: np.ndarray, start: np.ndarray, stop: np.ndarray, weight: np.ndarray
+    ) -> None:
         n_inst = len(self.instruments)
         open_ = stop == np.iinfo(np.int64).max
         # change points: a leading -inf segment per instrument (no concept), every start, every finite stop
@@ -396,8 +398,13 @@ class MembershipConcepts:
         matrix = np.vstack([self._dense(nonzero), np.zeros((1, len(self.names)), dtype=np.float32)])
         row_index = np.where(vec < 0, len(nonzero), inverse.reshape(-1) - int(bool(has_zero)))
         unknown_names = sorted(pd.unique(instruments[unknown].astype(str)).tolist())
-        return SegmentConcepts(matrix=matrix, row_index=row_index, names=list(self.names),
-                               n_unknown=int(unknown.sum()), unknown_instruments=unknown_names)
+        return SegmentConcepts(
+            matrix=matrix,
+            row_index=row_index,
+            names=list(self.names),
+            n_unknown=int(unknown.sum()),
+            unknown_instruments=unknown_names,
+        )
 
     def snapshot(self, as_of: Union[str, np.datetime64, pd.Timestamp], instruments: Sequence[str]) -> pd.DataFrame:
         """Dense membership of ``instruments`` on day ``as_of``: float32 DataFrame ``[instruments, C]``.
@@ -407,14 +414,19 @@ class MembershipConcepts:
         inst = np.asarray(list(instruments), dtype=object)
         day = np.datetime64(pd.Timestamp(as_of).normalize().to_datetime64(), "D")
         sc = self.for_rows(inst, np.full(len(inst), day))
-        return pd.DataFrame(sc.matrix[sc.row_index], index=pd.Index(inst, name="instrument"),
-                            columns=pd.Index(self.names, name="concept"))
+        return pd.DataFrame(
+            sc.matrix[sc.row_index],
+            index=pd.Index(inst, name="instrument"),
+            columns=pd.Index(self.names, name="concept"),
+        )
 
     def describe(self) -> str:
         t = self.table
-        return (f"MembershipConcepts({self.source}): {len(self.names)} concepts, {len(self.instruments)} "
-                f"instruments, {len(t)} memberships (first start {str(t['start_date'].min())[:10]}), "
-                f"{self.n_vectors} distinct vectors")
+        return (
+            f"MembershipConcepts({self.source}): {len(self.names)} concepts, {len(self.instruments)} "
+            f"instruments, {len(t)} memberships (first start {str(t['start_date'].min())[:10]}), "
+            f"{self.n_vectors} distinct vectors"
+        )
 
 
 MembershipLike = Union[MembershipConcepts, pd.DataFrame, str, Path]

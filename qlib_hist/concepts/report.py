@@ -25,8 +25,16 @@ from .base import ConceptError
 from .legacy_export import read_market_spans
 from .membership import MembershipLike, as_source
 
-REPORT_COLUMNS = ["days", "universe", "coverage", "concepts_per_stock", "active_concepts",
-                  "members_median", "members_max", "single_member"]
+REPORT_COLUMNS = [
+    "days",
+    "universe",
+    "coverage",
+    "concepts_per_stock",
+    "active_concepts",
+    "members_median",
+    "members_max",
+    "single_member",
+]
 
 
 def read_calendar(provider_uri: PathLike, freq: str = "day") -> pd.DatetimeIndex:
@@ -51,8 +59,9 @@ def sample_days(calendar: pd.DatetimeIndex, sample: Union[str, int] = "month_end
     raise ValueError(f"sample must be 'month_end' or a positive int, got {sample!r}")
 
 
-def coverage_report(membership: MembershipLike, provider_uri: PathLike, market: str,
-                    sample: Union[str, int] = "month_end") -> pd.DataFrame:
+def coverage_report(
+    membership: MembershipLike, provider_uri: PathLike, market: str, sample: Union[str, int] = "month_end"
+) -> pd.DataFrame:
     """Per-year coverage of ``membership`` over ``market`` (columns: :data:`REPORT_COLUMNS`, index: year).
 
     Only ``calendars/day.txt`` and ``instruments/<market>.txt`` of ``provider_uri`` are read.
@@ -73,13 +82,22 @@ def coverage_report(membership: MembershipLike, provider_uri: PathLike, market: 
         counts = np.bincount(sc.row_index, minlength=len(sc.matrix)) @ present  # [C] members
         active = counts[counts > 0]
         year = pd.Timestamp(day).year
-        per_day.append((year, len(members), float((n_concepts > 0).mean()), float(n_concepts.mean()),
-                        len(active), int((active == 1).sum())))
+        per_day.append(
+            (
+                year,
+                len(members),
+                float((n_concepts > 0).mean()),
+                float(n_concepts.mean()),
+                len(active),
+                int((active == 1).sum()),
+            )
+        )
         pairs.append(pd.DataFrame({"year": year, "members": active}))
     if not per_day:
         raise ConceptError(f"{provider_uri}: market {market!r} has no instrument on any sampled calendar day")
-    daily = pd.DataFrame(per_day, columns=["year", "universe", "coverage", "concepts_per_stock",
-                                           "active_concepts", "single_member"])
+    daily = pd.DataFrame(
+        per_day, columns=["year", "universe", "coverage", "concepts_per_stock", "active_concepts", "single_member"]
+    )
     out = daily.groupby("year").mean()
     out.insert(0, "days", daily.groupby("year").size())
     sizes = pd.concat(pairs).groupby("year")["members"]
@@ -90,9 +108,16 @@ def coverage_report(membership: MembershipLike, provider_uri: PathLike, market: 
 
 def format_report(df: pd.DataFrame) -> str:
     """Plain-text table of a :func:`coverage_report` result."""
-    fmt = {"days": "{:.0f}".format, "universe": "{:.1f}".format, "coverage": "{:.1%}".format,
-           "concepts_per_stock": "{:.2f}".format, "active_concepts": "{:.1f}".format,
-           "members_median": "{:.1f}".format, "members_max": "{:.0f}".format, "single_member": "{:.1f}".format}
+    fmt = {
+        "days": "{:.0f}".format,
+        "universe": "{:.1f}".format,
+        "coverage": "{:.1%}".format,
+        "concepts_per_stock": "{:.2f}".format,
+        "active_concepts": "{:.1f}".format,
+        "members_median": "{:.1f}".format,
+        "members_max": "{:.0f}".format,
+        "single_member": "{:.1f}".format,
+    }
     return df.to_string(formatters={k: v for k, v in fmt.items() if k in df.columns})
 
 

@@ -50,11 +50,13 @@ def read_sw_history(sw_csv: PathLike) -> pd.DataFrame:
     raw, loc = read_csv_with_lines(path, SW_COLUMNS)
     if len(raw) == 0:
         raise ConceptError(f"{path}: the SW industry history is empty (no data rows)")
-    df = pd.DataFrame({
-        "instrument": check_instruments(raw["instrument"], loc),
-        "start_date": parse_dates(raw["start_date"], loc, "start_date", allow_empty=False),
-        "industry_code": raw["industry_code"].astype(str).str.strip(),
-    })
+    df = pd.DataFrame(
+        {
+            "instrument": check_instruments(raw["instrument"], loc),
+            "start_date": parse_dates(raw["start_date"], loc, "start_date", allow_empty=False),
+            "industry_code": raw["industry_code"].astype(str).str.strip(),
+        }
+    )
     bad = ~df["industry_code"].str.fullmatch(r"\d{6}").to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
@@ -64,9 +66,11 @@ def read_sw_history(sw_csv: PathLike) -> pd.DataFrame:
     else:
         df["updated_at"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]")
     df["line"] = np.arange(len(df))
-    df = (df.sort_values(["instrument", "start_date", "updated_at", "line"], na_position="first", kind="stable")
-            .drop_duplicates(["instrument", "start_date"], keep="last")
-            .reset_index(drop=True))
+    df = (
+        df.sort_values(["instrument", "start_date", "updated_at", "line"], na_position="first", kind="stable")
+        .drop_duplicates(["instrument", "start_date"], keep="last")
+        .reset_index(drop=True)
+    )
     nxt = df.groupby("instrument", sort=False)["start_date"].shift(-1)
     df["end_date"] = nxt - pd.Timedelta(days=1)
     return df[["instrument", "start_date", "end_date", "industry_code"]]
@@ -91,12 +95,16 @@ def from_sw(sw_csv: PathLike, levels: Iterable[int] = (1, 2, 3)) -> pd.DataFrame
         inst = hist["instrument"]
         first = ((concept != concept.shift()) | (inst != inst.shift())).to_numpy()
         last = np.append(first[1:], True)  # a run ends where the next one starts
-        parts.append(pd.DataFrame({
-            "instrument": inst.to_numpy()[first],
-            "concept": concept.to_numpy()[first],
-            "start_date": hist["start_date"].to_numpy()[first],
-            "end_date": hist["end_date"].to_numpy()[last],  # NaT (open) when the run's last row is open
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "instrument": inst.to_numpy()[first],
+                    "concept": concept.to_numpy()[first],
+                    "start_date": hist["start_date"].to_numpy()[first],
+                    "end_date": hist["end_date"].to_numpy()[last],  # NaT (open) when the run's last row is open
+                }
+            )
+        )
     table = pd.concat(parts, ignore_index=True)
     table["weight"] = 1.0
     return validate_membership(table, source=f"{sw_csv} (SW levels {list(levels)})")

@@ -2,7 +2,7 @@
 
 - :mod:`.model`          ``HIST(qlib.model.base.Model)``: qlib's keyword arguments -> typed settings; fit / predict /
                          explain; pickling
-- :mod:`.dataset`        a ``DatasetH`` segment -> :class:`~qlib_hist.batches.DailyBatches` (views of the handler's frame)
+- :mod:`.dataset`        a ``DatasetH`` segment -> :class:`~qlib_hist.batches.DailyBatches` (views of the handler)
 - :mod:`.expressions`    member weights from a qlib expression (``D.features``)
 - :mod:`.record`         ``HISTExplainRecord``, the qrun record that saves explanations
 - :mod:`.recorders`      finding a run's recorder and its model; the metrics a workflow logged

@@ -47,12 +47,19 @@ def segment_frame(dataset: DatasetH, segment: Segment, with_label: bool) -> pd.D
     groups = ["feature", "label"] if with_label else ["feature"]
     selector = _as_date_slice(dataset.segments.get(segment) if isinstance(segment, str) else segment)
     handler = getattr(dataset, "handler", None)
-    plain = (type(dataset) is DatasetH and not getattr(dataset, "fetch_kwargs", None)
-             and isinstance(handler, DataHandlerLP) and getattr(handler, "fetch_orig", False))  # fetch_orig: no copy
-    if selector is not None and plain:
+    plain = (
+        type(dataset) is DatasetH
+        and not getattr(dataset, "fetch_kwargs", None)
+        and isinstance(handler, DataHandlerLP)
+        and getattr(handler, "fetch_orig", False)
+    )  # fetch_orig: no copy
+    if selector is not None and plain and isinstance(handler, DataHandlerLP):
         full = handler.fetch(slice(None), col_set=DataHandlerLP.CS_RAW, data_key=data_key)
-        if (isinstance(full, pd.DataFrame) and isinstance(full.columns, pd.MultiIndex)
-                and set(groups) <= set(full.columns.get_level_values(0))):
+        if (
+            isinstance(full, pd.DataFrame)
+            and isinstance(full.columns, pd.MultiIndex)
+            and set(groups) <= set(full.columns.get_level_values(0))
+        ):
             # the rows prepare would select, found by qlib's own selection run on row numbers (8 bytes a row)
             numbered = pd.DataFrame({"row": np.arange(len(full))}, index=full.index)
             rows = fetch_df_by_index(numbered, selector, "datetime")["row"].to_numpy()
@@ -60,7 +67,6 @@ def segment_frame(dataset: DatasetH, segment: Segment, with_label: bool) -> pd.D
                 return full.iloc[rows[0] : rows[-1] + 1]  # a view
             return full.iloc[rows]
     return dataset.prepare(segment, col_set=groups if with_label else "feature", data_key=data_key)
-
 
 
 def segment_name(segment: Segment) -> str:
@@ -74,9 +80,16 @@ def member_weights(spec: str, index: pd.MultiIndex, name: str) -> pd.Series:
     return normalize_member_weights(raw, index, spec, name)
 
 
-def segment_batches(dataset: DatasetH, segment: Segment, with_label: bool, concepts: ConceptSource, d_feat: int,
-                    concept_weight: Optional[str] = None, reweighter: Any = None,
-                    logger: Optional[logging.Logger] = None) -> DailyBatches:
+def segment_batches(
+    dataset: DatasetH,
+    segment: Segment,
+    with_label: bool,
+    concepts: ConceptSource,
+    d_feat: int,
+    concept_weight: Optional[str] = None,
+    reweighter: Any = None,
+    logger: Optional[logging.Logger] = None,
+) -> DailyBatches:
     """The daily batches of one segment of ``dataset`` (labels with ``with_label``), logging unknown stocks."""
     name = segment_name(segment)
     if isinstance(segment, str) and segment not in getattr(dataset, "segments", {segment: None}):
@@ -89,6 +102,12 @@ def segment_batches(dataset: DatasetH, segment: Segment, with_label: bool, conce
     c = batches.concepts
     if c.n_unknown and logger is not None:
         shown = ", ".join(c.unknown_instruments[:5]) + (", ..." if len(c.unknown_instruments) > 5 else "")
-        logger.info("segment %s: %d of %d stock-days (%d stocks: %s) have no predefined concept",
-                    name, c.n_unknown, batches.n_rows, len(c.unknown_instruments), shown)
+        logger.info(
+            "segment %s: %d of %d stock-days (%d stocks: %s) have no predefined concept",
+            name,
+            c.n_unknown,
+            batches.n_rows,
+            len(c.unknown_instruments),
+            shown,
+        )
     return batches

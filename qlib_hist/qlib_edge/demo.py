@@ -27,6 +27,7 @@ from .recorders import latest_recorder, recorder_report
 DEMO_YAML = Path(__file__).parents[1] / "configs" / "workflow_config_hist_demo.yaml"
 DEMO_YAML_NAME = "workflow_config_hist_demo.yaml"
 
+
 @contextlib.contextmanager
 def _working_dir(path: Path) -> Iterator[None]:
     previous = Path.cwd()

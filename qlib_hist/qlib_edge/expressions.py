@@ -16,7 +16,9 @@ def expression_values(expression: str, index: pd.MultiIndex) -> pd.Series:
     try:
         frame = D.features(instruments, [expression], start_time=dates.min(), end_time=dates.max())
     except Exception as err:  # qlib raises many types for a bad expression or field
-        raise DataError(f"concept_weight {expression!r}: qlib cannot evaluate it ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"concept_weight {expression!r}: qlib cannot evaluate it ({type(err).__name__}: {err})"
+        ) from None
     values = frame.iloc[:, 0]
     values.index = values.index.swaplevel().set_names(["datetime", "instrument"])
     return values

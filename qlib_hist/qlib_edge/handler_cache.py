@@ -45,8 +45,12 @@ def _provider_digest(provider: Path) -> str:
 def cache_key(handler_config: dict, provider_uri: PathLike) -> str:
     """A stable hash of the provider (path, calendar and instruments) and the full handler config."""
     provider = Path(provider_uri).expanduser().resolve()
-    payload = {"v": CACHE_VERSION, "provider": str(provider), "content": _provider_digest(provider),
-               "handler": handler_config}
+    payload = {
+        "v": CACHE_VERSION,
+        "provider": str(provider),
+        "content": _provider_digest(provider),
+        "handler": handler_config,
+    }
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -63,7 +67,10 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
 
     log = logging.getLogger("qlib_hist")
     kwargs = handler_config.get("kwargs", {})
-    path = Path(cache_dir).expanduser() / f"{handler_config.get('class', 'handler')}_{cache_key(handler_config, provider_uri)}.pkl"
+    path = (
+        Path(cache_dir).expanduser()
+        / f"{handler_config.get('class', 'handler')}_{cache_key(handler_config, provider_uri)}.pkl"
+    )
     if path.exists():
         tic = time.perf_counter()
         frame = pd.read_pickle(path)
@@ -76,7 +83,9 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
             frame.to_pickle(tmp)
         log.info("handler built in %.1fs and cached at %s", time.perf_counter() - tic, path)
         del handler
-    learn = check_transform_proc(copy.deepcopy(kwargs.get("learn_processors", [])), kwargs.get("fit_start_time"), kwargs.get("fit_end_time"))
+    learn = check_transform_proc(
+        copy.deepcopy(kwargs.get("learn_processors", [])), kwargs.get("fit_start_time"), kwargs.get("fit_end_time")
+    )
     return DataHandlerLP(
         data_loader=StaticDataLoader(config=frame),
         infer_processors=[],

@@ -109,8 +109,9 @@ class HIST(Model):
             self.logger.warning("HIST ignores unknown arguments: %s", ", ".join(sorted(unknown)))
         self.settings = settings
         self.device = select_device(settings.training.GPU, self.logger)
-        self.logger.info("HIST parameters: %s, device=%s",
-                         ", ".join(f"{k}={v!r}" for k, v in settings.flat().items()), self.device)
+        self.logger.info(
+            "HIST parameters: %s, device=%s", ", ".join(f"{k}={v!r}" for k, v in settings.flat().items()), self.device
+        )
         self._seed_everything()
         self.HIST_model = HISTModel.from_settings(settings.network).to(self.device)
         self.train_optimizer = make_optimizer(settings.training.optimizer, self.HIST_model, settings.training.lr)
@@ -148,15 +149,24 @@ class HIST(Model):
 
     def concept_source(self) -> ConceptSource:
         """The concept source named by ``stock2concept`` / ``stock_index``, loaded once per model object."""
-        if self.__dict__.get("_concept_source") is None:
+        source = self.__dict__.get("_concept_source")
+        if source is None:
             c = self.settings.concepts
-            self._concept_source = load_concept_source(c.stock2concept, c.stock_index, c.stock2concept_url)
-            self.logger.info("concepts: %s", self._concept_source.describe())
-        return self._concept_source
+            source = self._concept_source = load_concept_source(c.stock2concept, c.stock_index, c.stock2concept_url)
+            self.logger.info("concepts: %s", source.describe())
+        return source
 
     def _batches(self, dataset: DatasetH, segment: Segment, with_label: bool, reweighter: Any = None) -> DailyBatches:
-        return segment_batches(dataset, segment, with_label, self.concept_source(), self.settings.network.d_feat,
-                               self.settings.concepts.concept_weight, reweighter, self.logger)
+        return segment_batches(
+            dataset,
+            segment,
+            with_label,
+            self.concept_source(),
+            self.settings.network.d_feat,
+            self.settings.concepts.concept_weight,
+            reweighter,
+            self.logger,
+        )
 
     def _checkpoint(self, train: DailyBatches, valid: DailyBatches) -> Optional[Checkpoint]:
         """The checkpoint callback for ``checkpoint_dir``, fingerprinted by the settings and the data."""
@@ -171,7 +181,9 @@ class HIST(Model):
         """Train the base RNN with a linear head, then start HIST's ``rnn.*``/``fc_out.*`` from it."""
         t = self.settings.training
         base = RNNRegressor.from_settings(self.settings.network).to(self.device)
-        self.logger.info("pretraining the base %s for up to %d epochs", self.settings.network.base_model, t.pretrain_epochs)
+        self.logger.info(
+            "pretraining the base %s for up to %d epochs", self.settings.network.base_model, t.pretrain_epochs
+        )
         recipe = dataclasses.replace(t, n_epochs=t.pretrain_epochs, smooth_steps=1)
         Trainer(base, make_optimizer(t.optimizer, base, t.lr), recipe, self.device, self.logger).fit(train, valid)
         state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
@@ -181,16 +193,23 @@ class HIST(Model):
         self.HIST_model.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
 
     # ------------------------------------------------------------------ qlib API
-    def fit(self, dataset: DatasetH, evals_result: dict = dict(), save_path: Optional[str] = None,
-            reweighter: Any = None, callbacks: Sequence[Callback] = ()) -> None:
+    def fit(
+        self,
+        dataset: DatasetH,
+        evals_result: dict = dict(),
+        save_path: Optional[str] = None,
+        reweighter: Any = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         """Train on ``dataset``'s ``train`` segment, early-stopping on ``valid``; ``test`` is not touched.
 
         ``callbacks`` (:class:`~qlib_hist.callbacks.Callback`) run after the built-in ones (logging, checkpoint).
         """
         train = self._batches(dataset, "train", with_label=True, reweighter=reweighter)
         valid = self._batches(dataset, "valid", with_label=True)
-        self.logger.info("train: %d days, %d rows; valid: %d days, %d rows",
-                         train.n_days, train.n_rows, valid.n_days, valid.n_rows)
+        self.logger.info(
+            "train: %d days, %d rows; valid: %d days, %d rows", train.n_days, train.n_rows, valid.n_days, valid.n_rows
+        )
         self._seed_everything()
         t = self.settings.training
         checkpoint = self._checkpoint(train, valid)
@@ -234,14 +253,21 @@ class HIST(Model):
     def __getstate__(self) -> Dict[str, Any]:
         """Plain values only: the settings by name, the network as a CPU state dict (a model fitted on a GPU loads
         on a CPU-only machine), and the fit's results. The optimizer's moments are not kept."""
-        state: Dict[str, Any] = {"format": PICKLE_FORMAT, "settings": self.settings.flat(),
-                                 "HIST_model": {k: v.detach().cpu() for k, v in self.HIST_model.state_dict().items()}}
+        state: Dict[str, Any] = {
+            "format": PICKLE_FORMAT,
+            "settings": self.settings.flat(),
+            "HIST_model": {k: v.detach().cpu() for k, v in self.HIST_model.state_dict().items()},
+        }
         state.update({k: self.__dict__[k] for k in RESULT_ATTRIBUTES if k in self.__dict__})
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # format 1 (0.1.0) kept every argument as an attribute; options added later take their (off) defaults
-        flat = state["settings"] if "settings" in state else {k: v for k, v in state.items() if k in HISTSettings.field_names()}
+        flat = (
+            state["settings"]
+            if "settings" in state
+            else {k: v for k, v in state.items() if k in HISTSettings.field_names()}
+        )
         settings, _ = HISTSettings.from_kwargs(**flat)
         self.__dict__.update(logger=get_module_logger("HIST"), settings=settings, fitted=False, _concept_source=None)
         self.__dict__.update({k: state[k] for k in RESULT_ATTRIBUTES if k in state})
@@ -257,8 +283,10 @@ def _signature() -> inspect.Signature:
     """``HIST(d_feat=6, ..., checkpoint_dir=None, **kwargs)``, derived from the settings' fields."""
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for cls in GROUPS.values():
-        params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-                   for f in dataclasses.fields(cls)]
+        params += [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+            for f in dataclasses.fields(cls)
+        ]
     params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     return inspect.Signature(params)
 

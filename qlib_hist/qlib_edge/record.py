@@ -22,8 +22,15 @@ class HISTExplainRecord(RecordTemp):
 
     artifact_path = "explain"
 
-    def __init__(self, recorder: Any, model: Any = None, dataset: Any = None, segment: str = "test",
-                 day: Optional[str] = None, top: int = 3) -> None:
+    def __init__(
+        self,
+        recorder: Any,
+        model: Any = None,
+        dataset: Any = None,
+        segment: str = "test",
+        day: Optional[str] = None,
+        top: int = 3,
+    ) -> None:
         super().__init__(recorder=recorder)
         self.model, self.dataset, self.segment, self.day, self.top = model, dataset, segment, day, top
 

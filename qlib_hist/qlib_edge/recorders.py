@@ -38,8 +38,9 @@ def format_report(report: Dict[str, float]) -> str:
     return "\n".join(f"{label:<{width}}  {value: .4f}" for label, value in report.items())
 
 
-def recorded_hist(workflow: Union[str, Path], experiment: Optional[str] = None,
-                  recorder_id: Optional[str] = None) -> Tuple[Any, Dict[str, Any]]:
+def recorded_hist(
+    workflow: Union[str, Path], experiment: Optional[str] = None, recorder_id: Optional[str] = None
+) -> Tuple[Any, Dict[str, Any]]:
     """The ``HIST`` a ``qrun WORKFLOW.yaml`` run saved (``params.pkl``) and the YAML's config.
 
     Initialises qlib from the YAML's ``qlib_init``; default recorder: the experiment's latest.
@@ -57,12 +58,18 @@ def recorded_hist(workflow: Union[str, Path], experiment: Optional[str] = None,
         recorder = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment)
     model = recorder.load_object("params.pkl")
     if not isinstance(model, HIST):
-        raise ValueError(f"recorder {recorder.id} of experiment {experiment!r} holds a {type(model).__name__}, not qlib_hist.HIST")
+        raise ValueError(
+            f"recorder {recorder.id} of experiment {experiment!r} holds a {type(model).__name__}, not qlib_hist.HIST"
+        )
     return model, config
 
 
-def explain_recorded_model(workflow: Union[str, Path], experiment: Optional[str] = None,
-                           recorder_id: Optional[str] = None, segment: str = "test") -> pd.DataFrame:
+def explain_recorded_model(
+    workflow: Union[str, Path],
+    experiment: Optional[str] = None,
+    recorder_id: Optional[str] = None,
+    segment: str = "test",
+) -> pd.DataFrame:
     """Explain the HIST that a ``qrun WORKFLOW.yaml`` run saved, on the YAML's dataset."""
     from qlib.utils import init_instance_by_config
 
