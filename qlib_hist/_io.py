@@ -46,6 +46,22 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def check_writable(path: PathLike, what: str, folder: bool = False) -> Path:
+    """Fail now, naming ``what`` and the user's ``path``, if a file (or, with ``folder``, a folder) cannot be written
+    there; creates the missing parent folders, as the write itself would. Returns the expanded path."""
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    if path.is_dir() and not folder:
+        raise OSError(f"{what} {path} is a folder: give a file name")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as err:
+        raise OSError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
 def npy_bytes(obj: Any) -> bytes:
     """``np.save`` output as bytes (a dict is pickled, as in qlib's ``csi300_stock_index.npy``)."""
     import numpy as np

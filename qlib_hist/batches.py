@@ -15,9 +15,10 @@ This module imports no qlib.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,69 @@ class DailyBatches:
         return frame if self.order is None else frame.iloc[np.argsort(self.order)]
 
 
+_LAGGED = re.compile(r"([A-Za-z_]+?)(\d+)")
+
+
+def check_feature_layout(names: List[str], d_feat: int, segment_name: str) -> None:
+    """Refuse feature columns that are not ``d_feat`` fields x ``T`` days in Alpha360's field-major layout.
+
+    Alpha360 names its columns ``CLOSE59 .. CLOSE0, OPEN59 .. OPEN0, ...``: the names give the field count. Names
+    with one prefix (``f0 .. f59``) or none that end in a number say nothing and pass; a mix of lagged and plain
+    names (Alpha158's ``KMID, KLEN, ..., ROC5``) or a ragged grid is refused.
+    """
+    parsed = [_LAGGED.fullmatch(name) for name in names]
+    n_lagged = sum(m is not None for m in parsed)
+    fields: Dict[str, List[int]] = {}
+    for m in parsed:
+        if m is not None:
+            fields.setdefault(m.group(1), []).append(int(m.group(2)))
+    if n_lagged == 0 or (n_lagged == len(names) and len(fields) == 1):
+        return
+    lags = {tuple(sorted(v)) for v in fields.values()}
+    blocks = [m.group(1) for m in parsed if m is not None]
+    contiguous = 1 + sum(blocks[i] != blocks[i - 1] for i in range(1, len(blocks))) == len(fields)
+    if n_lagged < len(names) or len(lags) != 1 or not contiguous:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise DataError(
+            f"segment {segment_name}: the {len(names)} feature columns ({shown}) are not a time series of fields x "
+            "days, which HIST's RNN encoder reads (Alpha360: CLOSE59..CLOSE0, OPEN59..OPEN0, ...). A factor set such "
+            "as Alpha158 has one value per factor: use the Alpha360 handler (or a handler with the same layout)"
+        )
+    if len(fields) != d_feat:
+        raise DataError(
+            f"segment {segment_name}: d_feat={d_feat}, but the feature columns hold {len(fields)} fields "
+            f"({', '.join(fields)}) x {len(next(iter(lags)))} days: use d_feat={len(fields)}"
+        )
+    backwards = [name for name, lags_in_order in fields.items() if any(np.diff(lags_in_order) >= 0)]
+    if backwards:
+        raise DataError(
+            f"segment {segment_name}: the columns of field {backwards[0]} do not run from the oldest day to the newest "
+            f"({backwards[0]}59 .. {backwards[0]}0 in Alpha360), so the encoder would read time backwards"
+        )
+
+
+def check_labels(batches: DailyBatches, segment_name: str, need_daily_variation: bool = False) -> None:
+    """Refuse a segment that cannot train or score: no finite label at all, or (for correlation metrics, with
+    ``need_daily_variation``) labels that never differ within a day."""
+    if batches.labels is None:
+        raise DataError(f"segment {segment_name}: built without labels")
+    labels = batches.labels.numpy()
+    if not np.isfinite(labels).any():
+        raise DataError(
+            f"segment {segment_name}: every label is NaN ({len(labels)} rows): check the handler's label expression "
+            "and the segment's dates (a forward return is NaN on the last days of the data)"
+        )
+    if need_daily_variation:
+        with warnings.catch_warnings():  # all-NaN days give NaN here, which is what they mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = np.fmax.reduceat(labels, batches.day_start) - np.fmin.reduceat(labels, batches.day_start)
+        if not (spread > 0).any():
+            raise DataError(
+                f"segment {segment_name}: the labels never differ between the stocks of a day, so a correlation "
+                "metric (ic, rank_ic) is undefined on it: use metric 'loss', or check the label"
+            )
+
+
 def _day_bounds(dates: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """``dates [rows]`` sorted -> (day_start, day_count), int64 ``[days]``."""
     change = np.flatnonzero(dates[1:] != dates[:-1]) + 1
@@ -177,7 +241,11 @@ def build_daily_batches(
         sample_weights = None if sample_weights is None else sample_weights.iloc[order]
         member_weights = None if member_weights is None else member_weights.iloc[order]
 
+    if df.index.has_duplicates:
+        first = df.index[df.index.duplicated()][0]
+        raise DataError(f"segment {segment_name}: (datetime, instrument) row {first} appears more than once")
     feature_frame = df["feature"] if isinstance(df.columns, pd.MultiIndex) else df
+    check_feature_layout([str(c) for c in feature_frame.columns], d_feat, segment_name)
     # no copy when the frame already holds one float32 block: the tensors share the handler's memory (read only)
     features = feature_frame.to_numpy(dtype=np.float32)
     if features.shape[1] % d_feat:

@@ -63,4 +63,10 @@ def normalize_member_weights(
     frame = pd.Series(values, index=index)
     by_day = frame.groupby(level=0)
     filled = frame.fillna(by_day.transform("median")).fillna(1.0)
-    return (filled / filled.groupby(level=0).transform("mean")).astype(np.float32)
+    weights = (filled / filled.groupby(level=0).transform("mean")).astype(np.float32)
+    if not (np.isfinite(weights.to_numpy()) & (weights.to_numpy() > 0)).all():  # float32 over- or underflow
+        raise DataError(
+            f"concept_weight {spec_text!r}: within a day of segment {segment_name}, values differ by more than "
+            "float32's range (after dividing by the day's mean); rescale them (e.g. a log or a rank)"
+        )
+    return weights

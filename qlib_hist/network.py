@@ -82,6 +82,16 @@ def closest_peers(u: torch.Tensor, k: int = 1, chunk: int = PEER_SEARCH_CHUNK) -
     return peers
 
 
+def check_shapes(x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor], d_feat: int) -> None:
+    """Refuse inputs whose shapes do not fit the Shapes section of :class:`HISTModel`, naming the dimension."""
+    if x.dim() != 2 or x.shape[1] == 0 or x.shape[1] % d_feat:
+        raise ValueError(f"x must be [N, d_feat * T] with d_feat={d_feat}, got shape {tuple(x.shape)}")
+    if c.dim() != 2 or c.shape[0] != x.shape[0]:
+        raise ValueError(f"concept_matrix must be [N, C] with N={x.shape[0]} (the rows of x), got {tuple(c.shape)}")
+    if w is not None and (w.dim() != 1 or w.shape[0] != x.shape[0]):
+        raise ValueError(f"member_weight must be [N] with N={x.shape[0]} (the rows of x), got {tuple(w.shape)}")
+
+
 class PredefinedConcepts(NamedTuple):
     """Output of the predefined-concept module for one day."""
 
@@ -266,6 +276,7 @@ class HISTModel(nn.Module):
         self, x: torch.Tensor, concept_matrix: torch.Tensor, member_weight: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """``x [N, d_feat*T]``, ``concept_matrix [N, C]``, optional ``member_weight [N]`` -> predictions ``[N]``."""
+        check_shapes(x, concept_matrix, member_weight, self.d_feat)
         p = self.parts(x, concept_matrix, member_weight)
         return self.fc_out(p.concept + p.hidden_concept + p.individual).squeeze(-1)
 

@@ -38,9 +38,30 @@ def load_pretrained(network: torch.nn.Module, model_path: Union[str, Path], logg
                 f"model_path {path}: parameter {name!r} has shape {tuple(value.shape)} but this HIST needs "
                 f"{tuple(own[name].shape)} (check base_model, hidden_size, num_layers and d_feat)"
             )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"model_path {path}: parameter {name!r} holds NaN or inf (a diverged or damaged model)")
     network.load_state_dict({**own, **matching})
     logger.info("loaded %d pretrained parameters from %s", len(matching), path)
     return sorted(matching)
+
+
+def load_state_dict_strict(network: torch.nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
+    """``network.load_state_dict(state)``, every key and shape required; a mismatch is one line naming the
+    parameter (``source`` says where ``state`` came from)."""
+    own = network.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not fit this network: missing {missing[:3] or 'none'}, unexpected "
+            f"{unexpected[:3] or 'none'} (its settings differ from the ones it was saved with)"
+        )
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(own[name].shape):
+            raise ValueError(
+                f"{source}: parameter {name!r} has shape {tuple(value.shape)}, the network needs "
+                f"{tuple(own[name].shape)}"
+            )
+    network.load_state_dict(state)
 
 
 def save_state_dict(state: Dict[str, torch.Tensor], path: Union[str, Path]) -> Path:

@@ -33,11 +33,15 @@ from torch import nn
 from .batches import DailyBatches, Day
 from .callbacks import Callback, LogEpochs
 from .metrics import daily_metrics, masked_mse, precision_k, score_of
-from .settings import TrainSettings
+from .settings import SettingsError, TrainSettings
 
 CLIP_VALUE = 3.0  # qlib clips each gradient element to [-3, 3]
 
 State = Dict[str, torch.Tensor]
+
+
+class TrainingError(ValueError):
+    """Training cannot succeed (a non-finite loss, no epoch with a finite valid score); the message says why."""
 
 
 def copy_state(network: nn.Module) -> State:
@@ -237,6 +241,11 @@ class Trainer:
         if evals_result is not None:
             evals_result["train"] = self.history.column("train_score")
             evals_result["valid"] = self.history.column("valid_score")
+        if self.history and self.stopper.best_state is None:
+            raise TrainingError(
+                f"no epoch gave a finite valid {self.settings.metric} ({len(self.history)} epochs): the valid labels "
+                "or the predictions do not vary within a day; use metric 'loss' or check the valid segment"
+            )
         if self.stopper.best_state is not None:
             self.network.load_state_dict(self.stopper.best_state)
         result = FitResult(self.stopper.best_epoch, self.stopper.best_score, list(self.history))
@@ -292,6 +301,12 @@ class Trainer:
         loss = self.loss_fn(pred, day.label, day.sample_weight)
         if loss is None:
             return None
+        if not bool(torch.isfinite(loss)):  # the weights would turn NaN: stop at the first step that shows it
+            raise TrainingError(
+                f"epoch {self.next_epoch}: the train loss is {float(loss)} on a day of {len(pred)} stocks: the "
+                "network's weights or inputs hold NaN/inf or overflow float32 (check model_path, concept_weight, "
+                "the concept matrix and lr)"
+            )
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_value_(self.network.parameters(), CLIP_VALUE)
@@ -350,9 +365,16 @@ def make_optimizer(name: str, network: nn.Module, lr: float) -> torch.optim.Opti
 def select_device(GPU: Union[int, str, None], logger: logging.Logger) -> torch.device:
     """qlib's rule (``cuda:<GPU>`` when CUDA is there and ``GPU >= 0``), falling back to CPU with a log line."""
     if isinstance(GPU, str) and not GPU.lstrip("-").isdigit():
-        return torch.device(GPU)
-    gpu = -1 if GPU is None else int(GPU)
-    if gpu >= 0 and torch.cuda.is_available():
+        try:
+            device = torch.device(GPU)
+        except RuntimeError:
+            raise SettingsError(f"GPU must be a CUDA index or a device string such as 'cuda:0', got {GPU!r}") from None
+        if device.type != "cuda":
+            return device
+        gpu = 0 if device.index is None else device.index
+    else:
+        gpu = -1 if GPU is None else int(GPU)
+    if 0 <= gpu < (torch.cuda.device_count() if torch.cuda.is_available() else 0):
         return torch.device(f"cuda:{gpu}")
     if gpu >= 0:
         logger.info("CUDA is not available: HIST runs on the CPU (GPU=%s ignored)", GPU)

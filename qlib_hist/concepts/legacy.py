@@ -12,13 +12,58 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from .base import ConceptError, SegmentConcepts
 
 PathLike = Union[str, Path]
+
+#: all that qlib's pickled-dict ``stock_index.npy`` needs: numpy's array and dtype rebuilders (a dict of str and int
+#: needs no global); anything else in the pickle is refused before it can run
+SAFE_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+)
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _StockIndexUnpickler(pickle.Unpickler):
+    """Unpickles only :data:`SAFE_PICKLE_GLOBALS`: a data file never runs code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _RefusedGlobal(f"{module}.{name}")
+
+
+def _read_pickled_npy(path: Path) -> Any:
+    """The object a ``.npy`` holds (``np.save(obj, allow_pickle=True)``), read by the restricted unpickler."""
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+        if dtype != np.dtype(object) or shape != ():
+            return None
+        try:
+            loaded = _StockIndexUnpickler(fh).load()
+        except _RefusedGlobal as err:
+            raise ConceptError(
+                f"stock_index {path}: refused to unpickle {err} (a stock_index .npy may hold only a "
+                "{instrument: row} dict; pickles can run code). Write the mapping as a .json object instead, e.g. "
+                "`qlib-hist concepts to-legacy` writes stock_index.json"
+            ) from None
+    return loaded.item() if isinstance(loaded, np.ndarray) and loaded.shape == () else None
 
 
 def load_stock_index(path: PathLike) -> Dict[str, int]:
@@ -30,9 +75,10 @@ def load_stock_index(path: PathLike) -> Dict[str, int]:
         if path.suffix.lower() == ".json":
             mapping = json.loads(path.read_text())
         else:
-            loaded = np.load(path, allow_pickle=True)
-            mapping = loaded.item() if loaded.dtype == object and loaded.shape == () else None
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
+            mapping = _read_pickled_npy(path)
+    except ConceptError:
+        raise
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError) as err:
         raise ConceptError(
             f"stock_index {path}: cannot be read as a .npy pickled dict or a .json object ({err})"
         ) from None
@@ -57,9 +103,14 @@ def load_stock2concept(path: PathLike) -> np.ndarray:
         np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating) or matrix.dtype == bool
     ):
         raise ConceptError(f"stock2concept {path}: expected numbers (0/1 or weights), got dtype {matrix.dtype}")
+    matrix = matrix.astype(np.float32, copy=False)  # checked after the cast: 1e300 is finite in float64, not here
     if not np.isfinite(matrix).all():
-        raise ConceptError(f"stock2concept {path}: contains NaN or inf")
-    return matrix.astype(np.float32, copy=False)
+        row, col = np.argwhere(~np.isfinite(matrix))[0]
+        raise ConceptError(
+            f"stock2concept {path}: contains NaN or inf (or a value beyond float32's range), first at row {row} "
+            f"column {col}"
+        )
+    return matrix
 
 
 class LegacyConcepts:

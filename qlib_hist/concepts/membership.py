@@ -157,11 +157,11 @@ def _parse_weights(values: pd.Series, loc: _Locator) -> pd.Series:
     text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
     empty = text.isin(["", "nan", "NaN", "None"]).to_numpy()
     weights = pd.to_numeric(text.where(~empty, "1"), errors="coerce").astype("float64")
-    w = weights.to_numpy()
+    w = weights.to_numpy().astype(np.float32)  # checked as the network will see it: 1e300 overflows float32
     bad = ~(np.isfinite(w) & (w > 0))  # NaN (unparsable) is not finite
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise loc.fail(pos, f"column 'weight': {values.iloc[pos]!r} is not a positive finite number")
+        raise loc.fail(pos, f"column 'weight': {values.iloc[pos]!r} is not a positive finite float32 number")
     return weights
 
 

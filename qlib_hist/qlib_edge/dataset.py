@@ -91,6 +91,10 @@ def segment_batches(
     logger: Optional[logging.Logger] = None,
 ) -> DailyBatches:
     """The daily batches of one segment of ``dataset`` (labels with ``with_label``), logging unknown stocks."""
+    if not isinstance(dataset, DatasetH):
+        raise DataError(f"HIST needs a qlib DatasetH (e.g. over the Alpha360 handler), got {type(dataset).__name__}")
+    if not isinstance(segment, (str, slice)):
+        raise DataError(f"segment must be a segment name such as 'test' or a slice of dates, got {segment!r}")
     name = segment_name(segment)
     if isinstance(segment, str) and segment not in getattr(dataset, "segments", {segment: None}):
         raise DataError(f"segment {segment!r} is not in the dataset's segments {list(dataset.segments)}")

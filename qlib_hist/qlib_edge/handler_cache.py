@@ -1,13 +1,15 @@
 """An on-disk cache of a built qlib data handler (e.g. Alpha360 over CSI300), in a format this package owns.
 
 Computing Alpha360 for CSI300 over a decade takes minutes; training runs and benchmarks reuse it. The cache holds
-one pandas pickle per (provider, handler class, handler kwargs): the handler's *infer* frame (features after the
-infer processors, raw labels). Loading rebuilds a plain ``DataHandlerLP`` from it through qlib's public
-``StaticDataLoader`` and re-applies the learn processors (``DropnaLabel``, ``CSRankNorm``: seconds), so
-``fetch(data_key=DK_L)`` and ``DK_I`` give what the original handler gives.
+one entry per (provider, handler class, handler kwargs): the handler's *infer* frame (features after the infer
+processors, raw labels), stored by :mod:`qlib_hist.frame_store` (a ``.npy`` read with ``allow_pickle=False``, a
+parquet index, JSON metadata: nothing in the cache can run code, whoever wrote to its predictable path). Loading
+rebuilds a plain ``DataHandlerLP`` from it through qlib's public ``StaticDataLoader`` and re-applies the learn
+processors (``DropnaLabel``, ``CSRankNorm``: seconds), so ``fetch(data_key=DK_L)`` and ``DK_I`` give what the
+original handler gives.
 
-Not ``DatasetH(handler="file://...")``: qlib after 0.9.7 unpickles handler files with a restricted unpickler
-that refuses Alpha360, while this cache only unpickles a DataFrame, with pandas, from a file it wrote itself.
+Not ``DatasetH(handler="file://...")``: that unpickles the handler (qlib after 0.9.7 restricts it and refuses
+Alpha360). A damaged or incomplete entry is rebuilt, with a log line.
 """
 
 from __future__ import annotations
@@ -18,14 +20,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
-import pandas as pd
-
-from .._io import atomic_path
+from ..frame_store import FrameStoreError, read_frame, write_frame
 
 PathLike = Union[str, Path]
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: frame_store folders (2: pandas pickles, no longer read)
 
 
 def _provider_digest(provider: Path) -> str:
@@ -54,7 +54,7 @@ def cache_key(handler_config: dict, provider_uri: PathLike) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike):
+def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike) -> Any:
     """A ``DataHandlerLP`` equivalent to ``init_instance_by_config(handler_config)``, built once and cached.
 
     ``qlib.init(provider_uri=...)`` must have been called. A changed setting (dates, market, processors, label,
@@ -69,18 +69,21 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
     kwargs = handler_config.get("kwargs", {})
     path = (
         Path(cache_dir).expanduser()
-        / f"{handler_config.get('class', 'handler')}_{cache_key(handler_config, provider_uri)}.pkl"
+        / f"{handler_config.get('class', 'handler')}_{cache_key(handler_config, provider_uri)}"
     )
+    frame = None
     if path.exists():
         tic = time.perf_counter()
-        frame = pd.read_pickle(path)
-        log.info("handler cache hit %s (%.1fs)", path, time.perf_counter() - tic)
-    else:
+        try:
+            frame = read_frame(path)
+            log.info("handler cache hit %s (%.1fs)", path, time.perf_counter() - tic)
+        except FrameStoreError as err:
+            log.warning("handler cache entry %s is damaged (%s): rebuilding it", path, err)
+    if frame is None:
         tic = time.perf_counter()
         handler = init_instance_by_config(copy.deepcopy(handler_config))  # qlib fills processor kwargs in place
         frame = handler.fetch(col_set=DataHandlerLP.CS_RAW, data_key=DataHandlerLP.DK_I)
-        with atomic_path(path) as tmp:
-            frame.to_pickle(tmp)
+        write_frame(frame, path)
         log.info("handler built in %.1fs and cached at %s", time.perf_counter() - tic, path)
         del handler
     learn = check_transform_proc(

@@ -22,12 +22,13 @@ from qlib.data.dataset import DatasetH
 from qlib.log import get_module_logger
 from qlib.model.base import Model
 
-from ..batches import DailyBatches
+from .._io import check_writable
+from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
 from ..concepts import ConceptSource, load_concept_source
 from ..explain import explain_batches
 from ..network import HISTModel, RNNRegressor
-from ..pretrained import load_pretrained, save_state_dict
+from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
 from ..settings import GROUPS, HISTSettings
 from ..training import Trainer, make_optimizer, predict_days, select_device
 from .dataset import Segment, segment_batches
@@ -205,8 +206,18 @@ class HIST(Model):
 
         ``callbacks`` (:class:`~qlib_hist.callbacks.Callback`) run after the built-in ones (logging, checkpoint).
         """
+        t = self.settings.training
+        for what, path, folder in (
+            ("save_path", save_path, False),
+            ("checkpoint_dir", t.checkpoint_dir, True),
+            ("pretrain_save_path", t.pretrain_save_path, False),
+        ):
+            if path:
+                check_writable(path, what, folder)
         train = self._batches(dataset, "train", with_label=True, reweighter=reweighter)
         valid = self._batches(dataset, "valid", with_label=True)
+        check_labels(train, "train")
+        check_labels(valid, "valid", need_daily_variation=self.settings.training.metric in ("ic", "rank_ic"))
         self.logger.info(
             "train: %d days, %d rows; valid: %d days, %d rows", train.n_days, train.n_rows, valid.n_days, valid.n_rows
         )
@@ -274,7 +285,7 @@ class HIST(Model):
         self.device = select_device(settings.training.GPU, self.logger)
         weights = state["HIST_model"] if isinstance(state["HIST_model"], dict) else state["HIST_model"].state_dict()
         self.HIST_model = HISTModel.from_settings(settings.network)
-        self.HIST_model.load_state_dict(weights)
+        load_state_dict_strict(self.HIST_model, weights, "the pickled HIST")
         self.HIST_model.to(self.device)
         self.train_optimizer = make_optimizer(settings.training.optimizer, self.HIST_model, settings.training.lr)
 
