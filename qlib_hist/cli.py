@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .batches import DataError
 from .concepts import ConceptError
@@ -26,6 +26,30 @@ def _levels(text: str) -> tuple:
         raise argparse.ArgumentTypeError(
             f"--levels takes comma-separated integers such as 1,2,3, got {text!r}"
         ) from None
+
+
+def _date(option: str) -> Callable[[str], str]:
+    """An argparse type for ``YYYY-MM-DD`` dates whose error names ``option``."""
+
+    def parse(text: str) -> str:
+        import pandas as pd
+
+        try:
+            return str(pd.Timestamp(text).date())
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"{option} takes a date YYYY-MM-DD, got {text!r}") from None
+
+    return parse
+
+
+def _refuse_overwriting_input(output: str, *inputs: str) -> None:
+    """An output path that names an input file would destroy that input: refuse it before reading anything."""
+    from pathlib import Path
+
+    out = Path(output).expanduser().resolve()
+    for given in inputs:
+        if Path(given).expanduser().resolve() == out:
+            raise ValueError(f"output {output} is the input file {given}: choose another output path")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -41,6 +65,7 @@ def cmd_from_sw(args: argparse.Namespace) -> None:
     from .concepts.membership import write_membership
     from .concepts.shenwan import from_sw
 
+    _refuse_overwriting_input(args.out, args.sw_csv)
     table = from_sw(args.sw_csv, levels=args.levels)
     path = write_membership(table, args.out)
     print(
@@ -50,8 +75,16 @@ def cmd_from_sw(args: argparse.Namespace) -> None:
 
 
 def cmd_to_legacy(args: argparse.Namespace) -> None:
-    from .concepts.legacy_export import market_instruments, to_legacy
+    import pandas as pd
 
+    from .concepts.legacy_export import market_instruments, to_legacy
+    from .concepts.report import read_calendar
+
+    calendar = read_calendar(args.provider_uri)
+    if not calendar[0] <= pd.Timestamp(args.as_of) <= calendar[-1]:
+        raise ValueError(
+            f"--as-of {args.as_of} is outside the provider's calendar ({calendar[0].date()} .. {calendar[-1].date()})"
+        )
     window = (args.as_of, args.as_of) if args.universe == "as-of" else (None, None)
     universe = market_instruments(args.provider_uri, args.market, *window)
     paths = to_legacy(args.membership, args.as_of, universe, args.out)
@@ -62,6 +95,10 @@ def cmd_to_legacy(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .concepts.report import coverage_report, format_report, plot_report
 
+    if args.png:
+        _refuse_overwriting_input(args.png, args.membership)
+        if not args.png.lower().endswith(".png"):
+            raise ValueError(f"--png {args.png}: the plot is written as a PNG: give a .png path")
     table = coverage_report(args.membership, args.provider_uri, args.market)
     print(format_report(table))
     if args.png:
@@ -72,7 +109,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from .explain_report import write_explanation
     from .qlib_edge.recorders import explain_recorded_model
 
-    table = explain_recorded_model(args.workflow, args.experiment, args.recorder_id, args.segment)
+    table = explain_recorded_model(args.workflow, args.experiment, args.recorder_id, args.segment, args.day)
     for path in write_explanation(table, args.out, args.day):
         print(f"wrote {path}")
     day = table.index.get_level_values(0).max() if args.day is None else args.day
@@ -101,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     legacy = concepts.add_parser("to-legacy", help="membership table -> qlib's stock2concept.npy + stock_index")
     legacy.add_argument("membership")
-    legacy.add_argument("--as-of", required=True, help="snapshot date, YYYY-MM-DD")
+    legacy.add_argument("--as-of", required=True, type=_date("--as-of"), help="snapshot date, YYYY-MM-DD")
     legacy.add_argument("--provider-uri", required=True, help="qlib data directory (for the market's instruments)")
     legacy.add_argument("--market", default="csi300")
     legacy.add_argument("--out", required=True, help="output directory or file prefix")
@@ -126,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--experiment", default=None, help="default: the YAML's experiment_name, else 'workflow'")
     explain.add_argument("--recorder-id", default=None, help="default: the experiment's latest recorder")
     explain.add_argument("--segment", default="test")
-    explain.add_argument("--day", default=None, help="day of the per-stock plot, YYYY-MM-DD (default: the last)")
+    explain.add_argument(
+        "--day", default=None, type=_date("--day"), help="day of the per-stock plot, YYYY-MM-DD (default: the last)"
+    )
     explain.set_defaults(func=cmd_explain)
     return parser
 
@@ -135,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConceptError, DataError, ValueError, FileNotFoundError) as err:
+    except (ConceptError, DataError, ValueError, OSError) as err:  # user errors; anything else is a bug: traceback
         print(f"qlib-hist: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -62,12 +62,14 @@ def write_explanation(
 ) -> List[Path]:
     """Save ``explanations.pkl`` and the two plots (for ``day``, default the last day) in ``out_dir``."""
     out_dir = Path(out_dir)
+    days = table.index.get_level_values(0)
+    when = pd.Timestamp(days.max() if day is None else day)
+    if when not in set(days):
+        raise ValueError(
+            f"day {when.date()} is not a day of the explanation ({days.min().date()} .. {days.max().date()})"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    day = table.index.get_level_values(0).max() if day is None else day
-    with atomic_path(out_dir / "explanations.pkl") as tmp:
+    plots = [plot_day(table, when, out_dir / "explain_day.png"), plot_shares(table, out_dir / "explain_shares.png")]
+    with atomic_path(out_dir / "explanations.pkl") as tmp:  # last: a table on disk always has its plots
         table.to_pickle(tmp)
-    return [
-        out_dir / "explanations.pkl",
-        plot_day(table, day, out_dir / "explain_day.png"),
-        plot_shares(table, out_dir / "explain_shares.png"),
-    ]
+    return [out_dir / "explanations.pkl", *plots]

@@ -19,6 +19,8 @@ from typing import Iterator, Union
 import numpy as np
 import pandas as pd
 
+from ._io import remove_stale_temps
+
 FORMAT = "qlib-hist-frame/1"
 PathLike = Union[str, os.PathLike]
 
@@ -31,7 +33,8 @@ class FrameStoreError(ValueError):
 def _atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an older entry is removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():

@@ -9,6 +9,7 @@ Unlike qlib, which maps every unknown stock to row 733 (a real stock, SZ002958),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -113,6 +114,37 @@ def load_stock2concept(path: PathLike) -> np.ndarray:
     return matrix
 
 
+MANIFEST_FORMAT = "qlib-hist-legacy-set/1"
+
+
+def manifest_path(stock2concept: PathLike) -> Path:
+    """``<...>stock2concept.manifest.json``: the sha256 of each file one ``to-legacy`` run wrote, written last."""
+    return Path(stock2concept).with_suffix(".manifest.json")
+
+
+def file_sha256(path: PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_manifest(stock2concept: PathLike, *others: PathLike) -> None:
+    """When a manifest lies beside ``stock2concept``, refuse files that are not the set it lists (a ``to-legacy`` run
+    that stopped part-way, or one file replaced by hand): a new matrix beside an old index would silently give
+    stocks other stocks' concepts. Files without a manifest (qlib's own) are not checked."""
+    manifest = manifest_path(stock2concept)
+    if not manifest.exists():
+        return
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConceptError(f"{manifest}: unreadable manifest ({err}); rerun `qlib-hist concepts to-legacy`") from None
+    for path in (Path(stock2concept), *map(Path, others)):
+        if path.name in listed and path.exists() and file_sha256(path) != listed[path.name]:
+            raise ConceptError(
+                f"{path} is not the file that {manifest.name} lists: the legacy files beside it were not written "
+                "together (an interrupted `qlib-hist concepts to-legacy`, or a file replaced); rerun to-legacy"
+            )
+
+
 class LegacyConcepts:
     """A static concept matrix: the same concepts for a stock on every day."""
 
@@ -123,6 +155,7 @@ class LegacyConcepts:
         concept_names: Optional[List[str]] = None,
     ) -> None:
         self.path = Path(stock2concept)
+        check_manifest(stock2concept, stock_index, self.path.with_suffix(".concepts.json"))
         self.matrix = load_stock2concept(stock2concept)
         self.stock_index = load_stock_index(stock_index)
         rows = np.fromiter(self.stock_index.values(), dtype=np.int64)

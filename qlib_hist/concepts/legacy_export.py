@@ -18,6 +18,7 @@ import pandas as pd
 
 from .._io import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
 from .base import ConceptError
+from .legacy import MANIFEST_FORMAT, file_sha256, manifest_path
 from .membership import MembershipLike, as_source
 
 DateLike = Union[str, pd.Timestamp, np.datetime64, None]
@@ -133,4 +134,7 @@ def to_legacy(
     atomic_write_bytes(paths.stock_index_npy, npy_bytes(index))
     atomic_write_text(paths.stock_index_json, json.dumps(index, indent=0) + "\n")
     atomic_write_text(paths.concepts_json, json.dumps(list(map(str, snap.columns)), indent=0) + "\n")
+    files = (paths.stock2concept, paths.stock_index_npy, paths.stock_index_json, paths.concepts_json)
+    manifest = {"format": MANIFEST_FORMAT, "files": {path.name: file_sha256(path) for path in files}}
+    atomic_write_text(manifest_path(paths.stock2concept), json.dumps(manifest, indent=1) + "\n")  # last: seals the set
     return paths

@@ -132,6 +132,9 @@ def check_instruments(values: pd.Series, loc: _Locator, column: str = "instrumen
     return values
 
 
+OPEN_YEAR = 2262  # end dates from this year on (9999-12-31, ...) mean "still a member"; ns timestamps end in 2262
+
+
 def parse_dates(values: pd.Series, loc: _Locator, column: str, allow_empty: bool) -> pd.Series:
     """Parse a date column to ``datetime64[ns]`` at midnight; empty cells are NaT when ``allow_empty``."""
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -150,6 +153,14 @@ def parse_dates(values: pd.Series, loc: _Locator, column: str, allow_empty: bool
         raise loc.fail(int(np.flatnonzero(empty)[0]), f"column {column!r}: empty date")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_localize(None)
+    far = (parsed.dt.year >= OPEN_YEAR).fillna(False).to_numpy(dtype=bool)  # "9999-12-31": a common "still open"
+    if far.any():
+        if not allow_empty:
+            raise loc.fail(
+                int(np.flatnonzero(far)[0]),
+                f"column {column!r}: date {values.iloc[np.flatnonzero(far)[0]]!r} is after {OPEN_YEAR - 1}",
+            )
+        parsed = parsed.where(~far)
     return parsed.dt.normalize().astype(_DATE_DTYPE)
 
 
@@ -251,6 +262,10 @@ def write_membership(df: pd.DataFrame, path: PathLike) -> Path:
     """Validate ``df`` and write it atomically: parquet for ``.parquet``/``.pq``, else CSV (dates ``YYYY-MM-DD``,
     open ``end_date`` empty). Returns the path."""
     path = Path(path)
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ConceptError(
+            f"{path}: a membership table is written as .csv or .parquet, not {path.suffix or 'no suffix'!r}"
+        )
     table = validate_membership(df, source=str(path))
     with atomic_path(path) as tmp:
         if path.suffix.lower() in (".parquet", ".pq"):

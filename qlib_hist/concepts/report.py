@@ -123,6 +123,8 @@ def format_report(df: pd.DataFrame) -> str:
 
 def plot_report(df: pd.DataFrame, png_path: PathLike) -> Path:
     """Write a 2x2-panel PNG of a :func:`coverage_report` result (matplotlib Agg, atomic). Returns the path."""
+    if Path(png_path).suffix.lower() != ".png":
+        raise ConceptError(f"{png_path}: the coverage plot is written as a PNG: give a .png path")
     fig = new_figure((9, 6))
     axes = fig.subplots(2, 2, sharex=True)
     years = df.index.to_numpy()

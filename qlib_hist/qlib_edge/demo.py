@@ -22,6 +22,7 @@ import yaml
 
 from .._io import atomic_write_text
 from ..demo_data import write_demo_provider
+from ..settings import TrainSettings
 from .recorders import latest_recorder, recorder_report
 
 DEMO_YAML = Path(__file__).parents[1] / "configs" / "workflow_config_hist_demo.yaml"
@@ -56,6 +57,8 @@ def run_demo(
     """Write the demo data and run the demo workflow through qrun's ``workflow``; return the report."""
     from qlib.cli.run import workflow
 
+    if n_epochs is not None:
+        TrainSettings(n_epochs=n_epochs)  # checked before anything is written: "n_epochs must be ..., got -1"
     out_dir = Path(out_dir).expanduser().resolve()
     write_demo_provider(out_dir, n_stocks=n_stocks, seed=seed)
     config_path = write_demo_config(out_dir, seed=seed, n_epochs=n_epochs)

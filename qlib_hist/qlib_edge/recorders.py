@@ -38,6 +38,30 @@ def format_report(report: Dict[str, float]) -> str:
     return "\n".join(f"{label:<{width}}  {value: .4f}" for label, value in report.items())
 
 
+def read_workflow(workflow: Union[str, Path]) -> Dict[str, Any]:
+    """A qrun workflow YAML as a dict, checked to have what qrun needs (``qlib_init``, ``task``)."""
+    path = Path(workflow)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a workflow is a mapping with qlib_init and task, got a {type(config).__name__}")
+    missing = [key for key in ("qlib_init", "task") if not isinstance(config.get(key), dict)]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(missing)} section (a qrun workflow YAML has both)")
+    return config
+
+
+def segment_bounds(config: Dict[str, Any], segment: str) -> Tuple[pd.Timestamp, pd.Timestamp]:
+    """First and last day of ``segment`` in a workflow's dataset (``task.dataset.kwargs.segments``)."""
+    segments = config["task"].get("dataset", {}).get("kwargs", {}).get("segments", {})
+    if segment not in segments:
+        raise ValueError(f"segment {segment!r} is not in the workflow's dataset segments {list(segments)}")
+    start, end = segments[segment]
+    return pd.Timestamp(start), pd.Timestamp(end)
+
+
 def recorded_hist(
     workflow: Union[str, Path], experiment: Optional[str] = None, recorder_id: Optional[str] = None
 ) -> Tuple[Any, Dict[str, Any]]:
@@ -49,7 +73,7 @@ def recorded_hist(
 
     from .model import HIST
 
-    config = yaml.safe_load(Path(workflow).read_text())
+    config = read_workflow(workflow)
     qlib.init(**config["qlib_init"])
     experiment = experiment or config.get("experiment_name", "workflow")
     if recorder_id is None:
@@ -69,10 +93,15 @@ def explain_recorded_model(
     experiment: Optional[str] = None,
     recorder_id: Optional[str] = None,
     segment: str = "test",
+    day: Optional[str] = None,
 ) -> pd.DataFrame:
-    """Explain the HIST that a ``qrun WORKFLOW.yaml`` run saved, on the YAML's dataset."""
+    """Explain the HIST that a ``qrun WORKFLOW.yaml`` run saved, on the YAML's dataset; ``day`` (the day a plot will
+    show) is checked to lie in ``segment`` before anything is computed."""
     from qlib.utils import init_instance_by_config
 
     model, config = recorded_hist(workflow, experiment, recorder_id)
+    start, end = segment_bounds(config, segment)
+    if day is not None and not start <= pd.Timestamp(day) <= end:
+        raise ValueError(f"day {day} (--day) is outside the {segment} segment ({start.date()} .. {end.date()})")
     dataset = init_instance_by_config(config["task"]["dataset"])
     return model.explain(dataset, segment=segment)
