@@ -1,10 +1,11 @@
-"""Benchmark table and plots from the per-run JSON files that ``benchmarks/run.py`` writes.
+"""Benchmark table and plots from the per-run JSON files that :mod:`benchmarks.run` writes.
 
-    python benchmarks/report.py --profile cpu-quick
+    python -m benchmarks.report --profile cpu-quick
 
 Writes ``benchmarks/results/<profile>.md`` (rows: mean ± std over seeds, like qlib's benchmark README; a model that
 crashed is a row with its error) and two PNGs beside it: the cumulative excess return (with cost) of each
 model's TopkDropout backtest over the test period (mean over seeds), and the monthly mean IC per model.
+The page names the provider relative to the repository root.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from benchmarks.run import REPORT_METRICS  # noqa: E402
-from qlib_hist._io import atomic_path, atomic_write_text  # noqa: E402
+from benchmarks.paths import HERE, repo_relative
+from benchmarks.run import REPORT_METRICS
+from qlib_hist._io import atomic_path, atomic_write_text
 
 LABELS = {
     "hist_pit": "HIST (qlib_hist, point-in-time SW concepts)",
@@ -35,11 +34,12 @@ LABELS = {
 }
 
 
-def load_runs(runs_dir: Path) -> list:
+def load_runs(runs_dir: Path) -> list[dict]:
+    """The result dicts of every ``*.json`` in ``runs_dir``, in file-name order."""
     return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
 
 
-def summary_table(runs: list) -> str:
+def summary_table(runs: list[dict]) -> str:
     """Markdown: one row per model, each metric as mean ± std over its seeds."""
     header = ["Model", "Seeds"] + list(REPORT_METRICS) + ["Epochs run", "Sec/epoch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -64,7 +64,7 @@ def summary_table(runs: list) -> str:
     return "\n".join(lines)
 
 
-def _mean_over_seeds(runs: list, key: str) -> dict:
+def _mean_over_seeds(runs: list[dict], key: str) -> dict:
     """model -> mean over seeds of the daily series ``key`` (a pd.Series indexed by date)."""
     out = {}
     for model in LABELS:
@@ -76,7 +76,8 @@ def _mean_over_seeds(runs: list, key: str) -> dict:
     return out
 
 
-def plot(runs: list, out_prefix: Path) -> list:
+def plot(runs: list[dict], out_prefix: Path) -> list[Path]:
+    """The two PNGs (cumulative excess return, monthly IC) at ``<out_prefix>_*.png``; their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,13 +96,23 @@ def plot(runs: list, out_prefix: Path) -> list:
         return path
 
     excess = pd.DataFrame({LABELS[m]: daily.cumsum() for m, daily in _mean_over_seeds(runs, "daily_excess").items()})
-    monthly_ic = pd.DataFrame({LABELS[m]: s.resample("ME").mean() for m, s in _mean_over_seeds(runs, "daily_ic").items()})
+    daily_ic = _mean_over_seeds(runs, "daily_ic")
+    monthly_ic = pd.DataFrame({LABELS[m]: s.resample("ME").mean() for m, s in daily_ic.items()})
     monthly_ic.index = monthly_ic.index.strftime("%Y-%m")
     return [
-        line_plot(excess, "Cumulative excess return with cost (TopkDropout 50/5 vs SH000300), mean over seeds",
-                  "cumulative sum of daily excess return", "_excess_return.png"),
-        line_plot(monthly_ic, "Monthly mean of daily IC on the test segment, mean over seeds", "IC",
-                  "_monthly_ic.png", marker="."),
+        line_plot(
+            excess,
+            "Cumulative excess return with cost (TopkDropout 50/5 vs SH000300), mean over seeds",
+            "cumulative sum of daily excess return",
+            "_excess_return.png",
+        ),
+        line_plot(
+            monthly_ic,
+            "Monthly mean of daily IC on the test segment, mean over seeds",
+            "IC",
+            "_monthly_ic.png",
+            marker=".",
+        ),
     ]
 
 
@@ -111,8 +122,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """Command line: write ``<results-dir>/<profile>.md`` and its plots; 0 when done."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="cpu-quick")
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--command", default=None, help="the command line that produced the runs, for the page")
@@ -123,12 +137,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"no runs in {results / args.profile / 'runs'}")
     pngs = plot(runs, results / args.profile)
     host = runs[0].get("host", "")
-    page = [f"# Benchmark `{args.profile}`", "", f"Provider: `{runs[0]['provider_uri']}`; host: {host}.", ""]
+    provider = repo_relative(runs[0]["provider_uri"])
+    page = [f"# Benchmark `{args.profile}`", "", f"Provider: `{provider}`; host: {host}.", ""]
     if args.command:
         page += ["Made by:", "", "```bash", args.command, "```", ""]
-    page += [summary_table(runs), "",
-             "Mean ± std over the seeds listed (± 0 with one seed). Sec/epoch is the median wall time of the run's "
-             "epochs, on whatever else the machine was doing then; `speed.py` has the clean timings.", ""]
+    page += [
+        summary_table(runs),
+        "",
+        "Mean ± std over the seeds listed (± 0 with one seed). Sec/epoch is the median wall time of the run's "
+        "epochs, on whatever else the machine was doing then; `speed.py` has the clean timings.",
+        "",
+    ]
     page += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     atomic_write_text(results / f"{args.profile}.md", "\n".join(page))
     print("\n".join(page))

@@ -1,17 +1,21 @@
 """Benchmark runner: models x seeds on a qlib provider, through qlib's own records; one JSON per finished run.
 
-    python benchmarks/run.py --profile cpu-quick --provider-uri ../shared/data/cn_csi300 \
+    python -m benchmarks.run --profile cpu-quick --provider-uri ../shared/data/cn_csi300 \
         --models hist_pit hist_legacy lstm gru --seeds 0 1 2
-    python benchmarks/report.py --profile cpu-quick          # table + plots from the JSON files
+    python -m benchmarks.report --profile cpu-quick          # table + plots from the JSON files
+
+Run from the repository root. The handler, HIST's kwargs, the backtest and the records come from the repository's
+qrun YAML files (:mod:`benchmarks.config`); a profile sets only the dates and the epochs.
 
 Each (model, seed) writes ``benchmarks/results/<profile>/runs/<model>_seed<k>.json`` as soon as it finishes,
-so a stopped session loses one run, not the table; a rerun skips runs that already have a file.
+so a stopped session loses one run, not the table; a rerun skips runs that already have a file. Paths in it are
+relative to the repository root.
 Several runners can share one list: each claims a run with ``<model>_seed<k>.claim`` (holding its pid) before
-starting it, skips runs another live runner holds, and takes over claims whose runner has died. On 2 cores,
-two runners with ``--threads 1`` finish the table ~1.8x sooner than one runner with 2 threads (qlib LSTM:
-3.0 min per epoch each vs 2.7 min for one 2-thread runner).
+starting it, skips runs another live runner holds, and takes over claims whose runner has died. On a small machine,
+one runner per core with ``--threads 1`` fills the table sooner than one runner on all cores (timings in
+``benchmarks/README.md``).
 The Alpha360 handler is built once per (provider, market, dates, processors) and cached on disk
-(:mod:`qlib_hist.handler_cache`).
+(:mod:`qlib_hist.qlib_edge.handler_cache`).
 """
 
 from __future__ import annotations
@@ -27,86 +31,87 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-
-from qlib_hist._io import atomic_write_text  # noqa: E402
-
-PROFILES = {
-    # qlib's HIST benchmark settings, for GPU machines with qlib's cn_data
-    "paper": dict(
-        start="2008-01-01", end="2020-08-01", fit=("2008-01-01", "2014-12-31"),
-        segments={"train": ("2008-01-01", "2014-12-31"), "valid": ("2015-01-01", "2016-12-31"),
-                  "test": ("2017-01-01", "2020-08-01")},
-        n_epochs=200, early_stop=20, legacy_as_of="2014-12-31",
-    ),
-    # the CPU table on ../shared/data/cn_csi300: same settings for every row, epochs capped
-    "cpu-quick": dict(
-        start="2014-01-01", end="2022-12-30", fit=("2014-01-01", "2016-12-31"),
-        segments={"train": ("2014-01-01", "2016-12-31"), "valid": ("2017-01-01", "2018-12-31"),
-                  "test": ("2019-01-01", "2022-12-29")},
-        n_epochs=8, early_stop=4, legacy_as_of="2016-12-31",
-    ),
-}
-
-PROCESSORS = dict(
-    infer_processors=[
-        {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
-        {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
-    ],
-    learn_processors=[{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
-    label=["Ref($close, -2) / Ref($close, -1) - 1"],
+from benchmarks.config import (
+    FILE_KWARGS,
+    PAPER_OPTIONS,
+    PROFILES,
+    WORKFLOW,
+    handler_config,
+    hist_kwargs,
+    record_configs,
 )
+from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
+from qlib_hist._io import atomic_write_text
 
 #: qlib's LightGBM benchmark settings (examples/benchmarks/LightGBM); qlib's fit boosts up to 1000 rounds, early stop 50
-LIGHTGBM = dict(loss="mse", colsample_bytree=0.8879, learning_rate=0.0421, subsample=0.8789, lambda_l1=205.6999,
-                lambda_l2=580.9768, max_depth=8, num_leaves=210)
+LIGHTGBM = {
+    "loss": "mse",
+    "colsample_bytree": 0.8879,
+    "learning_rate": 0.0421,
+    "subsample": 0.8789,
+    "lambda_l1": 205.6999,
+    "lambda_l2": 580.9768,
+    "max_depth": 8,
+    "num_leaves": 210,
+}
 
-#: the options workflow_config_hist_paper.yaml turns on
-PAPER_OPTIONS = dict(hidden_topk=3, concept_weight="$close * $volume", concept_refine=True, temporal_attention=True,
-                     smooth_steps=5)
+#: qlib's LSTM and GRU Alpha360 benchmark settings (examples/benchmarks/{LSTM,GRU}/workflow_config_*_Alpha360.yaml,
+#: the same for both); the profile sets n_epochs and early_stop
+RNN_ALPHA360 = {
+    "d_feat": 6,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "dropout": 0.0,
+    "n_epochs": 200,
+    "lr": 1e-3,
+    "early_stop": 20,
+    "batch_size": 800,
+    "metric": "loss",
+    "loss": "mse",
+    "GPU": 0,
+}
 
 REPORT_METRICS = {
-    "IC": "IC", "ICIR": "ICIR", "Rank IC": "Rank IC", "Rank ICIR": "Rank ICIR",
+    "IC": "IC",
+    "ICIR": "ICIR",
+    "Rank IC": "Rank IC",
+    "Rank ICIR": "Rank ICIR",
     "Annualized Return": "1day.excess_return_with_cost.annualized_return",
     "Information Ratio": "1day.excess_return_with_cost.information_ratio",
     "Max Drawdown": "1day.excess_return_with_cost.max_drawdown",
 }
 
 
-def hist_kwargs(profile: dict, args, **extra) -> dict:
-    """qlib's HIST YAML settings (lr 1e-4, LSTM base from qlib's pretrained file), epochs from the profile."""
-    kwargs = dict(d_feat=6, hidden_size=64, num_layers=2, dropout=0.0, n_epochs=profile["n_epochs"], lr=1e-4,
-                  early_stop=profile["early_stop"], metric="ic", loss="mse", base_model="LSTM", GPU=0)
-    if args.model_path and Path(args.model_path).exists():
-        kwargs["model_path"] = str(args.model_path)
-    kwargs.update(extra)
-    return kwargs
-
-
 def rnn_kwargs(profile: dict) -> dict:
-    """qlib's LSTM/GRU Alpha360 benchmark settings, epochs from the profile."""
-    return dict(d_feat=6, hidden_size=64, num_layers=2, dropout=0.0, n_epochs=profile["n_epochs"], lr=1e-3,
-                early_stop=profile["early_stop"], batch_size=800, metric="loss", loss="mse", GPU=0)
+    """qlib's LSTM/GRU Alpha360 settings (:data:`RNN_ALPHA360`), epochs and early stop (in epochs) from the profile."""
+    return dict(RNN_ALPHA360, n_epochs=profile["n_epochs"], early_stop=profile["early_stop"])
 
 
-def model_config(name: str, profile: dict, concepts: dict, args, seed: int) -> dict:
-    legacy = dict(stock2concept=str(concepts["legacy"].stock2concept), stock_index=str(concepts["legacy"].stock_index_npy))
+def model_config(name: str, profile: dict, concepts: dict, args: argparse.Namespace, seed: int) -> dict:
+    """qlib's ``{"class", "module_path", "kwargs"}`` of one table row with this ``seed``."""
+    legacy = {
+        "stock2concept": str(concepts["legacy"].stock2concept),
+        "stock_index": str(concepts["legacy"].stock_index_npy),
+    }
+    pit = {"stock2concept": str(concepts["membership"])}
     table = {
-        "hist_pit": ("HIST", "qlib_hist", hist_kwargs(profile, args, stock2concept=str(concepts["membership"]))),
-        "hist_legacy": ("HIST", "qlib_hist", hist_kwargs(profile, args, **legacy)),
-        "hist_paper": ("HIST", "qlib_hist", hist_kwargs(profile, args, stock2concept=str(concepts["membership"]),
-                                                        **PAPER_OPTIONS)),
-        "qlib_hist": ("HIST", "qlib.contrib.model.pytorch_hist", hist_kwargs(profile, args, **legacy)),
-        "qlib_hist_patched": ("PatchedQlibHIST", "benchmarks.qlib_patched", hist_kwargs(profile, args, **legacy)),
+        "hist_pit": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit)),
+        "hist_legacy": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **legacy)),
+        "hist_paper": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit, **PAPER_OPTIONS)),
+        "qlib_hist": ("HIST", "qlib.contrib.model.pytorch_hist", hist_kwargs(profile, args.model_path, **legacy)),
+        "qlib_hist_patched": (
+            "PatchedQlibHIST",
+            "benchmarks.qlib_patched",
+            hist_kwargs(profile, args.model_path, **legacy),
+        ),
         "lstm": ("LSTM", "qlib.contrib.model.pytorch_lstm", rnn_kwargs(profile)),
         "gru": ("GRU", "qlib.contrib.model.pytorch_gru", rnn_kwargs(profile)),
-        "lightgbm": ("LGBModel", "qlib.contrib.model.gbdt", dict(LIGHTGBM, num_threads=args.threads or os.cpu_count(),
-                                                                 seed=seed)),
+        "lightgbm": (
+            "LGBModel",
+            "qlib.contrib.model.gbdt",
+            {**LIGHTGBM, "num_threads": args.threads or os.cpu_count(), "seed": seed},
+        ),
     }
     cls, module, kwargs = table[name]
     if name != "lightgbm":
@@ -114,7 +119,13 @@ def model_config(name: str, profile: dict, concepts: dict, args, seed: int) -> d
     return {"class": cls, "module_path": module, "kwargs": kwargs}
 
 
-def build_concepts(profile: dict, args, cache: Path) -> dict:
+def recorded_config(config: dict) -> dict:
+    """``config`` as a result file records it: the file kwargs relative to the repository."""
+    kwargs = {key: repo_relative(value) if key in FILE_KWARGS else value for key, value in config["kwargs"].items()}
+    return {**config, "kwargs": kwargs}
+
+
+def build_concepts(profile: dict, args: argparse.Namespace, cache: Path) -> dict:
     """Point-in-time SW membership (levels 1-3) and its static legacy snapshot as of the end of train."""
     from qlib_hist.concepts.legacy_export import market_instruments, to_legacy
     from qlib_hist.concepts.membership import write_membership
@@ -128,26 +139,23 @@ def build_concepts(profile: dict, args, cache: Path) -> dict:
     return {"membership": membership, "legacy": legacy}
 
 
-def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args) -> dict:
+def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args: argparse.Namespace) -> dict:
+    """Fit one row with one seed, then the YAML's records (signal, IC analysis, backtest); the result file's dict."""
     import torch
-    from qlib.utils import init_instance_by_config
+    from qlib.utils import fill_placeholder, init_instance_by_config
     from qlib.workflow import R
-    from qlib.workflow.record_temp import PortAnaRecord, SigAnaRecord, SignalRecord
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    result = {"model": name, "seed": seed, "profile": args.profile, "provider_uri": str(args.provider_uri),
-              "host": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"}
-    config = model_config(name, profile, concepts, args, seed)
-    result["config"] = config
-    port_config = {
-        "strategy": {"class": "TopkDropoutStrategy", "module_path": "qlib.contrib.strategy",
-                     "kwargs": {"signal": "<PRED>", "topk": 50, "n_drop": 5}},
-        "backtest": {"start_time": profile["segments"]["test"][0], "end_time": profile["segments"]["test"][1],
-                     "account": 100000000, "benchmark": args.benchmark,
-                     "exchange_kwargs": {"limit_threshold": 0.095, "deal_price": "close", "open_cost": 0.0005,
-                                         "close_cost": 0.0015, "min_cost": 5}},
+    result = {
+        "model": name,
+        "seed": seed,
+        "profile": args.profile,
+        "provider_uri": repo_relative(args.provider_uri),
+        "host": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
     }
+    config = model_config(name, profile, concepts, args, seed)
+    result["config"] = recorded_config(config)
     with R.start(experiment_name=f"bench_{args.profile}", recorder_name=f"{name}_seed{seed}"):
         tic = time.perf_counter()
         try:
@@ -155,7 +163,7 @@ def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args) 
             model.fit(dataset)
         except Exception as err:  # a crashing baseline is a table row, not the end of the run
             result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            result["traceback"] = traceback.format_exc()[-2000:]
+            result["traceback"] = relative_traceback(traceback.format_exc()[-2000:])
             return result
         result["fit_seconds"] = time.perf_counter() - tic
         history = getattr(model, "history", None)
@@ -163,9 +171,9 @@ def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args) 
             result["epoch_seconds"] = [h["seconds"] for h in history]
             result["best_epoch"] = getattr(model, "best_epoch", None)
         recorder = R.get_recorder()
-        SignalRecord(model=model, dataset=dataset, recorder=recorder).generate()
-        SigAnaRecord(recorder=recorder, ana_long_short=False, ann_scaler=252).generate()
-        PortAnaRecord(recorder=recorder, config=port_config, risk_analysis_freq="day").generate()
+        for record in record_configs(profile, args.benchmark):  # as qrun runs them
+            fill_placeholder(record, {"<MODEL>": model, "<DATASET>": dataset})
+            init_instance_by_config(record, recorder=recorder).generate()
         metrics = recorder.list_metrics()
         result["metrics"] = {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics}
         ic = recorder.load_object("sig_analysis/ic.pkl")
@@ -200,27 +208,42 @@ def claim(path: Path) -> bool:
     return False
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the missing (model, seed) runs of a profile; 0 when done."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-quick")
-    parser.add_argument("--provider-uri", default="~/.qlib/qlib_data/cn_data")
-    parser.add_argument("--market", default="csi300")
-    parser.add_argument("--benchmark", default="SH000300")
-    parser.add_argument("--models", nargs="+", default=["hist_pit", "hist_legacy", "qlib_hist", "qlib_hist_patched", "lstm", "gru"])
+    parser.add_argument("--provider-uri", default=WORKFLOW["qlib_init"]["provider_uri"])
+    parser.add_argument("--market", default=WORKFLOW["market"])
+    parser.add_argument("--benchmark", default=WORKFLOW["benchmark"])
+    parser.add_argument(
+        "--models", nargs="+", default=["hist_pit", "hist_legacy", "qlib_hist", "qlib_hist_patched", "lstm", "gru"]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
-    parser.add_argument("--model-path", default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"),
-                        help="pretrained LSTM for HIST's base (qlib's benchmark file); ignored when missing")
+    parser.add_argument(
+        "--model-path",
+        default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"),
+        help="pretrained LSTM for HIST's base (qlib's benchmark file); ignored when missing",
+    )
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
     parser.add_argument("--results-dir", default=str(HERE / "results"))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for this runner (default: torch's, = cores); 1 when running two runners")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for this runner (default: torch's, = cores); 1 when running two runners",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()
+    # absolute before the chdir below
+    args.sw_csv = str(Path(args.sw_csv).expanduser().resolve())
+    args.model_path = str(Path(args.model_path).expanduser().resolve()) if args.model_path else None
     profile = PROFILES[args.profile]
     cache = Path(args.cache_dir).resolve()
     runs_dir = Path(args.results_dir).resolve() / args.profile / "runs"
@@ -231,17 +254,24 @@ def main(argv=None) -> int:
     import qlib
     from qlib.data.dataset import DatasetH
 
-    from qlib_hist.handler_cache import cached_handler
+    from qlib_hist.qlib_edge.handler_cache import cached_handler
 
     logging.basicConfig(level=logging.INFO)
-    qlib.init(provider_uri=str(args.provider_uri), region="cn", kernels=2,
-              exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
-                           "kwargs": {"uri": f"sqlite:///{cache / f'mlruns_{os.getpid()}.db'}",  # one per runner
-                                      "default_exp_name": "Experiment"}})
-    handler_config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
-                      "kwargs": dict(instruments=args.market, start_time=profile["start"], end_time=profile["end"],
-                                     fit_start_time=profile["fit"][0], fit_end_time=profile["fit"][1], **PROCESSORS)}
-    dataset = DatasetH(cached_handler(handler_config, args.provider_uri, cache), segments=profile["segments"])
+    qlib.init(
+        provider_uri=str(args.provider_uri),
+        region=WORKFLOW["qlib_init"]["region"],
+        kernels=2,
+        exp_manager={
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {
+                "uri": f"sqlite:///{cache / f'mlruns_{os.getpid()}.db'}",  # one per runner
+                "default_exp_name": "Experiment",
+            },
+        },
+    )
+    handler = handler_config(args.market, profile["start"], profile["end"], profile["fit"])
+    dataset = DatasetH(cached_handler(handler, args.provider_uri, cache), segments=profile["segments"])
     concepts = build_concepts(profile, args, cache)
     for seed in args.seeds:
         for name in args.models:

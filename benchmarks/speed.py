@@ -1,6 +1,6 @@
 """Speed and memory: qlib's HIST (patched to run) vs qlib_hist's HIST on the same handler, kwargs and device.
 
-    python benchmarks/speed.py --provider-uri ../shared/data/cn_csi300 [--device cpu|cuda] [--epochs 3]
+    python -m benchmarks.speed --provider-uri ../shared/data/cn_csi300 [--device cpu|cuda] [--epochs 3]
 
 Each implementation runs in its own subprocess (so peak memory is its own) and reports:
 
@@ -10,12 +10,14 @@ Each implementation runs in its own subprocess (so peak memory is its own) and r
 - seconds for ``predict`` over the test segment;
 - peak RSS during ``fit`` above the RSS before it (psutil sampled every 5 ms), in MB.
 
-Prints each figure and the ratio ours / qlib, and writes ``benchmarks/results/speed_<device>.json``.
+Prints each figure and the ratio ours / qlib, and writes ``benchmarks/results/speed_<device>.json`` (the provider
+as a path relative to the repository). Run from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -25,12 +27,21 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.config import WORKFLOW
+from benchmarks.paths import HERE, ROOT, SHARED, repo_relative
+from qlib_hist._io import atomic_write_text
 
-SEGMENTS = {"train": ("2015-01-01", "2016-12-31"), "valid": ("2017-01-01", "2017-12-31"), "test": ("2018-01-01", "2018-12-31")}
+#: the speed runs' own segments (dates), shorter than the cpu-quick table's
+SEGMENTS = {
+    "train": ("2015-01-01", "2016-12-31"),
+    "valid": ("2017-01-01", "2017-12-31"),
+    "test": ("2018-01-01", "2018-12-31"),
+}
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class PeakRSS:
@@ -38,7 +49,7 @@ class PeakRSS:
 
     Before taking ``base`` it collects garbage and hands freed heap back to the OS (glibc ``malloc_trim``): without
     that, memory freed while loading the dataset stays in the process and is reused by ``fit``, and the figure
-    swings by hundreds of MB between identical runs.
+    swings between identical runs (see benchmarks/README.md).
     """
 
     def __init__(self, interval: float = 0.005) -> None:
@@ -62,7 +73,7 @@ class PeakRSS:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -72,7 +83,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def qlib_epoch_timer(model) -> list:
+def qlib_epoch_timer(model) -> list[tuple[float, float]]:
     """Wrap qlib HIST's ``train_epoch`` and ``test_epoch`` to record (train seconds, epoch start) per epoch."""
     marks = []
     train_epoch = model.train_epoch
@@ -86,27 +97,30 @@ def qlib_epoch_timer(model) -> list:
     return marks
 
 
-def measure(impl: str, args) -> dict:
-    """Runs inside the subprocess: fit + predict one implementation; returns its figures."""
+def measure(impl: str, args: argparse.Namespace) -> dict:
+    """Runs inside the subprocess: fit + predict one implementation; returns its figures (seconds, MB)."""
     import numpy as np
     import qlib
     import torch
     from qlib.data.dataset import DatasetH
 
-    from benchmarks.run import PROCESSORS, build_concepts, PROFILES, hist_kwargs
-    from qlib_hist.handler_cache import cached_handler
+    from benchmarks.config import PROFILES, WORKFLOW, handler_config, hist_kwargs
+    from benchmarks.run import build_concepts
+    from qlib_hist.qlib_edge.handler_cache import cached_handler
 
-    qlib.init(provider_uri=str(args.provider_uri), region="cn", kernels=2)
+    qlib.init(provider_uri=str(args.provider_uri), region=WORKFLOW["qlib_init"]["region"], kernels=2)
     profile = dict(PROFILES["cpu-quick"], n_epochs=args.epochs, early_stop=args.epochs + 1)
-    handler_config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
-                      "kwargs": dict(instruments=args.market, start_time=SEGMENTS["train"][0], end_time=SEGMENTS["test"][1],
-                                     fit_start_time=SEGMENTS["train"][0], fit_end_time=SEGMENTS["train"][1], **PROCESSORS)}
-    dataset = DatasetH(cached_handler(handler_config, args.provider_uri, args.cache_dir), segments=SEGMENTS)
-    args.model_path = None  # both start from their own random init
+    handler = handler_config(args.market, SEGMENTS["train"][0], SEGMENTS["test"][1], SEGMENTS["train"])
+    dataset = DatasetH(cached_handler(handler, args.provider_uri, args.cache_dir), segments=SEGMENTS)
     concepts = build_concepts(profile, args, Path(args.cache_dir))
-    kwargs = hist_kwargs(profile, args, stock2concept=str(concepts["legacy"].stock2concept),
-                         stock_index=str(concepts["legacy"].stock_index_npy), seed=0,
-                         GPU=0 if args.device == "cuda" else -1)
+    # no model_path: both start from their own random init
+    kwargs = hist_kwargs(
+        profile,
+        stock2concept=str(concepts["legacy"].stock2concept),
+        stock_index=str(concepts["legacy"].stock_index_npy),
+        seed=0,
+        GPU=0 if args.device == "cuda" else -1,
+    )
     if impl == "qlib":
         from benchmarks.qlib_patched import PatchedQlibHIST
 
@@ -123,7 +137,7 @@ def measure(impl: str, args) -> dict:
         fit_seconds = time.perf_counter() - tic
     if impl == "qlib":
         starts = [m[0] for m in marks] + [tic + fit_seconds]
-        epoch_seconds = [b - a for a, b in zip(starts, starts[1:])]
+        epoch_seconds = [b - a for a, b in itertools.pairwise(starts)]
         train_seconds = [m[1] for m in marks]
     else:
         epoch_seconds = [h["seconds"] for h in model.history]
@@ -132,56 +146,88 @@ def measure(impl: str, args) -> dict:
     pred = model.predict(dataset, segment="test")
     predict_seconds = time.perf_counter() - tic
     return {
-        "impl": impl, "device": args.device, "epochs": len(epoch_seconds),
-        "epoch_seconds": epoch_seconds, "train_pass_seconds": train_seconds,
+        "impl": impl,
+        "device": args.device,
+        "epochs": len(epoch_seconds),
+        "epoch_seconds": epoch_seconds,
+        "train_pass_seconds": train_seconds,
         "median_epoch_seconds": statistics.median(epoch_seconds),
         "median_train_pass_seconds": statistics.median(train_seconds),
-        "predict_seconds": predict_seconds, "fit_seconds": fit_seconds,
-        "fit_extra_peak_mb": (rss.peak - rss.base) / 2**20, "rss_before_fit_mb": rss.base / 2**20,
-        "pred_rows": int(len(pred)), "pred_finite": bool(np.isfinite(pred.to_numpy()).all()),
+        "predict_seconds": predict_seconds,
+        "fit_seconds": fit_seconds,
+        "fit_extra_peak_mb": (rss.peak - rss.base) / 2**20,
+        "rss_before_fit_mb": rss.base / 2**20,
+        "pred_rows": len(pred),
+        "pred_finite": bool(np.isfinite(pred.to_numpy()).all()),
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--provider-uri", default="~/.qlib/qlib_data/cn_data")
-    parser.add_argument("--market", default="csi300")
+def main(argv: list[str] | None = None) -> int:
+    """Command line: measure both implementations, each in a subprocess; 0 when both ran."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--provider-uri", default=WORKFLOW["qlib_init"]["provider_uri"])
+    parser.add_argument("--market", default=WORKFLOW["market"])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
-    parser.add_argument("--sw-csv", default=str(ROOT.parent / "shared" / "data" / "sw_industry_history.csv"))
+    parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
     parser.add_argument("--impl", choices=("ours", "qlib"), help=argparse.SUPPRESS)  # subprocess mode
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()
+    # absolute: the subprocesses run in the repository root
+    args.cache_dir = str(Path(args.cache_dir).expanduser().resolve())
+    args.sw_csv = str(Path(args.sw_csv).expanduser().resolve())
     if args.impl:
         print("RESULT " + json.dumps(measure(args.impl, args)), flush=True)
         return 0
 
     results = {}
     for impl in ("qlib", "ours"):
-        cmd = [sys.executable, __file__, "--impl", impl, "--provider-uri", str(args.provider_uri), "--market", args.market,
-               "--device", args.device, "--epochs", str(args.epochs), "--cache-dir", args.cache_dir, "--sw-csv", args.sw_csv]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.speed",
+            "--impl",
+            impl,
+            "--provider-uri",
+            str(args.provider_uri),
+            "--market",
+            args.market,
+            "--device",
+            args.device,
+            "--epochs",
+            str(args.epochs),
+            "--cache-dir",
+            args.cache_dir,
+            "--sw-csv",
+            args.sw_csv,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"{impl} failed (exit {proc.returncode})")
-        results[impl] = json.loads(line[0][len("RESULT "):])
-    rows = [("median epoch seconds", "median_epoch_seconds"), ("median train-pass seconds", "median_train_pass_seconds"),
-            ("predict seconds (test)", "predict_seconds"), ("fit extra peak RSS (MB)", "fit_extra_peak_mb")]
+        results[impl] = json.loads(line[0][len("RESULT ") :])
+    rows = [
+        ("median epoch seconds", "median_epoch_seconds"),
+        ("median train-pass seconds", "median_train_pass_seconds"),
+        ("predict seconds (test)", "predict_seconds"),
+        ("fit extra peak RSS (MB)", "fit_extra_peak_mb"),
+    ]
     print(f"{'figure':<28}{'qlib':>10}{'ours':>10}{'ours/qlib':>11}")
     for label, key in rows:
         q, o = results["qlib"][key], results["ours"][key]
         print(f"{label:<28}{q:>10.2f}{o:>10.2f}{o / q:>11.2f}")
     results["host"] = f"{platform.machine()}, {os.cpu_count()} cores"
     results["segments"] = SEGMENTS
+    results["provider_uri"] = repo_relative(args.provider_uri)
     out = Path(args.out or HERE / "results" / f"speed_{args.device}.json")
-    from qlib_hist._io import atomic_write_text
-
     atomic_write_text(out, json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {repo_relative(out.resolve())}")
     return 0
 
 

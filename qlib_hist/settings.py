@@ -69,6 +69,7 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
             raise SettingsError(f"{name} must be an integer{_bound(meta)}, got {value!r}")
         value = int(float(value))
     elif hint is float:
+        value = _yaml11_float(value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
             raise SettingsError(f"{name} must be a number{_bound(meta)}, got {value!r}")
         value = float(value)
@@ -83,6 +84,17 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
         raise SettingsError(f"{name} must be {_bound(meta).strip()}, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise SettingsError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
+    return value
+
+
+def _yaml11_float(value: Any) -> Any:
+    """``"1e-4"`` -> ``1e-4``: YAML 1.1 readers (PyYAML's ``safe_load``) leave exponent floats without a dot as
+    strings, while qrun's YAML 1.2 reader gives floats; the same YAML must mean the same model."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
 
 

@@ -1,0 +1,150 @@
+"""The benchmark's qlib settings, read from the repository's qrun YAML files rather than re-typed.
+
+``workflow_config_hist_Alpha360.yaml`` (qlib's HIST benchmark, pointing at qlib_hist) gives the Alpha360 handler
+(processors, label), the dataset segments, HIST's ``task.model.kwargs``, the ``port_analysis_config`` (strategy,
+account, costs) and the records; ``workflow_config_hist_paper.yaml`` gives the paper options of the ``hist_paper``
+row. A profile overrides only what differs from the YAML: dates, epochs, the as-of date of the legacy matrix.
+
+The files are read as qrun reads them (ruamel.yaml, ``typ="safe"``, YAML 1.2), not with PyYAML's ``safe_load``
+(YAML 1.1), which reads ``lr: 1e-4`` as the *string* ``"1e-4"``. Dates are turned into ``YYYY-MM-DD`` strings.
+``<PRED>``, ``<MODEL>`` and ``<DATASET>`` stay placeholders, filled where qlib fills them.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.paths import ROOT
+
+WORKFLOW_YAML = ROOT / "workflow_config_hist_Alpha360.yaml"
+PAPER_YAML = ROOT / "workflow_config_hist_paper.yaml"
+
+#: HIST kwargs that name files. The YAML's are in qlib's layout (``benchmarks/LSTM/...``, ``benchmarks/HIST/...``):
+#: every run passes its own (``model_path`` only when that file exists; the concept files of its row)
+FILE_KWARGS = ("model_path", "stock2concept", "stock_index")
+
+#: kwargs of the paper YAML's model that are not paper options: the seed is set per run; the committed
+#: ``hist_paper`` runs wrote no checkpoints, and one ``checkpoint_dir`` shared by every run would offer one run's
+#: checkpoint to the next (refused: another fingerprint)
+NOT_PAPER_OPTIONS = ("seed", "checkpoint_dir")
+
+
+def _iso_dates(node: Any) -> Any:
+    """``node`` with every ``datetime.date`` replaced by its ``YYYY-MM-DD`` string (dicts and lists rebuilt)."""
+    if isinstance(node, dict):
+        return {key: _iso_dates(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_iso_dates(value) for value in node]
+    if isinstance(node, datetime.date):
+        return node.isoformat()
+    return node
+
+
+def load_workflow(path: str | Path) -> dict:
+    """A qrun workflow YAML as qrun reads it (anchors resolved), dates as ``YYYY-MM-DD`` strings."""
+    from ruamel.yaml import YAML
+
+    return _iso_dates(YAML(typ="safe", pure=True).load(Path(path).read_text()))
+
+
+WORKFLOW = load_workflow(WORKFLOW_YAML)
+PAPER_WORKFLOW = load_workflow(PAPER_YAML)
+HANDLER = WORKFLOW["task"]["dataset"]["kwargs"]["handler"]  # class, module_path, kwargs (= data_handler_config)
+MODEL_KWARGS: dict[str, Any] = WORKFLOW["task"]["model"]["kwargs"]
+
+#: the handler's processors and label, as qlib's HIST benchmark sets them
+PROCESSORS = {key: HANDLER["kwargs"][key] for key in ("infer_processors", "learn_processors", "label")}
+
+#: the paper options (``hidden_topk``, ``concept_weight``, ...): the paper YAML's model kwargs that qlib's does not set
+PAPER_OPTIONS = {
+    key: value
+    for key, value in PAPER_WORKFLOW["task"]["model"]["kwargs"].items()
+    if key not in MODEL_KWARGS and key not in NOT_PAPER_OPTIONS
+}
+
+
+def _yaml_profile() -> dict:
+    """The YAML's own dates and epochs; the legacy matrix is taken as of the end of train."""
+    handler = HANDLER["kwargs"]
+    segments = {name: tuple(span) for name, span in WORKFLOW["task"]["dataset"]["kwargs"]["segments"].items()}
+    return {
+        "start": handler["start_time"],
+        "end": handler["end_time"],
+        "fit": (handler["fit_start_time"], handler["fit_end_time"]),
+        "segments": segments,
+        "n_epochs": MODEL_KWARGS["n_epochs"],
+        "early_stop": MODEL_KWARGS["early_stop"],
+        "legacy_as_of": segments["train"][1],
+    }
+
+
+PROFILES: dict[str, dict] = {
+    # qlib's HIST benchmark as the YAML sets it, for GPU machines with qlib's cn_data
+    "paper": _yaml_profile(),
+    # the CPU table on ../shared/data/cn_csi300 (2010-2022, not the YAML's 2008-2020): train 2014-2016, valid
+    # 2017-2018, test 2019-2022; the same settings for every row, epochs capped to fit a CPU
+    "cpu-quick": {
+        **_yaml_profile(),
+        "start": "2014-01-01",
+        "end": "2022-12-30",
+        "fit": ("2014-01-01", "2016-12-31"),
+        "segments": {
+            "train": ("2014-01-01", "2016-12-31"),
+            "valid": ("2017-01-01", "2018-12-31"),
+            "test": ("2019-01-01", "2022-12-29"),
+        },
+        "n_epochs": 8,
+        "early_stop": 4,
+        "legacy_as_of": "2016-12-31",
+    },
+}
+
+
+def handler_config(market: str, start: str, end: str, fit: tuple) -> dict:
+    """The YAML's Alpha360 handler over ``market`` from ``start`` to ``end`` (dates), processors fitted on ``fit``."""
+    kwargs = dict(
+        HANDLER["kwargs"],
+        instruments=market,
+        start_time=start,
+        end_time=end,
+        fit_start_time=fit[0],
+        fit_end_time=fit[1],
+    )
+    return {"class": HANDLER["class"], "module_path": HANDLER["module_path"], "kwargs": copy.deepcopy(kwargs)}
+
+
+def hist_kwargs(profile: dict, model_path: str | Path | None = None, **extra: Any) -> dict:
+    """HIST's kwargs from the YAML's ``task.model.kwargs`` (lr, metric, base model, ...), epochs from ``profile``.
+
+    The YAML's file kwargs are dropped: ``model_path`` (qlib's pretrained LSTM for the base) is set only when the
+    file exists, the concept files come in ``extra`` with any other setting.
+    """
+    kwargs = {key: value for key, value in MODEL_KWARGS.items() if key not in FILE_KWARGS}
+    kwargs.update(n_epochs=profile["n_epochs"], early_stop=profile["early_stop"])
+    if model_path and Path(model_path).exists():
+        kwargs["model_path"] = str(model_path)
+    kwargs.update(extra)
+    return kwargs
+
+
+def port_config(profile: dict, benchmark: str) -> dict:
+    """The YAML's ``port_analysis_config`` (TopkDropoutStrategy, account, costs), backtest over the test segment."""
+    config = copy.deepcopy(WORKFLOW["port_analysis_config"])
+    start, end = profile["segments"]["test"]
+    config["backtest"].update(start_time=start, end_time=end, benchmark=benchmark)
+    return config
+
+
+def record_configs(profile: dict, benchmark: str) -> list[dict]:
+    """The YAML's ``task.record`` (SignalRecord, SigAnaRecord, PortAnaRecord), the backtest from :func:`port_config`.
+
+    ``<MODEL>`` / ``<DATASET>`` are left for ``qlib.utils.fill_placeholder``; each call returns fresh copies.
+    """
+    records = copy.deepcopy(WORKFLOW["task"]["record"])
+    for record in records:
+        if record["class"] == "PortAnaRecord":
+            record["kwargs"]["config"] = port_config(profile, benchmark)
+    return records

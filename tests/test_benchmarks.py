@@ -1,0 +1,248 @@
+"""The benchmark package: settings read from the YAML equal the ones the committed runs used; relative result paths.
+
+No training and no real data: these pass without ``../shared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.config import (
+    FILE_KWARGS,
+    PAPER_WORKFLOW,
+    PROFILES,
+    WORKFLOW,
+    handler_config,
+    port_config,
+    record_configs,
+)
+from benchmarks.paths import ROOT, SHARED, relative_traceback, repo_relative
+from benchmarks.run import model_config, recorded_config
+
+CACHE = ROOT / "benchmarks" / "cache"
+
+#: what benchmarks/run.py typed before it read the YAML (the committed cpu-quick runs were made with these)
+PROCESSORS = {
+    "infer_processors": [
+        {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+        {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+    ],
+    "learn_processors": [{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
+    "label": ["Ref($close, -2) / Ref($close, -1) - 1"],
+}
+CPU_QUICK = {
+    "start": "2014-01-01",
+    "end": "2022-12-30",
+    "fit": ("2014-01-01", "2016-12-31"),
+    "segments": {
+        "train": ("2014-01-01", "2016-12-31"),
+        "valid": ("2017-01-01", "2018-12-31"),
+        "test": ("2019-01-01", "2022-12-29"),
+    },
+    "n_epochs": 8,
+    "early_stop": 4,
+    "legacy_as_of": "2016-12-31",
+}
+PAPER = {
+    "start": "2008-01-01",
+    "end": "2020-08-01",
+    "fit": ("2008-01-01", "2014-12-31"),
+    "segments": {
+        "train": ("2008-01-01", "2014-12-31"),
+        "valid": ("2015-01-01", "2016-12-31"),
+        "test": ("2017-01-01", "2020-08-01"),
+    },
+    "n_epochs": 200,
+    "early_stop": 20,
+    "legacy_as_of": "2014-12-31",
+}
+HIST_CPU_QUICK = {
+    "d_feat": 6,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "dropout": 0.0,
+    "n_epochs": 8,
+    "lr": 1e-4,
+    "early_stop": 4,
+    "metric": "ic",
+    "loss": "mse",
+    "base_model": "LSTM",
+    "GPU": 0,
+}
+RNN_CPU_QUICK = {
+    "d_feat": 6,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "dropout": 0.0,
+    "n_epochs": 8,
+    "lr": 1e-3,
+    "early_stop": 4,
+    "batch_size": 800,
+    "metric": "loss",
+    "loss": "mse",
+    "GPU": 0,
+}
+PAPER_OPTIONS = {
+    "hidden_topk": 3,
+    "concept_weight": "$close * $volume",
+    "concept_refine": True,
+    "temporal_attention": True,
+    "smooth_steps": 5,
+}
+PORT_CPU_QUICK = {
+    "strategy": {
+        "class": "TopkDropoutStrategy",
+        "module_path": "qlib.contrib.strategy",
+        "kwargs": {"signal": "<PRED>", "topk": 50, "n_drop": 5},
+    },
+    "backtest": {
+        "start_time": "2019-01-01",
+        "end_time": "2022-12-29",
+        "account": 100000000,
+        "benchmark": "SH000300",
+        "exchange_kwargs": {
+            "limit_threshold": 0.095,
+            "deal_price": "close",
+            "open_cost": 0.0005,
+            "close_cost": 0.0015,
+            "min_cost": 5,
+        },
+    },
+}
+
+
+class _Legacy:
+    stock2concept = CACHE / "sw_legacy_2016-12-31_stock2concept.npy"
+    stock_index_npy = CACHE / "sw_legacy_2016-12-31_stock_index.npy"
+
+
+CONCEPTS = {"membership": CACHE / "sw_membership.csv", "legacy": _Legacy}
+
+
+def _config(name: str, model_path: Path | None, seed: int = 1) -> dict:
+    return model_config(
+        name, PROFILES["cpu-quick"], CONCEPTS, argparse.Namespace(model_path=model_path, threads=1), seed
+    )
+
+
+def test_profiles_cpu_quick_as_committed_and_paper_as_the_yaml():
+    assert PROFILES["cpu-quick"] == CPU_QUICK
+    assert PROFILES["paper"] == PAPER
+
+
+def test_handler_from_yaml_equals_the_typed_one():
+    from qlib_hist.qlib_edge.handler_cache import cache_key
+
+    typed = {
+        "class": "Alpha360",
+        "module_path": "qlib.contrib.data.handler",
+        "kwargs": {
+            "instruments": "csi300",
+            "start_time": "2014-01-01",
+            "end_time": "2022-12-30",
+            "fit_start_time": "2014-01-01",
+            "fit_end_time": "2016-12-31",
+            **PROCESSORS,
+        },
+    }
+    got = handler_config("csi300", CPU_QUICK["start"], CPU_QUICK["end"], CPU_QUICK["fit"])
+    assert got == typed
+    provider = ROOT / "no-such-provider"  # the key hashes the provider's files when they exist; none here
+    assert cache_key(got, provider) == cache_key(typed, provider)  # so the cached handlers still hit
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("hist_pit", {"stock2concept": str(CACHE / "sw_membership.csv")}),
+        ("hist_legacy", {"stock2concept": str(_Legacy.stock2concept), "stock_index": str(_Legacy.stock_index_npy)}),
+        ("hist_paper", {"stock2concept": str(CACHE / "sw_membership.csv"), **PAPER_OPTIONS}),
+    ],
+)
+def test_hist_rows_equal_the_committed_configs(tmp_path, name, extra):
+    model_path = tmp_path / "model_lstm_csi300.pkl"
+    model_path.write_bytes(b"")
+    got = _config(name, model_path)
+    expected = {**HIST_CPU_QUICK, "model_path": str(model_path), **extra, "seed": 1}
+    assert got == {"class": "HIST", "module_path": "qlib_hist", "kwargs": expected}
+    assert list(got["kwargs"]) == list(expected)  # the result files keep their key order
+    assert isinstance(got["kwargs"]["lr"], float)  # read as qrun reads it: PyYAML would give the string "1e-4"
+    assert "model_path" not in _config(name, tmp_path / "missing.pkl")["kwargs"]  # no pretrained file: random init
+
+
+def test_qlib_rows_keep_their_settings():
+    legacy = {"stock2concept": str(_Legacy.stock2concept), "stock_index": str(_Legacy.stock_index_npy)}
+    assert _config("qlib_hist", None)["kwargs"] == {**HIST_CPU_QUICK, **legacy, "seed": 1}
+    assert _config("qlib_hist_patched", None)["module_path"] == "benchmarks.qlib_patched"
+    for name in ("lstm", "gru"):
+        assert _config(name, None)["kwargs"] == {**RNN_CPU_QUICK, "seed": 1}
+
+
+def test_paper_yaml_differs_from_qlibs_only_by_the_paper_options():
+    ours, paper = WORKFLOW["task"]["model"]["kwargs"], PAPER_WORKFLOW["task"]["model"]["kwargs"]
+    assert {k: v for k, v in paper.items() if k in ours and k not in FILE_KWARGS} == {
+        k: v for k, v in ours.items() if k in paper and k not in FILE_KWARGS
+    }
+    assert PAPER_WORKFLOW["data_handler_config"] == WORKFLOW["data_handler_config"]
+    assert PAPER_WORKFLOW["port_analysis_config"] == WORKFLOW["port_analysis_config"]
+
+
+def test_port_config_and_records_from_the_yaml():
+    from qlib.utils import fill_placeholder, init_instance_by_config
+    from qlib.workflow.record_temp import PortAnaRecord, SigAnaRecord, SignalRecord
+
+    port = port_config(PROFILES["cpu-quick"], "SH000300")
+    assert json.dumps(port) == json.dumps(PORT_CPU_QUICK)
+    model, dataset = object(), object()
+    records = [
+        init_instance_by_config(fill_placeholder(r, {"<MODEL>": model, "<DATASET>": dataset}), recorder=None)
+        for r in record_configs(PROFILES["cpu-quick"], "SH000300")
+    ]
+    typed = [
+        SignalRecord(model=model, dataset=dataset, recorder=None),
+        SigAnaRecord(recorder=None, ana_long_short=False, ann_scaler=252),
+        PortAnaRecord(recorder=None, config=PORT_CPU_QUICK, risk_analysis_freq="day"),
+    ]
+    assert [type(r) for r in records] == [type(r) for r in typed]
+    for got, expected in zip(records, typed):
+        assert vars(got) == vars(expected)  # PortAnaRecord's default risk_analysis_freq is the "day" run.py passed
+
+
+def test_repo_relative():
+    assert repo_relative(SHARED / "cn_csi300") == "../shared/data/cn_csi300"
+    assert repo_relative(ROOT / "benchmarks" / "cache" / "x.npy") == "benchmarks/cache/x.npy"
+    assert repo_relative("../shared/data/cn_csi300") == "../shared/data/cn_csi300"  # already relative
+    assert repo_relative(ROOT) == "."
+    text = f'Traceback:\n  File "{ROOT / "benchmarks" / "run.py"}", line 1, in run_one\n'
+    assert relative_traceback(text) == 'Traceback:\n  File "benchmarks/run.py", line 1, in run_one\n'
+
+
+def test_recorded_config_names_files_relative_to_the_repository():
+    kwargs = recorded_config(_config("hist_legacy", SHARED / "qlib_reference" / "absent.pkl"))["kwargs"]
+    assert kwargs["stock2concept"] == "benchmarks/cache/sw_legacy_2016-12-31_stock2concept.npy"
+    assert kwargs["stock_index"] == "benchmarks/cache/sw_legacy_2016-12-31_stock_index.npy"
+
+
+def test_committed_results_name_no_absolute_path():
+    results = ROOT / "benchmarks" / "results"
+    for path in sorted((results / "cpu-quick" / "runs").glob("*.json")):
+        run = json.loads(path.read_text())
+        paths = [run["provider_uri"], *(v for k, v in run["config"]["kwargs"].items() if k in FILE_KWARGS)]
+        assert not any(Path(p).is_absolute() for p in paths), path.name
+        assert 'File "/' not in run.get("traceback", ""), path.name
+    assert "Provider: `../shared/data/cn_csi300`" in (results / "cpu-quick.md").read_text()
+
+
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.report"])
+def test_help_as_a_module(module):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"python -m {module}" in proc.stdout
