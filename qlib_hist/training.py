@@ -303,8 +303,8 @@ class Trainer:
             return None
         if not bool(torch.isfinite(loss)):  # the weights would turn NaN: stop at the first step that shows it
             raise TrainingError(
-                f"epoch {self.next_epoch}: the train loss is {float(loss)} on a day of {len(pred)} stocks: the "
-                "network's weights or inputs hold NaN/inf or overflow float32 (check model_path, concept_weight, "
+                f"epoch {self.next_epoch}: the train loss is {float(loss.detach())} on a day of {len(pred)} stocks: "
+                "the network's weights or inputs hold NaN/inf or overflow float32 (check model_path, concept_weight, "
                 "the concept matrix and lr)"
             )
         self.optimizer.zero_grad()

@@ -104,7 +104,8 @@ def load_stock2concept(path: PathLike) -> np.ndarray:
         np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating) or matrix.dtype == bool
     ):
         raise ConceptError(f"stock2concept {path}: expected numbers (0/1 or weights), got dtype {matrix.dtype}")
-    matrix = matrix.astype(np.float32, copy=False)  # checked after the cast: 1e300 is finite in float64, not here
+    with np.errstate(over="ignore"):  # checked after the cast: 1e300 is finite in float64, not in float32
+        matrix = matrix.astype(np.float32, copy=False)
     if not np.isfinite(matrix).all():
         row, col = np.argwhere(~np.isfinite(matrix))[0]
         raise ConceptError(

@@ -70,7 +70,7 @@ def read_csv_with_lines(path: Path, required: Sequence[str]) -> Tuple[pd.DataFra
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ConceptError(f"{path}: cannot read CSV ({e})") from e
+        raise ConceptError(f"{path}: cannot read CSV ({' '.join(str(e).split())})") from None
     df.columns = [str(c).strip() for c in df.columns]
     require_columns(df, required, str(path))
     lines = np.arange(len(df)) + 2
@@ -168,7 +168,8 @@ def _parse_weights(values: pd.Series, loc: _Locator) -> pd.Series:
     text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
     empty = text.isin(["", "nan", "NaN", "None"]).to_numpy()
     weights = pd.to_numeric(text.where(~empty, "1"), errors="coerce").astype("float64")
-    w = weights.to_numpy().astype(np.float32)  # checked as the network will see it: 1e300 overflows float32
+    with np.errstate(over="ignore"):  # checked as the network will see it: 1e300 overflows float32
+        w = weights.to_numpy().astype(np.float32)
     bad = ~(np.isfinite(w) & (w > 0))  # NaN (unparsable) is not finite
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
