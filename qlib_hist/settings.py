@@ -29,6 +29,9 @@ from .metrics import normalize_metric
 QLIB_STOCK2CONCEPT_URL = "https://github.com/SunsetWolf/qlib_dataset/releases/download/v0/qlib_csi300_stock2concept.npy"
 
 RNN_TYPES = ("GRU", "LSTM")
+#: the YAML spellings of a boolean (YAML 1.1 readers turn them into bools, qrun's YAML 1.2 reader keeps some as text):
+#: ``"false"`` must never mean True, as ``bool("false")`` would
+YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 OPTIMIZERS = ("adam", "gd")
 LOSSES = ("mse",)
 
@@ -61,6 +64,8 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
         rest = [a for a in args if a is not type(None)]
         hint = rest[0] if len(rest) == 1 else Union[tuple(rest)]
     if hint is bool:
+        if isinstance(value, str) and value.strip().lower() in YAML_BOOLEANS:
+            return YAML_BOOLEANS[value.strip().lower()]
         if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
             raise SettingsError(f"{name} must be true or false, got {value!r}")
         return bool(value)
