@@ -154,7 +154,10 @@ class TrainSettings(_Validated):
     GPU: Union[int, str] = setting(0, fingerprint=False)  # CUDA index or device string; CPU when absent
 
     def _normalise(self) -> None:
-        object.__setattr__(self, "metric", normalize_metric(self.metric))
+        try:
+            object.__setattr__(self, "metric", normalize_metric(self.metric))
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
         if self.optimizer.lower() not in OPTIMIZERS:
             raise SettingsError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         object.__setattr__(self, "optimizer", self.optimizer.lower())

@@ -165,6 +165,16 @@ def _one_intra_op_thread() -> None:
     torch.set_num_threads(1)
 
 
+@contextlib.contextmanager
+def _threads_kept() -> Iterator[None]:
+    """The workers' ``set_num_threads(1)`` reaches the whole process: give the caller its thread count back."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device) -> np.ndarray:
     """Eval-mode predictions ``[rows]`` in the batches' (day-sorted) row order.
 
@@ -184,7 +194,7 @@ def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device
         for d, pred in _progress(enumerate(results), batches.n_days, "predict"):
             preds[batches.day_slice(d)] = pred
         return preds
-    with ThreadPoolExecutor(workers, initializer=_one_intra_op_thread) as pool:
+    with _threads_kept(), ThreadPoolExecutor(workers, initializer=_one_intra_op_thread) as pool:
         for d, pred in _progress(enumerate(pool.map(predict_day, range(batches.n_days))), batches.n_days, "predict"):
             preds[batches.day_slice(d)] = pred
     return preds

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -50,23 +54,38 @@ def init_qlib(provider_uri) -> None:
     qlib.init(provider_uri=str(provider_uri), region="cn", kernels=1)
 
 
+#: the demo's Alpha360 processors (those of qlib's HIST benchmark)
+PROCESSORS = dict(
+    infer_processors=[
+        {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+        {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+    ],
+    learn_processors=[{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
+)
+
+
+def alpha360_kwargs(demo, with_processors: bool = True) -> dict:
+    """The demo's ``Alpha360`` keyword arguments (a fresh copy: qlib may keep what it is given)."""
+    processors = (
+        PROCESSORS if with_processors else dict(infer_processors=[], learn_processors=[{"class": "DropnaLabel"}])
+    )
+    return copy.deepcopy(
+        dict(
+            instruments=demo.market,
+            start_time=demo.start,
+            end_time=DEMO_SEGMENTS["test"][1],
+            fit_start_time=DEMO_SEGMENTS["train"][0],
+            fit_end_time=DEMO_SEGMENTS["train"][1],
+            **processors,
+        )
+    )
+
+
 def alpha360_handler(demo, with_processors: bool = True):
     from qlib.contrib.data.handler import Alpha360
 
     init_qlib(demo.provider_uri)
-    processors = dict(infer_processors=[], learn_processors=[{"class": "DropnaLabel"}])
-    if with_processors:
-        processors = dict(
-            infer_processors=[
-                {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
-                {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
-            ],
-            learn_processors=[{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
-        )
-    return Alpha360(
-        instruments=demo.market, start_time=demo.start, end_time=DEMO_SEGMENTS["test"][1],
-        fit_start_time=DEMO_SEGMENTS["train"][0], fit_end_time=DEMO_SEGMENTS["train"][1], **processors,
-    )
+    return Alpha360(**alpha360_kwargs(demo, with_processors))
 
 
 @pytest.fixture(scope="session")
@@ -94,4 +113,118 @@ def demo_raw_dataset(demo):
     """Alpha360 without processors: the first days of the window hold NaN features."""
     from qlib.data.dataset import DatasetH
 
-    return DatasetH(alpha360_handler(demo, with_processors=False), segments={"train": ("2016-01-04", "2016-06-30"), "valid": DEMO_SEGMENTS["valid"]})
+    return DatasetH(
+        alpha360_handler(demo, with_processors=False),
+        segments={"train": ("2016-01-04", "2016-06-30"), "valid": DEMO_SEGMENTS["valid"]},
+    )
+
+
+SHORT_SEGMENTS = {
+    "train": ("2016-04-01", "2016-06-30"),
+    "valid": ("2016-07-01", "2016-08-31"),
+    "test": ("2016-09-01", "2016-09-30"),
+}
+
+
+@pytest.fixture(scope="session")
+def short_dataset(demo_handler):
+    """The demo handler with shorter segments (65 / 44 / 22 days): cheaper epochs."""
+    from qlib.data.dataset import DatasetH
+
+    return DatasetH(demo_handler, segments=SHORT_SEGMENTS)
+
+
+@pytest.fixture(scope="session")
+def membership_file(demo, tmp_path_factory) -> Path:
+    """The demo membership plus two concepts that constrain the explanation:
+
+    ``ghost`` has only members outside the market (it never exists on a day), ``late`` gets 15 members from
+    2017-02-01 (it exists only on the later test days). Sorted names: concept_0..7, ghost, late.
+    """
+    table = pd.read_csv(demo.membership)
+    extra = [
+        {"instrument": "SZ999998", "concept": "ghost", "start_date": "2016-01-04", "end_date": None},
+        {"instrument": "SZ999999", "concept": "ghost", "start_date": "2016-01-04", "end_date": None},
+    ]
+    extra += [
+        {"instrument": inst, "concept": "late", "start_date": "2017-02-01", "end_date": None}
+        for inst in demo.instruments[:15]
+    ]
+    path = tmp_path_factory.mktemp("membership") / "membership.csv"
+    pd.concat([table, pd.DataFrame(extra)], ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- small HIST models
+#: test_model's HIST: two epochs, qlib's default device (``GPU=0``: CUDA where there is one)
+SMALL = dict(
+    d_feat=6, hidden_size=16, num_layers=1, n_epochs=2, early_stop=2, lr=1e-3, metric="ic", base_model="GRU", seed=3
+)
+#: the paper options' HIST: one epoch, on the CPU
+SMALL_CPU = dict(SMALL, n_epochs=1, early_stop=5, GPU=-1)
+
+
+def small_hist(demo, preset: dict = SMALL_CPU, **overrides):
+    """A small ``HIST`` on the demo's legacy concept files: ``preset``, then ``overrides``."""
+    from qlib_hist import HIST
+
+    kwargs = dict(preset, stock2concept=str(demo.stock2concept), stock_index=str(demo.stock_index))
+    kwargs.update(overrides)
+    return HIST(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- qlib's network
+@pytest.fixture
+def qlib_on_cpu(monkeypatch):
+    """qlib's forward calls ``torch.device(torch.get_device(x))``, which is -1 (an error) for CPU tensors."""
+    qlib_hist_mod = pytest.importorskip("qlib.contrib.model.pytorch_hist")
+    monkeypatch.setattr(qlib_hist_mod.torch, "get_device", lambda t: "cpu")
+
+
+# ---------------------------------------------------------------------------------------------- synthetic frames
+D_FEAT, T = 6, 10  # Alpha360-like: 6 fields x 10 steps
+N_FEATURES = D_FEAT * T
+INSTRUMENTS = [f"SH6{i:05d}" for i in range(24)]
+
+
+def synthetic_frame(
+    n_days: int, seed: int, start: str = "2020-01-01", n_stocks: int = 24, noise: float = 0.1
+) -> pd.DataFrame:
+    """Alpha360-like frame: feature column f*T + t is field f at step t; the label is a function of the last step."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range(start, periods=n_days)
+    index = pd.MultiIndex.from_product([dates, INSTRUMENTS[:n_stocks]], names=["datetime", "instrument"])
+    x = rng.normal(size=(len(index), N_FEATURES)).astype(np.float32)
+    last_f0, last_f1 = x[:, 0 * T + T - 1], x[:, 1 * T + T - 1]
+    y = last_f0 - 0.5 * last_f1 + noise * rng.normal(size=len(index))
+    columns = pd.MultiIndex.from_tuples([("feature", f"f{i}") for i in range(N_FEATURES)] + [("label", "LABEL0")])
+    return pd.DataFrame(np.column_stack([x, y]), index=index, columns=columns)
+
+
+def legacy_concepts(directory: Path, n_concepts: int, n_indexed: int = 20):
+    """A random legacy concept source (density 0.3, seed 0) over the first ``n_indexed`` of :data:`INSTRUMENTS`;
+    the others are unknown (no concept)."""
+    from qlib_hist.concepts import LegacyConcepts
+
+    matrix = (np.random.default_rng(0).random((n_indexed, n_concepts)) < 0.3).astype(np.float32)
+    np.save(directory / "stock2concept.npy", matrix)
+    (directory / "stock_index.json").write_text(json.dumps({inst: i for i, inst in enumerate(INSTRUMENTS[:n_indexed])}))
+    return LegacyConcepts(directory / "stock2concept.npy", directory / "stock_index.json")
+
+
+@pytest.fixture(scope="session")
+def concept_source(tmp_path_factory):
+    """6 concepts over the first 20 of the 24 instruments: the last 4 are unknown."""
+    return legacy_concepts(tmp_path_factory.mktemp("concepts"), n_concepts=6)
+
+
+@pytest.fixture(scope="session")
+def synthetic_batches(concept_source):
+    """(train, valid): 16 and 6 days of :func:`synthetic_frame` as daily batches."""
+    from qlib_hist.batches import build_daily_batches
+
+    train = build_daily_batches(synthetic_frame(16, seed=1), concept_source, "train", D_FEAT, with_label=True)
+    valid = build_daily_batches(
+        synthetic_frame(6, seed=2, start="2021-01-01"), concept_source, "valid", D_FEAT, with_label=True
+    )
+    return train, valid

@@ -1,6 +1,6 @@
 """Write ``tests/fixtures/release_*.npz`` and ``hist_*.pkl`` with the installed qlib-hist (run at a release).
 
-    python tests/make_release_fixtures.py
+python tests/make_release_fixtures.py
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import conftest  # noqa: E402
-from release_cases import CASES, fit_case  # noqa: E402
-
 import qlib_hist  # noqa: E402
 from qlib_hist.demo_data import write_demo_provider  # noqa: E402
+
+import conftest  # noqa: E402
+from release_cases import CASES, fit_case  # noqa: E402
 
 
 def main() -> None:

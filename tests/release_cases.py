@@ -9,8 +9,17 @@ BASE = dict(d_feat=6, hidden_size=8, num_layers=1, n_epochs=2, early_stop=5, lr=
 #: case name -> HIST keyword arguments beyond BASE and the concept files
 CASES = {
     "gru_legacy_ic": dict(base_model="GRU", metric="ic", seed=3),
-    "lstm_table_paper": dict(base_model="LSTM", metric="rank_ic", seed=1, hidden_topk=2, concept_weight="$close * $volume",
-                             concept_refine=True, temporal_attention=True, smooth_steps=2, table=True),
+    "lstm_table_paper": dict(
+        base_model="LSTM",
+        metric="rank_ic",
+        seed=1,
+        hidden_topk=2,
+        concept_weight="$close * $volume",
+        concept_refine=True,
+        temporal_attention=True,
+        smooth_steps=2,
+        table=True,
+    ),
     "gru_pretrain_loss": dict(base_model="GRU", metric="", seed=5, pretrain_epochs=1, eval_train=True),
 }
 

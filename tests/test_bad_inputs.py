@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import D_FEAT, SHORT_SEGMENTS, small_hist, synthetic_frame
 
 from qlib_hist.batches import DataError, build_daily_batches, check_labels
 from qlib_hist.cli import main
@@ -19,6 +18,8 @@ from qlib_hist.concepts import ConceptError, LegacyConcepts
 from qlib_hist.concepts.legacy import load_stock2concept, load_stock_index
 from qlib_hist.settings import SettingsError
 from qlib_hist.training import Trainer, TrainingError, select_device
+
+from conftest import D_FEAT, SHORT_SEGMENTS, small_hist, synthetic_frame
 
 
 def run_cli(capsys, *argv: str) -> tuple:

@@ -36,32 +36,38 @@ PROCESSORS = {
     "learn_processors": [{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
     "label": ["Ref($close, -2) / Ref($close, -1) - 1"],
 }
-CPU_QUICK = {
-    "start": "2014-01-01",
-    "end": "2022-12-30",
-    "fit": ("2014-01-01", "2016-12-31"),
-    "segments": {
-        "train": ("2014-01-01", "2016-12-31"),
-        "valid": ("2017-01-01", "2018-12-31"),
-        "test": ("2019-01-01", "2022-12-29"),
-    },
-    "n_epochs": 8,
-    "early_stop": 4,
-    "legacy_as_of": "2016-12-31",
-}
-PAPER = {
-    "start": "2008-01-01",
-    "end": "2020-08-01",
-    "fit": ("2008-01-01", "2014-12-31"),
-    "segments": {
-        "train": ("2008-01-01", "2014-12-31"),
-        "valid": ("2015-01-01", "2016-12-31"),
-        "test": ("2017-01-01", "2020-08-01"),
-    },
-    "n_epochs": 200,
-    "early_stop": 20,
-    "legacy_as_of": "2014-12-31",
-}
+
+
+def _profile(train: tuple, valid: tuple, test: tuple, end: str, epochs: tuple, legacy_as_of: str) -> dict:
+    """A profile as the old run.py typed it: the handler spans train..end, fits on train."""
+    segments = {"train": train, "valid": valid, "test": test}
+    return {
+        "start": train[0],
+        "end": end,
+        "fit": train,
+        "segments": segments,
+        "n_epochs": epochs[0],
+        "early_stop": epochs[1],
+        "legacy_as_of": legacy_as_of,
+    }
+
+
+CPU_QUICK = _profile(
+    ("2014-01-01", "2016-12-31"),
+    ("2017-01-01", "2018-12-31"),
+    ("2019-01-01", "2022-12-29"),
+    "2022-12-30",
+    (8, 4),
+    "2016-12-31",
+)
+PAPER = _profile(
+    ("2008-01-01", "2014-12-31"),
+    ("2015-01-01", "2016-12-31"),
+    ("2017-01-01", "2020-08-01"),
+    "2020-08-01",
+    (200, 20),
+    "2014-12-31",
+)
 HIST_CPU_QUICK = {
     "d_feat": 6,
     "hidden_size": 64,

@@ -66,7 +66,7 @@ def test_known_and_unknown_rows(tmp_path, suffix):
             assert not dense[i].any()
     assert seg.n_unknown == 2
     assert seg.unknown_instruments == ["SZ300750"]
-    assert seg.n_concepts == matrix.shape[1]
+    assert seg.matrix.shape[1] == matrix.shape[1]  # SegmentConcepts.n_concepts was removed in 0.2.0
 
 
 def test_unknown_stock_never_gets_row_733(tmp_path):

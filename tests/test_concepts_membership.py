@@ -53,18 +53,23 @@ def test_for_rows_distinct_vectors_exact():
     src = MembershipConcepts(_table())
     assert src.names == ["bank", "big", "tech"]
     inst = np.array(["SH600000", "SZ000001", "SZ000001", "SZ000001", "SH600000", "SH600000", "XX"], dtype=object)
-    dates = np.array(["2019-12-31", "2020-01-05", "2020-01-06", "2020-01-07", "2020-01-10", "2020-01-11",
-                      "2020-01-06"], dtype="datetime64[ns]")
+    dates = np.array(
+        ["2019-12-31", "2020-01-05", "2020-01-06", "2020-01-07", "2020-01-10", "2020-01-11", "2020-01-06"],
+        dtype="datetime64[ns]",
+    )
     sc = src.for_rows(inst, dates)
-    expected = np.array([
-        [0, 0, 0],      # before any membership
-        [1, 0, 0],      # bank only
-        [1, 0, 0.5],    # tech starts (weight .5)
-        [1, 0, 0.5],    # end_date inclusive
-        [1, 1, 0],      # big's last day
-        [1, 0, 0],      # big ended
-        [0, 0, 0],      # unknown instrument
-    ], dtype=np.float32)
+    expected = np.array(
+        [
+            [0, 0, 0],  # before any membership
+            [1, 0, 0],  # bank only
+            [1, 0, 0.5],  # tech starts (weight .5)
+            [1, 0, 0.5],  # end_date inclusive
+            [1, 1, 0],  # big's last day
+            [1, 0, 0],  # big ended
+            [0, 0, 0],  # unknown instrument
+        ],
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(sc.matrix[sc.row_index], expected)
     assert len(np.unique(sc.matrix, axis=0)) == len(sc.matrix) == 4  # 3 distinct non-zero vectors + zero row
     assert not sc.matrix[-1].any()
@@ -111,8 +116,11 @@ def test_no_look_ahead():
     before = dates < cut.to_datetime64()
     base = _vectors(MembershipConcepts(_table()).for_rows(inst, dates))
 
-    later = TABLE + [("SH600000", "new", "2020-01-09", "", 2.0), ("SZ000001", "tech", "2020-01-12", "", 1.0),
-                     ("SZ000001", "bank2", "2020-01-08", "", 1.0)]
+    later = TABLE + [
+        ("SH600000", "new", "2020-01-09", "", 2.0),
+        ("SZ000001", "tech", "2020-01-12", "", 1.0),
+        ("SZ000001", "bank2", "2020-01-08", "", 1.0),
+    ]
     changed = _vectors(MembershipConcepts(_table(later)).for_rows(inst, dates))
     assert [v for v, b in zip(changed, before) if b] == [v for v, b in zip(base, before) if b]
     on_cut = np.flatnonzero((dates == cut.to_datetime64()) & (inst == "SZ000001"))[0]
@@ -160,8 +168,10 @@ def test_weight_column_optional(tmp_path):
         (HEADER + "SH600000,a,2020-01-01,,1\nSH600000,b,2020-13-45,,1\n", ["line 3", "2020-13-45", "start_date"]),
         (HEADER + "SH600000,a,2020-01-01,not-a-date,1\n", ["line 2", "not-a-date", "end_date"]),
         (HEADER + "SH600000,a,2020-02-01,2020-01-31,1\n", ["line 2", "before"]),
-        (HEADER + "SH600000,a,2020-01-01,2020-03-01,1\nSZ000001,a,2020-01-01,,1\nSH600000,a,2020-03-01,,1\n",
-         ["overlapping", "line 2", "line 4", "SH600000"]),
+        (
+            HEADER + "SH600000,a,2020-01-01,2020-03-01,1\nSZ000001,a,2020-01-01,,1\nSH600000,a,2020-03-01,,1\n",
+            ["overlapping", "line 2", "line 4", "SH600000"],
+        ),
         (HEADER + "SH600000,a,2020-01-01,,1\n600000.SH,a,2020-01-01,,1\n", ["line 3", "600000.SH", "'SH600000'"]),
         (HEADER + "sh600000,a,2020-01-01,,1\n", ["line 2", "'SH600000'"]),
         (HEADER + "600000,a,2020-01-01,,1\n", ["line 2", "'SH600000'"]),
@@ -250,8 +260,10 @@ def test_from_sw_bad_levels(tmp_path, levels):
     [
         ("instrument,start_date,code\nSH600000,2010-01-01,480101\n", ["missing column", "industry_code", "code"]),
         ("instrument,start_date,industry_code\nSH600000,2010-01-01,4801\n", ["line 2", "'4801'", "industry_code"]),
-        ("instrument,start_date,industry_code\nSH600000,2010-01-01,480101\n600000.SH,2010-01-01,480101\n",
-         ["line 3", "'SH600000'"]),
+        (
+            "instrument,start_date,industry_code\nSH600000,2010-01-01,480101\n600000.SH,2010-01-01,480101\n",
+            ["line 3", "'SH600000'"],
+        ),
         ("instrument,start_date,industry_code\nSH600000,yesterday,480101\n", ["line 2", "yesterday"]),
         ("instrument,start_date,industry_code\n", ["empty"]),
     ],
@@ -323,8 +335,12 @@ def test_to_legacy_roundtrip(tmp_path):
 
 def test_coverage_report_synthetic(tmp_path):
     root = _provider(tmp_path)
-    rows = [("SH600000", "a", "2019-01-01", "", 1.0), ("SZ000002", "a", "2019-01-01", "", 1.0),
-            ("SH600000", "b", "2020-01-15", "", 1.0), ("SZ000001", "b", "2020-02-01", "", 1.0)]
+    rows = [
+        ("SH600000", "a", "2019-01-01", "", 1.0),
+        ("SZ000002", "a", "2019-01-01", "", 1.0),
+        ("SH600000", "b", "2020-01-15", "", 1.0),
+        ("SZ000001", "b", "2020-02-01", "", 1.0),
+    ]
     rep = coverage_report(_table(rows), root, "mkt")
     assert list(rep.index) == [2019, 2020]
     # 2019-12-31: universe SH600000, SZ000002, BJ430001; both SH600000 and SZ000002 in 'a'

@@ -9,10 +9,13 @@ import pytest
 
 from qlib_hist.qlib_edge.handler_cache import cache_key, cached_handler
 
-from conftest import DEMO_SEGMENTS, init_qlib
+from conftest import alpha360_kwargs, init_qlib
 
-CONFIG = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
-          "kwargs": {"instruments": "all", "start_time": "2016-01-04", "end_time": "2016-12-30"}}
+CONFIG = {
+    "class": "Alpha360",
+    "module_path": "qlib.contrib.data.handler",
+    "kwargs": {"instruments": "all", "start_time": "2016-01-04", "end_time": "2016-12-30"},
+}
 
 
 @pytest.fixture
@@ -49,16 +52,9 @@ def test_cached_handler_matches_original_and_is_reused(demo, demo_handler, tmp_p
     from qlib.data.dataset.handler import DataHandlerLP
 
     init_qlib(demo.provider_uri)
-    config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler",
-              "kwargs": dict(instruments=demo.market, start_time=demo.start, end_time=DEMO_SEGMENTS["test"][1],
-                             fit_start_time=DEMO_SEGMENTS["train"][0], fit_end_time=DEMO_SEGMENTS["train"][1],
-                             infer_processors=[
-                                 {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
-                                 {"class": "Fillna", "kwargs": {"fields_group": "feature"}}],
-                             learn_processors=[{"class": "DropnaLabel"},
-                                               {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}])}
+    config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler", "kwargs": alpha360_kwargs(demo)}
     built = cached_handler(config, demo.provider_uri, tmp_path)
-    (entry,) = tmp_path.glob("Alpha360_*.pkl")
+    (entry,) = tmp_path.glob("Alpha360_*")  # one entry (a file or a folder, as the store writes it)
     for key in (DataHandlerLP.DK_I, DataHandlerLP.DK_L):
         pd.testing.assert_frame_equal(built.fetch(data_key=key), demo_handler.fetch(data_key=key))
 
@@ -67,5 +63,6 @@ def test_cached_handler_matches_original_and_is_reused(demo, demo_handler, tmp_p
 
     monkeypatch.setattr("qlib.utils.init_instance_by_config", no_build)
     again = cached_handler(config, demo.provider_uri, tmp_path)
-    pd.testing.assert_frame_equal(again.fetch(data_key=DataHandlerLP.DK_L), demo_handler.fetch(data_key=DataHandlerLP.DK_L))
-    assert list(tmp_path.glob("Alpha360_*.pkl")) == [entry]
+    learn = DataHandlerLP.DK_L
+    pd.testing.assert_frame_equal(again.fetch(data_key=learn), demo_handler.fetch(data_key=learn))
+    assert list(tmp_path.glob("Alpha360_*")) == [entry]

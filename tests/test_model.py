@@ -1,8 +1,11 @@
-"""HIST through qlib's DatasetH on the synthetic provider: fit, predict, pickling, determinism, clear errors."""
+"""HIST, the qlib face (``qlib_hist.qlib_edge.model``), through qlib's DatasetH on the synthetic provider: fit,
+predict, pickling, determinism, clear errors, and every paper option at once."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import pickle
 
 import numpy as np
@@ -11,22 +14,20 @@ import pytest
 import torch
 
 from qlib_hist import HIST
+from qlib_hist.batches import DataError
 from qlib_hist.concepts import ConceptError
-from qlib_hist.data import DataError
 from qlib_hist.network import RNNRegressor
+from qlib_hist.qlib_edge.model import CHECKPOINT_NAME
 
-SMALL = dict(d_feat=6, hidden_size=16, num_layers=1, n_epochs=2, early_stop=2, lr=1e-3, metric="ic", base_model="GRU", seed=3)
+from conftest import SMALL, small_hist
 
-
-def small_hist(demo, **overrides) -> HIST:
-    kwargs = dict(SMALL, stock2concept=str(demo.stock2concept), stock_index=str(demo.stock_index))
-    kwargs.update(overrides)
-    return HIST(**kwargs)
+#: this file's HIST: conftest's SMALL preset (two epochs, qlib's default device)
+model_hist = functools.partial(small_hist, preset=SMALL)
 
 
 @pytest.fixture(scope="module")
 def fitted(demo, demo_dataset):
-    model = small_hist(demo)
+    model = model_hist(demo)
     evals = {}
     model.fit(demo_dataset, evals_result=evals)
     return model, evals
@@ -51,7 +52,7 @@ def test_fit_fills_evals_and_predict_matches_dataset_index(fitted, demo_dataset)
 
 def test_learns_planted_concept_signal(demo, demo_dataset):
     """On the synthetic market HIST must beat chance on the test segment."""
-    model = small_hist(demo, n_epochs=3, hidden_size=32)
+    model = model_hist(demo, n_epochs=3, hidden_size=32)
     model.fit(demo_dataset)
     pred = model.predict(demo_dataset)
     label = demo_dataset.prepare("test", col_set="label").iloc[:, 0]
@@ -61,10 +62,10 @@ def test_learns_planted_concept_signal(demo, demo_dataset):
 
 
 def test_same_seed_same_predictions_on_cpu(demo, demo_dataset, fitted):
-    again = small_hist(demo)
+    again = model_hist(demo)
     again.fit(demo_dataset)
     np.testing.assert_array_equal(again.predict(demo_dataset).to_numpy(), fitted[0].predict(demo_dataset).to_numpy())
-    other = small_hist(demo, seed=4)
+    other = model_hist(demo, seed=4)
     other.fit(demo_dataset)
     assert not np.array_equal(other.predict(demo_dataset).to_numpy(), fitted[0].predict(demo_dataset).to_numpy())
 
@@ -79,7 +80,7 @@ def test_pickle_round_trip_predicts_the_same(fitted, demo_dataset):
 
 
 def test_save_path_holds_best_weights(demo, demo_dataset, tmp_path):
-    model = small_hist(demo, n_epochs=1)
+    model = model_hist(demo, n_epochs=1)
     model.fit(demo_dataset, save_path=str(tmp_path / "sub" / "hist.pt"))
     state = torch.load(tmp_path / "sub" / "hist.pt", map_location="cpu", weights_only=True)
     for name, value in model.HIST_model.state_dict().items():
@@ -88,13 +89,13 @@ def test_save_path_holds_best_weights(demo, demo_dataset, tmp_path):
 
 
 def test_point_in_time_membership_table_as_stock2concept(demo, demo_dataset):
-    model = small_hist(demo, stock2concept=str(demo.membership), stock_index=None, n_epochs=1)
+    model = model_hist(demo, stock2concept=str(demo.membership), stock_index=None, n_epochs=1)
     model.fit(demo_dataset)
     assert np.isfinite(model.predict(demo_dataset).to_numpy()).all()
 
 
 def test_unknown_stocks_get_no_concept_and_are_logged(demo, demo_dataset, caplog):
-    model = small_hist(demo, n_epochs=1)
+    model = model_hist(demo, n_epochs=1)
     with caplog.at_level(logging.INFO):
         batches = model._batches(demo_dataset, "train", with_label=True)
     unknown = set(demo.unindexed)
@@ -107,7 +108,7 @@ def test_unknown_stocks_get_no_concept_and_are_logged(demo, demo_dataset, caplog
 
 def test_metric_loss_and_empty_metric(demo, demo_dataset):
     for metric in ("", "loss", "rank_ic"):
-        model = small_hist(demo, n_epochs=1, metric=metric)
+        model = model_hist(demo, n_epochs=1, metric=metric)
         evals = {}
         model.fit(demo_dataset, evals_result=evals)
         assert np.isfinite(evals["valid"][0])
@@ -119,12 +120,12 @@ def test_pretrain_saves_a_qlib_loadable_base_model(demo, demo_dataset, tmp_path)
     from qlib.contrib.model.pytorch_gru import GRUModel
 
     path = tmp_path / "base_gru.pkl"
-    model = small_hist(demo, n_epochs=1, pretrain_epochs=1, pretrain_save_path=str(path))
+    model = model_hist(demo, n_epochs=1, pretrain_epochs=1, pretrain_save_path=str(path))
     model.fit(demo_dataset)
     state = torch.load(path, map_location="cpu", weights_only=True)
     GRUModel(d_feat=6, hidden_size=16, num_layers=1).load_state_dict(state)  # qlib's own class, strict
     # and it starts a new HIST through model_path: HIST's rnn.* equal the file before training
-    fresh = small_hist(demo, n_epochs=0, model_path=str(path))
+    fresh = model_hist(demo, n_epochs=0, model_path=str(path))
     fresh.fit(demo_dataset)
     for name, value in state.items():
         assert torch.equal(fresh.HIST_model.state_dict()[name], value)
@@ -133,7 +134,7 @@ def test_pretrain_saves_a_qlib_loadable_base_model(demo, demo_dataset, tmp_path)
 def test_model_path_shape_mismatch_names_parameter(demo, demo_dataset, tmp_path):
     path = tmp_path / "lstm.pkl"
     torch.save(RNNRegressor(6, 16, 1, base_model="LSTM").state_dict(), path)
-    model = small_hist(demo, model_path=str(path))  # a GRU HIST
+    model = model_hist(demo, model_path=str(path))  # a GRU HIST
     with pytest.raises(ValueError, match=r"rnn\.weight_ih_l0.*\(64, 6\).*\(48, 6\)"):
         model.fit(demo_dataset)
 
@@ -161,10 +162,11 @@ def test_gpu_index_falls_back_to_cpu_with_a_log_line(caplog):
 
 
 def test_data_errors(demo, demo_dataset):
-    with pytest.raises(DataError, match="not a multiple of d_feat=7"):
-        small_hist(demo, d_feat=7).fit(demo_dataset)
+    # since 0406c96 Alpha360's named columns are read: the error says the right d_feat (was "not a multiple of")
+    with pytest.raises(DataError, match=r"segment train: d_feat=7, but the feature columns hold 6 fields .* d_feat=6"):
+        model_hist(demo, d_feat=7).fit(demo_dataset)
     with pytest.raises(ValueError, match="not fitted"):
-        small_hist(demo).predict(demo_dataset)
+        model_hist(demo).predict(demo_dataset)
     with pytest.raises(ConceptError, match="stock2concept is not set"):
         HIST(**SMALL).fit(demo_dataset)
 
@@ -172,19 +174,72 @@ def test_data_errors(demo, demo_dataset):
 def test_empty_segment_is_a_clear_error(demo, demo_handler):
     from qlib.data.dataset import DatasetH
 
-    dataset = DatasetH(demo_handler, segments={"train": ("2016-04-01", "2016-12-30"), "valid": ("2030-01-01", "2030-12-31")})
+    segments = {"train": ("2016-04-01", "2016-12-30"), "valid": ("2030-01-01", "2030-12-31")}
+    dataset = DatasetH(demo_handler, segments=segments)
     with pytest.raises(DataError, match="segment valid is empty"):
-        small_hist(demo).fit(dataset)
+        model_hist(demo).fit(dataset)
 
 
 def test_nan_features_are_a_clear_error(demo, demo_raw_dataset):
     with pytest.raises(DataError, match=r"segment train: \d+ NaN/inf feature values in \d+ rows; first at"):
-        small_hist(demo).fit(demo_raw_dataset)
+        model_hist(demo).fit(demo_raw_dataset)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_fit_then_cpu_pickle(demo, demo_dataset):  # pragma: no cover - runs on GPU machines only
-    model = small_hist(demo, GPU=0, n_epochs=1)
+    model = model_hist(demo, GPU=0, n_epochs=1)
     model.fit(demo_dataset)
     clone = pickle.loads(pickle.dumps(model))
-    np.testing.assert_allclose(clone.predict(demo_dataset).to_numpy(), model.predict(demo_dataset).to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        clone.predict(demo_dataset).to_numpy(), model.predict(demo_dataset).to_numpy(), atol=1e-4
+    )
+
+
+def test_predict_with_two_threads_is_the_same(fitted, demo_dataset):
+    """On a CPU, prediction runs days in parallel when torch has several threads: same numbers as one thread."""
+    model = fitted[0]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = model.predict(demo_dataset)
+        torch.set_num_threads(2)
+        two = model.predict(demo_dataset)
+    finally:
+        torch.set_num_threads(before)
+    pd.testing.assert_series_equal(two, one)
+
+
+def test_legacy_import_path_is_the_same_class():
+    """``qlib_hist.model.HIST``: where 0.1.0's pickles look for the class."""
+    from qlib_hist.model import HIST as legacy
+
+    assert legacy is HIST
+
+
+# ==================================================================================================== everything on
+def test_all_paper_options_together(demo, short_dataset, membership_file, tmp_path):
+    model = small_hist(
+        demo,
+        stock2concept=str(membership_file),
+        stock_index=None,
+        n_epochs=2,
+        hidden_topk=3,
+        concept_refine=True,
+        temporal_attention=True,
+        smooth_steps=2,
+        concept_weight="$close*$volume",
+        metric="precision@10",
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
+    evals = {}
+    model.fit(short_dataset, evals_result=evals)
+    assert len(evals["valid"]) == 2 and all(0.0 <= v <= 1.0 for v in evals["valid"])
+    pred = model.predict(short_dataset, "test")
+    assert len(pred) and np.isfinite(pred.to_numpy()).all() and pred.std() > 0
+    table = model.explain(short_dataset, "test")
+    np.testing.assert_allclose(table["score"].to_numpy(), pred.to_numpy(), rtol=0, atol=1e-5)
+    assert {"step_1", "peer_3", "concept_3"} <= set(table.columns)
+    assert sorted(os.listdir(tmp_path / "ckpt")) == [CHECKPOINT_NAME]
+    # the pickled model predicts the same
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.predict(short_dataset, "test").to_numpy(), pred.to_numpy())

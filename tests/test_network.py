@@ -1,40 +1,53 @@
-"""HISTModel / RNNRegressor: parity with qlib's networks, pretrained files, edge cases, peer search."""
+"""HISTModel / RNNRegressor (``qlib_hist.network``): parity with qlib's networks, edge cases, the peer search, and
+the paper's options (hidden_topk, member weights, concept refinement, temporal attention).
+
+The options are checked against dense references written here straight from the formulas in
+``qlib_hist.network``'s docstring (and against qlib's own HISTModel where an option is off).
+"""
 
 from __future__ import annotations
 
-import logging
+import functools
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from qlib_hist.network import HISTModel, RNNRegressor, closest_peer, cosine_similarity
+from qlib_hist.batches import Day
+from qlib_hist.network import HISTModel, RNNRegressor, closest_peers, cosine_similarity
+from qlib_hist.settings import SettingsError
 
 qlib_hist_mod = pytest.importorskip("qlib.contrib.model.pytorch_hist")
 QlibHISTModel = qlib_hist_mod.HISTModel
 
 D_FEAT = 6
+COS_EPS = 1e-6
 
 
-@pytest.fixture
-def qlib_on_cpu(monkeypatch):
-    """qlib's forward calls ``torch.device(torch.get_device(x))``, which is -1 (an error) for CPU tensors."""
-    monkeypatch.setattr(qlib_hist_mod.torch, "get_device", lambda t: "cpu")
-
-
-def _pair(base_model: str, hidden: int = 32, layers: int = 2, seed: int = 0):
+def _qlib_pair(base_model: str = "GRU", hidden: int = 32, layers: int = 2, seed: int = 0, **options):
     """qlib's HISTModel and ours holding the same weights (qlib's random init, loaded strictly into ours)."""
     torch.manual_seed(seed)
     ref = QlibHISTModel(d_feat=D_FEAT, hidden_size=hidden, num_layers=layers, base_model=base_model)
-    ours = HISTModel(d_feat=D_FEAT, hidden_size=hidden, num_layers=layers, base_model=base_model)
+    ours = HISTModel(d_feat=D_FEAT, hidden_size=hidden, num_layers=layers, base_model=base_model, **options)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref.eval(), ours.eval()
 
 
-def _inputs(n: int, n_concepts: int, density: float, t: int = 20, seed: int = 1):
+def _inputs(
+    n: int = 60, n_concepts: int = 15, density: float = 0.2, t: int = 20, seed: int = 1, empty_last: bool = False
+):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, D_FEAT * t, generator=g)
     concepts = (torch.rand(n, n_concepts, generator=g) < density).float()
+    if empty_last:
+        concepts[:, -1] = 0.0  # a concept with no member that day
     return x, concepts
+
+
+#: the options' inputs: 60 stocks, 15 concepts, the last without members
+_option_inputs = functools.partial(_inputs, empty_last=True)
+#: the options' networks: small, as qlib's
+_small_pair = functools.partial(_qlib_pair, hidden=16, layers=1)
 
 
 def _assert_grads_close(ref: torch.nn.Module, ours: torch.nn.Module, rel: float = 1e-4) -> None:
@@ -53,14 +66,18 @@ def _assert_grads_close(ref: torch.nn.Module, ours: torch.nn.Module, rel: float 
     assert checked >= 10  # rnn.*, fc_es, fc_is, *_back, *_fore, fc_indi, fc_out
 
 
-# ----------------------------------------------------------------------------- parity with qlib
+def _close(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+# ==================================================================================================== parity with qlib
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
 @pytest.mark.parametrize(
     "n, n_concepts, density",
     [(300, 120, 0.03), (57, 40, 0.2), (23, 30, 0.02), (80, 10, 0.8)],
 )
 def test_forward_matches_qlib(qlib_on_cpu, base_model, n, n_concepts, density):
-    ref, ours = _pair(base_model)
+    ref, ours = _qlib_pair(base_model)
     x, concepts = _inputs(n, n_concepts, density, seed=n)
     with torch.no_grad():
         expected = ref(x, concepts)
@@ -72,7 +89,7 @@ def test_forward_matches_qlib(qlib_on_cpu, base_model, n, n_concepts, density):
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
 @pytest.mark.parametrize("n, n_concepts, density", [(300, 120, 0.03), (41, 25, 0.15)])
 def test_gradients_match_qlib(qlib_on_cpu, base_model, n, n_concepts, density):
-    ref, ours = _pair(base_model, seed=3)
+    ref, ours = _qlib_pair(base_model, seed=3)
     ref.train(), ours.train()
     x, concepts = _inputs(n, n_concepts, density, seed=7 + n)
     ref(x, concepts).sum().backward()
@@ -81,7 +98,7 @@ def test_gradients_match_qlib(qlib_on_cpu, base_model, n, n_concepts, density):
 
 
 def test_gradients_wrt_input_match_qlib(qlib_on_cpu):
-    ref, ours = _pair("GRU", seed=5)
+    ref, ours = _qlib_pair("GRU", seed=5)
     x, concepts = _inputs(60, 20, 0.1, seed=11)
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     (ref(x_ref, concepts) ** 2).sum().backward()
@@ -91,7 +108,7 @@ def test_gradients_wrt_input_match_qlib(qlib_on_cpu):
 
 def test_parity_with_weighted_concepts(qlib_on_cpu):
     """Non-binary concept weights (membership tables carry weights) give qlib's numbers too."""
-    ref, ours = _pair("GRU", seed=9)
+    ref, ours = _qlib_pair("GRU", seed=9)
     x, concepts = _inputs(50, 15, 0.3, seed=2)
     concepts = concepts * torch.rand(concepts.shape, generator=torch.Generator().manual_seed(4)) * 2
     with torch.no_grad():
@@ -115,43 +132,18 @@ def test_unknown_base_model():
         HISTModel(base_model="Transformer")
 
 
-# ----------------------------------------------------------------------------- qlib's pretrained files
-@pytest.mark.parametrize("base_model, name", [("LSTM", "model_lstm_csi300.pkl"), ("GRU", "model_gru_csi300.pkl")])
-def test_qlib_pretrained_loads_by_name(shared_data, base_model, name):
-    path = shared_data / "qlib_reference" / name
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net = HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model=base_model)
-    own = net.state_dict()
-    assert any(k.startswith("rnn.") for k in state) and "fc_out.weight" in state
-    for k, v in state.items():
-        assert k in own, f"{k} of {name} is not a HISTModel parameter"
-        assert own[k].shape == v.shape, k
-
-    from qlib_hist.model import load_pretrained
-
-    loaded = load_pretrained(net, path, logging.getLogger("test"))
-    assert sorted(loaded) == sorted(state)
-    for k, v in state.items():
-        assert torch.equal(net.state_dict()[k], v), k
-    x, concepts = _inputs(30, 10, 0.2, t=60)
+def test_forward_day_is_forward():
+    torch.manual_seed(0)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=8, num_layers=1).eval()
+    x, c = _inputs(n=12, seed=2)
+    w = torch.rand(12, generator=torch.Generator().manual_seed(1)) + 0.5
+    day = Day(x, c, label=None, sample_weight=None, member_weight=w)
     with torch.no_grad():
-        out = net(x, concepts)
-    assert out.shape == (30,) and torch.isfinite(out).all()
+        assert torch.equal(net.forward_day(day), net(x, c, w))
+    assert HISTModel.from_settings(net.settings).settings == net.settings
 
 
-def test_qlib_pretrained_wrong_base_model_is_refused(shared_data):
-    path = shared_data / "qlib_reference" / "model_lstm_csi300.pkl"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    from qlib_hist.model import load_pretrained
-
-    with pytest.raises(ValueError, match="shape"):
-        load_pretrained(HISTModel(base_model="GRU"), path, logging.getLogger("test"))
-
-
-# ----------------------------------------------------------------------------- edge cases
+# ==================================================================================================== edge cases
 def _edge_days():
     g = torch.Generator().manual_seed(0)
     n = 12
@@ -170,6 +162,7 @@ def _edge_days():
 
 
 EDGE_DAYS = list(_edge_days())
+EDGE_DAYS_2 = [d for d in EDGE_DAYS if d[1] >= 2]
 
 
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
@@ -187,9 +180,9 @@ def test_edge_cases_finite(base_model, label, n, concepts):
             assert torch.isfinite(p.grad).all(), f"{label}: gradient of {name} not finite"
 
 
-@pytest.mark.parametrize("label, n, concepts", [d for d in EDGE_DAYS if d[1] >= 2], ids=[d[0] for d in EDGE_DAYS if d[1] >= 2])
+@pytest.mark.parametrize("label, n, concepts", EDGE_DAYS_2, ids=[d[0] for d in EDGE_DAYS_2])
 def test_edge_cases_match_qlib(qlib_on_cpu, label, n, concepts):
-    ref, ours = _pair("GRU", hidden=8, layers=1, seed=2)
+    ref, ours = _qlib_pair("GRU", hidden=8, layers=1, seed=2)
     x = torch.randn(n, D_FEAT * 5, generator=torch.Generator().manual_seed(n))
     with torch.no_grad():
         torch.testing.assert_close(ours(x, concepts), ref(x, concepts).reshape(-1), rtol=1e-5, atol=1e-5)
@@ -212,7 +205,28 @@ def test_empty_concepts_dropped_from_attention():
     assert torch.isfinite(zero.concept).all()
 
 
-# ----------------------------------------------------------------------------- closest peer
+def test_modules_are_the_parts():
+    """predefined_concepts / hidden_concepts are the steps parts() chains."""
+    torch.manual_seed(1)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=8, num_layers=1).eval()
+    x, c = _option_inputs(n=20, seed=3)
+    with torch.no_grad():
+        hidden, alpha = net.encode(x)
+        es = net.predefined_concepts(hidden, c)
+        hs = net.hidden_concepts(hidden - es.backcast)
+        parts = net.parts(x, c)
+    assert alpha is None
+    assert torch.equal(es.kept, parts.kept_concepts) and torch.equal(es.attention, parts.concept_attention)
+    assert torch.equal(hs.centres, parts.hidden_concept_stocks) and torch.equal(hs.attention, parts.hidden_attention)
+    assert torch.equal(F.leaky_relu(net.fc_es_fore(es.shared)), parts.concept)
+
+
+# ==================================================================================================== closest peers
+def _closest_peer(u: torch.Tensor, chunk: int) -> torch.Tensor:
+    """qlib's argmax: the single closest peer of each row."""
+    return closest_peers(u, 1, chunk)[:, 0]
+
+
 def _peers_reference(u: torch.Tensor) -> torch.Tensor:
     sim = cosine_similarity(u, u)
     sim.fill_diagonal_(0.0)
@@ -225,7 +239,7 @@ def test_closest_peer_chunking_identical():
     u[1:, 0] = u[1:, 0].abs() + 5.0  # every other row points along +e0 ...
     u[0] = 0.0
     u[0, 0] = -1.0  # ... so row 0 has only negative similarities and "chooses" itself
-    results = {c: closest_peer(u, chunk=c) for c in (1, 7, 1024)}
+    results = {c: _closest_peer(u, chunk=c) for c in (1, 7, 1024)}
     assert results[1].dtype == torch.long and results[1].shape == (50,)
     for c, r in results.items():
         assert torch.equal(r, results[1024]), f"chunk={c}"
@@ -237,7 +251,7 @@ def test_closest_peer_chunking_identical():
 def test_closest_peer_picks_most_similar():
     u = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.05]])
     for chunk in (1, 2, 1024):
-        assert closest_peer(u, chunk=chunk).tolist() == [1, 0, 3, 2, 2]
+        assert _closest_peer(u, chunk=chunk).tolist() == [1, 0, 3, 2, 2]
 
 
 def test_closest_peer_chunking_random_sizes():
@@ -246,10 +260,20 @@ def test_closest_peer_chunking_random_sizes():
         u = torch.randn(n, 8, generator=g)
         ref = _peers_reference(u)
         for chunk in (1, 7, 1024):
-            assert torch.equal(closest_peer(u, chunk=chunk), ref), (n, chunk)
+            assert torch.equal(_closest_peer(u, chunk=chunk), ref), (n, chunk)
 
 
-# ----------------------------------------------------------------------------- RNNRegressor
+def test_closest_peers_k_chunking_identical():
+    u = torch.randn(40, 8, generator=torch.Generator().manual_seed(2))
+    sim = cosine_similarity(u, u)
+    sim.fill_diagonal_(0.0)
+    want = sim.topk(3, dim=1).indices
+    for chunk in (1, 7, 1024):
+        assert torch.equal(closest_peers(u, 3, chunk), want), chunk
+    assert closest_peers(u[:2], 5).shape == (2, 2)  # k is capped at N
+
+
+# ==================================================================================================== RNNRegressor
 @pytest.mark.parametrize("base_model", ["LSTM", "GRU"])
 def test_rnn_regressor_matches_qlib_layout(base_model):
     if base_model == "LSTM":
@@ -266,8 +290,210 @@ def test_rnn_regressor_matches_qlib_layout(base_model):
     ours.load_state_dict(ref_state, strict=True)
     x = torch.randn(9, D_FEAT * 7)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, torch.zeros(9, 3)), ref(x).reshape(-1), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours(x), ref(x).reshape(-1), rtol=1e-6, atol=1e-6)
+        day = Day(x, torch.zeros(9, 3), label=None, sample_weight=None, member_weight=None)
+        assert torch.equal(ours.forward_day(day), ours(x))  # concepts are ignored
     # and HIST takes its rnn.* / fc_out.* by name
     hist_state = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=2, base_model=base_model).state_dict()
     for k, v in own_state.items():
         assert hist_state[k].shape == v.shape, k
+
+
+# ==================================================================================================== dense references
+def ref_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos(a_i, b_j) with qlib's +1e-6 guard in the denominator."""
+    return (a @ b.T) / (a.norm(dim=1)[:, None] * b.norm(dim=1)[None, :] + COS_EPS)
+
+
+def ref_softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    e = torch.exp(z - z.max(dim, keepdim=True).values)
+    return e / e.sum(dim, keepdim=True)
+
+
+def ref_encode(net: HISTModel, x: torch.Tensor):
+    """RNN over ``[N, T, F]``; last state, or ``sum_t alpha_it h_it``
+    with ``alpha_i = softmax_t(v . tanh(W h_it + b))``."""
+    steps, _ = net.rnn(x.reshape(len(x), D_FEAT, -1).permute(0, 2, 1))  # [N, T, H]
+    if net.temporal_att is None:
+        return steps[:, -1], None
+    lin, v = net.temporal_att[0], net.temporal_att[2].weight[0]
+    alpha = ref_softmax(torch.tanh(steps @ lin.weight.T + lin.bias) @ v, dim=1)  # [N, T]
+    return (alpha[:, :, None] * steps).sum(1), alpha
+
+
+def ref_forward(net: HISTModel, x, c, w=None, topk: int = 1, refine: bool = False):
+    """HIST written densely (N x N and N x C matrices), following the paper / network.py's docstring."""
+    lrelu = F.leaky_relu
+    xh, _ = ref_encode(net, x)
+    n = len(x)
+    w = torch.ones(n) if w is None else w
+    # predefined concepts: a_ij = c_ij w_i / (c_ij W_j + 1), W_j = sum_i c_ij w_i; e_j = sum_i a_ij x_i
+    W = (c * w[:, None]).sum(0)
+    a = c * w[:, None] / (c * W[None, :] + 1.0)
+    keep = (c != 0).any(0)
+    e = a[:, keep].T @ xh  # [C', H]
+    if refine:  # e_j <- sum_i softmax_over_i(x_i . e_j) x_i
+        s = ref_softmax(xh @ e.T, dim=0)  # [N, C'] columns sum to 1
+        e = torch.stack([(s[:, j : j + 1] * xh).sum(0) for j in range(e.shape[0])]) if e.shape[0] else e
+    p = ref_softmax(ref_cos(xh, e), dim=1)
+    es = net.fc_es(p @ e)
+    back = net.fc_es_back(es)
+    out_es = lrelu(net.fc_es_fore(es))
+    # hidden concepts: each stock joins the hidden concepts of its K most similar peers
+    u = xh - back
+    sim = ref_cos(u, u)
+    diag = sim.diagonal().clone()
+    off = sim.clone()
+    off.fill_diagonal_(0.0)
+    peers = off.topk(min(topk, n), dim=1).indices  # [N, K]
+    M = torch.zeros(n, n)
+    rows = torch.arange(n)[:, None].expand_as(peers)
+    M[rows, peers] = off[rows, peers]  # a self-choice carries 0
+    M = M + torch.diag((M.sum(0) != 0).float() * diag)
+    h = M.T @ u
+    h = h[h.sum(1) != 0]
+    q = ref_softmax(ref_cos(u, h), dim=1)
+    hs = net.fc_is(q @ h)
+    back2 = net.fc_is_back(hs)
+    out_is = lrelu(net.fc_is_fore(hs))
+    out_indi = lrelu(net.fc_indi(xh - back - back2))
+    return net.fc_out(out_es + out_is + out_indi).squeeze(-1)
+
+
+def test_reference_reproduces_qlib(qlib_on_cpu):
+    """Sanity of the dense reference itself: with every option off it is qlib's network."""
+    ref, ours = _small_pair(seed=2)
+    x, c = _option_inputs(seed=3)
+    with torch.no_grad():
+        _close(ref_forward(ours, x, c), ref(x, c))
+
+
+# ==================================================================================================== hidden_topk
+@pytest.mark.parametrize("n", [60, 23])
+def test_hidden_topk_1_is_qlib(qlib_on_cpu, n):
+    ref, ours = _small_pair(seed=n, hidden_topk=1)
+    x, c = _option_inputs(n=n, seed=n)
+    with torch.no_grad():
+        _close(ours(x, c), ref(x, c))
+
+
+@pytest.mark.parametrize("k, n", [(2, 60), (3, 60), (3, 23), (7, 40), (10, 4)])
+def test_hidden_topk_matches_dense_reference(k, n):
+    torch.manual_seed(k + n)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, hidden_topk=k).eval()
+    one = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, hidden_topk=1).eval()
+    one.load_state_dict(net.state_dict())
+    x, c = _option_inputs(n=n, seed=10 + k)
+    with torch.no_grad():
+        got = net(x, c)
+        _close(got, ref_forward(net, x, c, topk=k))
+        assert (got - one(x, c)).abs().max() > 1e-4, "K > 1 must change the hidden concepts"
+        parts = net.parts(x, c)
+    # more peers per stock: at least as many stocks are the centre of a hidden concept
+    assert len(parts.hidden_concept_stocks) >= len(one.parts(x, c).hidden_concept_stocks)
+    torch.testing.assert_close(parts.hidden_attention.sum(1), torch.ones(n))
+
+
+def test_hidden_topk_gradients_finite():
+    torch.manual_seed(0)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, hidden_topk=3)
+    x, c = _option_inputs(n=30, seed=4)
+    net(x, c).pow(2).sum().backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert net.fc_is.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -1])
+def test_bad_hidden_topk(bad):
+    from qlib_hist import HIST
+
+    with pytest.raises(ValueError, match="hidden_topk") as err:
+        HISTModel(hidden_topk=bad)
+    assert isinstance(err.value, SettingsError)
+    assert str(err.value).startswith("hidden_topk must be ") and str(err.value).endswith(f">= 1, got {bad!r}")
+    with pytest.raises(ValueError, match="hidden_topk"):
+        HIST(hidden_topk=bad, GPU=-1)
+
+
+# ==================================================================================================== member weights
+def test_member_weight_none_equals_ones_exactly():
+    torch.manual_seed(1)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1).eval()
+    x, c = _option_inputs(seed=5)
+    with torch.no_grad():
+        assert torch.equal(net(x, c), net(x, c, torch.ones(len(x))))
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+def test_member_weight_matches_dense_reference(topk):
+    torch.manual_seed(2)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, hidden_topk=topk).eval()
+    x, c = _option_inputs(seed=6)
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(7)) * 3 + 0.05
+    with torch.no_grad():
+        got = net(x, c, w)
+        _close(got, ref_forward(net, x, c, w=w, topk=topk))
+        assert (got - net(x, c)).abs().max() > 1e-4, "non-uniform weights must matter"
+
+
+# ==================================================================================================== concept_refine
+def test_concept_refine_matches_dense_reference():
+    torch.manual_seed(3)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, concept_refine=True).eval()
+    plain = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1).eval()
+    plain.load_state_dict(net.state_dict())
+    x, c = _option_inputs(seed=8)
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(9)) + 0.5
+    with torch.no_grad():
+        got = net(x, c)
+        _close(got, ref_forward(net, x, c, refine=True))
+        _close(net(x, c, w), ref_forward(net, x, c, w=w, refine=True))
+        assert (got - plain(x, c)).abs().max() > 1e-4, "the refinement must change the output"
+
+
+def test_concept_refine_off_is_qlib(qlib_on_cpu):
+    ref, ours = _small_pair(seed=4, concept_refine=False)
+    x, c = _option_inputs(seed=11)
+    with torch.no_grad():
+        _close(ours(x, c), ref(x, c))
+
+
+def test_concept_refine_day_without_concepts_is_finite():
+    torch.manual_seed(0)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=8, num_layers=1, concept_refine=True)
+    x = torch.randn(7, D_FEAT * 5)
+    out = net(x, torch.zeros(7, 4))
+    assert torch.isfinite(out).all()
+
+
+# ================================================================================================ temporal_attention
+def test_temporal_attention_off_has_qlib_state_dict():
+    ref = QlibHISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, base_model="GRU")
+    off = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, temporal_attention=False)
+    assert list(off.state_dict()) == list(ref.state_dict())
+    on = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, temporal_attention=True)
+    extra = set(on.state_dict()) - set(ref.state_dict())
+    assert extra and all(k.startswith("temporal_att.") for k in extra)
+    assert set(ref.state_dict()) <= set(on.state_dict())
+
+
+def test_temporal_attention_matches_reference_and_parts():
+    torch.manual_seed(5)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=2, temporal_attention=True).eval()
+    t = 20
+    x, c = _option_inputs(n=50, seed=12, t=t)
+    with torch.no_grad():
+        out = net(x, c)
+        assert out.shape == (50,) and torch.isfinite(out).all()
+        _close(out, ref_forward(net, x, c))
+        parts = net.parts(x, c)
+    alpha = parts.time_attention
+    assert alpha is not None and alpha.shape == (50, t)
+    assert (alpha >= 0).all()
+    torch.testing.assert_close(alpha.sum(1), torch.ones(50))
+    _close(alpha, ref_encode(net, x)[1])
+    assert alpha.std(1).max() > 0  # not the uniform weights of a dead layer
+    # off: no time attention in the parts
+    plain = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=2)
+    assert plain.parts(x, c).time_attention is None

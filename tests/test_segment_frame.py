@@ -1,4 +1,5 @@
-"""segment_frame: the rows DatasetH.prepare gives, without copying them out of the handler where it can."""
+"""segment_frame (``qlib_hist.qlib_edge.dataset``): the rows DatasetH.prepare gives, without copying them out of the
+handler where it can."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qlib_hist.data import segment_frame
+from qlib_hist.qlib_edge.dataset import segment_frame
 
 from conftest import DEMO_SEGMENTS
 
@@ -23,8 +24,10 @@ def _features(df):
     return (df["feature"] if isinstance(df.columns, pd.MultiIndex) else df).to_numpy()
 
 
-@pytest.mark.parametrize("segment", ["train", "valid", "test", slice("2016-10", "2016-12-15"),
-                                     slice(None, "2016-05-01"), slice("2017-03-01", None)])
+@pytest.mark.parametrize(
+    "segment",
+    ["train", "valid", "test", slice("2016-10", "2016-12-15"), slice(None, "2016-05-01"), slice("2017-03-01", None)],
+)
 @pytest.mark.parametrize("with_label", [True, False])
 def test_same_rows_and_values_as_prepare(demo_dataset, segment, with_label):
     fast = segment_frame(demo_dataset, segment, with_label)
@@ -68,11 +71,22 @@ def test_fit_and_predict_never_write_into_the_handler(demo_dataset, demo):
 
     from qlib_hist import HIST
 
-    frames = {key: demo_dataset.handler.fetch(col_set=DataHandlerLP.CS_RAW, data_key=key)
-              for key in (DataHandlerLP.DK_L, DataHandlerLP.DK_I)}
+    frames = {
+        key: demo_dataset.handler.fetch(col_set=DataHandlerLP.CS_RAW, data_key=key)
+        for key in (DataHandlerLP.DK_L, DataHandlerLP.DK_I)
+    }
     before = {key: frame.copy(deep=True) for key, frame in frames.items()}
-    model = HIST(d_feat=6, hidden_size=8, num_layers=1, n_epochs=1, early_stop=1, lr=1e-3, base_model="GRU",
-                 seed=0, stock2concept=str(demo.membership))
+    model = HIST(
+        d_feat=6,
+        hidden_size=8,
+        num_layers=1,
+        n_epochs=1,
+        early_stop=1,
+        lr=1e-3,
+        base_model="GRU",
+        seed=0,
+        stock2concept=str(demo.membership),
+    )
     model.fit(demo_dataset)
     model.predict(demo_dataset)
     for key, frame in frames.items():

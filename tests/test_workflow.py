@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qlib_hist.demo import DEMO_YAML, REPORT_METRICS, latest_recorder, recorder_report, write_demo_config
 from qlib_hist.demo_data import write_demo_provider
+from qlib_hist.qlib_edge.demo import DEMO_YAML, write_demo_config
+from qlib_hist.qlib_edge.recorders import REPORT_METRICS, latest_recorder, recorder_report
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,9 @@ def qrun_dir(tmp_path_factory):
     write_demo_provider(out, n_stocks=30, seed=1)
     config = write_demo_config(out, seed=1, n_epochs=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no file-store opt-out
-    proc = subprocess.run([qrun_executable(), str(config)], cwd=out, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [qrun_executable(), str(config)], cwd=out, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 

@@ -1,0 +1,187 @@
+"""Typed settings (``qlib_hist.settings``): each group validates on construction and names the argument; HIST's flat
+keyword arguments are routed to their groups, and stay readable and settable on the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from qlib_hist.settings import (
+    ConceptSettings,
+    HISTSettings,
+    NetworkSettings,
+    SettingsError,
+    TrainSettings,
+)
+
+GROUP_OF = {
+    name: cls
+    for cls in (NetworkSettings, TrainSettings, ConceptSettings)
+    for name in (f.name for f in dataclasses.fields(cls))
+}
+
+BAD = [  # argument, value, what the message says after "<name> must be "
+    ("d_feat", "abc", "an integer"),
+    ("d_feat", None, "an integer"),
+    ("d_feat", 0, ">= 1"),
+    ("hidden_size", 2.5, "an integer"),
+    ("dropout", -0.1, ">= 0.0"),
+    ("hidden_topk", 0, ">= 1"),
+    ("concept_refine", "maybe", "true or false"),  # "false" is YAML's False (1bce3cb): never True
+    ("temporal_attention", 2, "true or false"),
+    ("base_model", "RNN", "one of ['GRU', 'LSTM']"),
+    ("lr", "abc", "a number"),
+    ("lr", float("nan"), "a number"),
+    ("seed", 1.5, "an integer"),
+    ("n_epochs", -1, ">= 0"),
+    ("early_stop", 0, ">= 1"),
+    ("smooth_steps", 0, ">= 1"),
+    ("eval_train", None, "true or false"),
+    ("optimizer", "sgd2", "one of ['adam', 'gd']"),
+    ("loss", "mae", "one of ['mse']"),
+    ("metric", "foo", "one of"),
+    ("GPU", 1.5, "a CUDA index or a device string"),
+    ("stock2concept", 3, "a string"),
+    ("concept_weight", ["$close"], "a string"),
+]
+IDS = [f"{name}={value!r}" for name, value, _ in BAD]
+
+
+@pytest.mark.parametrize("name, value, says", BAD, ids=IDS)
+def test_each_group_validates_and_names_the_argument(name, value, says):
+    with pytest.raises(ValueError) as err:
+        GROUP_OF[name](**{name: value})
+    message = str(err.value)
+    assert message.startswith(f"{name} must be "), message
+    assert says in message and message.endswith(f"got {value!r}"), message
+
+
+@pytest.mark.parametrize(
+    "name, value, says", [b for b in BAD if b[0] != "metric"], ids=[i for i in IDS if not i.startswith("metric=")]
+)
+def test_errors_are_settings_errors(name, value, says):
+    with pytest.raises(SettingsError):
+        GROUP_OF[name](**{name: value})
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_bad_metric_is_a_settings_error():
+    with pytest.raises(SettingsError):
+        TrainSettings(metric="foo")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "d_feat",
+        "lr",
+        "seed",
+        "concept_refine",
+        "hidden_topk",
+        "early_stop",
+        "base_model",
+        "optimizer",
+        "loss",
+        "metric",
+    ],
+)
+def test_hist_surfaces_the_errors(name):
+    from qlib_hist import HIST
+
+    value = next(value for bad_name, value, _ in BAD if bad_name == name)
+    with pytest.raises(ValueError, match=f"^{name} must be "):
+        HIST(**{name: value, "GPU": -1})
+
+
+def test_normalisation():
+    t = TrainSettings(optimizer="ADAM", metric="", n_epochs=3.0, seed=7.0, lr=1, eval_train=1)
+    assert (t.optimizer, t.metric, t.n_epochs, t.seed, t.lr, t.eval_train) == ("adam", "loss", 3, 7, 1.0, True)
+    assert type(t.n_epochs) is int and type(t.seed) is int and type(t.lr) is float and type(t.eval_train) is bool
+    assert TrainSettings(metric=None).metric == "loss" and TrainSettings(metric="IC").metric == "ic"
+    assert TrainSettings(metric="Precision@10").metric == "precision@10"
+    assert TrainSettings(optimizer="GD").optimizer == "gd"
+    assert TrainSettings(checkpoint_dir=Path("/tmp/ckpt")).checkpoint_dir == "/tmp/ckpt"  # a path names a folder
+    assert TrainSettings(GPU="cuda:1").GPU == "cuda:1" and TrainSettings(GPU=-1).GPU == -1
+    n = NetworkSettings(d_feat=6.0, concept_refine=0, temporal_attention=True)
+    assert n.d_feat == 6 and n.concept_refine is False and n.temporal_attention is True
+    for text, value in (
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+        ("true", True),
+        ("yes", True),
+        ("on", True),
+    ):
+        assert NetworkSettings(concept_refine=text).concept_refine is value, text  # YAML's spellings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        n.d_feat = 7  # frozen: changes go through replace (validated again)
+
+
+def test_from_kwargs_routes_each_argument_to_its_group():
+    settings, unknown = HISTSettings.from_kwargs(
+        d_feat=5,
+        hidden_topk=2,
+        lr=0.01,
+        metric="ic",
+        seed=1,
+        stock2concept="m.csv",
+        concept_weight="$close",
+        colour="red",
+    )
+    assert unknown == {"colour": "red"}
+    assert settings.network == NetworkSettings(d_feat=5, hidden_topk=2)
+    assert settings.training == TrainSettings(lr=0.01, metric="ic", seed=1)
+    assert settings.concepts == ConceptSettings(stock2concept="m.csv", concept_weight="$close")
+    flat = settings.flat()
+    assert list(flat) == list(HISTSettings.field_names())
+    assert flat["d_feat"] == 5 and flat["metric"] == "ic" and flat["stock2concept"] == "m.csv"
+    assert HISTSettings.from_kwargs(**flat) == (settings, {})  # the flat form is the pickled form: it round-trips
+    assert HISTSettings.from_kwargs() == (HISTSettings(), {})
+    with pytest.raises(SettingsError, match="^lr must be"):
+        HISTSettings.from_kwargs(lr="fast")
+
+
+def test_replace_validates_again_and_refuses_unknown_names():
+    settings = HISTSettings()
+    changed = settings.replace(n_epochs=3, hidden_topk=2)
+    assert changed.training.n_epochs == 3 and changed.network.hidden_topk == 2
+    assert settings.training.n_epochs == 200  # the original is untouched
+    with pytest.raises(SettingsError, match="^n_epochs must be"):
+        settings.replace(n_epochs=-1)
+    with pytest.raises(SettingsError, match="unknown HIST setting.*colour"):
+        settings.replace(colour="red")
+
+
+def test_fingerprint_fields_leave_out_where_to_write():
+    settings = HISTSettings()
+    fields = settings.fingerprint_fields()
+    for name in ("checkpoint_dir", "pretrain_save_path", "stock2concept_url", "GPU"):
+        assert name not in fields, name
+    assert set(fields) == set(HISTSettings.field_names()) - {
+        "checkpoint_dir",
+        "pretrain_save_path",
+        "stock2concept_url",
+        "GPU",
+    }
+    moved = settings.replace(checkpoint_dir="/elsewhere", GPU=-1, pretrain_save_path="b.pkl", stock2concept_url=None)
+    assert moved.fingerprint_fields() == fields
+    assert settings.replace(lr=0.5).fingerprint_fields() != fields
+
+
+def test_hist_arguments_are_settable_attributes():
+    from qlib_hist import HIST
+
+    model = HIST(n_epochs=5, GPU=-1, colour="red")  # an unknown argument is logged, not an error
+    assert model.n_epochs == 5 and model.settings.training.n_epochs == 5
+    model.n_epochs = 3
+    assert model.n_epochs == 3 and model.settings.training.n_epochs == 3
+    with pytest.raises(SettingsError, match="^n_epochs must be >= 0, got -1$"):
+        model.n_epochs = -1
+    assert model.n_epochs == 3  # a refused value leaves the setting as it was
+    model.metric = "IC"
+    assert model.metric == "ic"
+    with pytest.raises(AttributeError, match="colour"):
+        model.colour  # noqa: B018
