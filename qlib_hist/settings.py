@@ -44,12 +44,13 @@ def setting(
     default: Any,
     *,
     minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
     choices: Optional[Tuple[str, ...]] = None,
     fingerprint: bool = True,
     none_as: Any = None,
 ) -> Any:
     """A settings field with its checks (see the module docstring); ``none_as``: the value ``None`` stands for."""
-    meta = {"minimum": minimum, "choices": choices, "fingerprint": fingerprint, "none_as": none_as}
+    meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "fingerprint": fingerprint, "none_as": none_as}
     return field(default=default, metadata=meta)
 
 
@@ -85,7 +86,9 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
     elif typing.get_origin(hint) is Union:  # e.g. GPU: an index or a device string
         if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
             raise SettingsError(f"{name} must be a CUDA index or a device string such as 'cuda:0', got {value!r}")
-    if meta.get("minimum") is not None and value < meta["minimum"]:
+    if (meta.get("minimum") is not None and value < meta["minimum"]) or (
+        meta.get("maximum") is not None and value > meta["maximum"]
+    ):
         raise SettingsError(f"{name} must be {_bound(meta).strip()}, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise SettingsError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
@@ -104,7 +107,10 @@ def _yaml11_float(value: Any) -> Any:
 
 
 def _bound(meta: dict) -> str:
-    return f" >= {meta['minimum']}" if meta.get("minimum") is not None else ""
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    return f" >= {low}" if low is not None else (f" <= {high}" if high is not None else "")
 
 
 class _Validated:
@@ -127,7 +133,7 @@ class NetworkSettings(_Validated):
     d_feat: int = setting(6, minimum=1)  # features per time step (Alpha360: 6 fields x 60 days)
     hidden_size: int = setting(64, minimum=1)  # H, the encoder's state size
     num_layers: int = setting(2, minimum=1)  # RNN layers
-    dropout: float = setting(0.0, minimum=0.0)  # RNN dropout between layers
+    dropout: float = setting(0.0, minimum=0.0, maximum=1.0)  # RNN dropout between layers
     base_model: str = setting("GRU", choices=RNN_TYPES)  # the encoder
     hidden_topk: int = setting(1, minimum=1)  # K peers whose hidden concepts a stock joins (qlib: 1)
     concept_refine: bool = setting(False)  # the paper's second pass over each concept's members
@@ -144,7 +150,9 @@ class TrainSettings(_Validated):
     early_stop: int = setting(20, minimum=1)  # epochs without a better valid metric before stopping
     loss: str = setting("mse", choices=LOSSES)
     optimizer: str = setting("adam")  # "adam" or "gd" (SGD), any case
-    seed: Optional[int] = setting(None)  # weights, day shuffling and dropout
+    seed: Optional[int] = setting(
+        None, minimum=0, maximum=2**32 - 1
+    )  # numpy's seed range  # weights, day shuffling and dropout
     eval_train: bool = setting(False)  # score train with a separate eval pass each epoch (qlib's way)
     model_path: Optional[str] = setting(None)  # a saved qlib LSTM/GRU to start the encoder from
     pretrain_epochs: int = setting(0, minimum=0)  # pretrain the base RNN first (0 = off, as qlib)

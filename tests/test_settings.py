@@ -27,7 +27,9 @@ BAD = [  # argument, value, what the message says after "<name> must be "
     ("d_feat", None, "an integer"),
     ("d_feat", 0, ">= 1"),
     ("hidden_size", 2.5, "an integer"),
-    ("dropout", -0.1, ">= 0.0"),
+    ("dropout", -0.1, "in [0.0, 1.0]"),
+    ("dropout", 1.5, "in [0.0, 1.0]"),
+    ("seed", -1, "in [0, 4294967295]"),
     ("hidden_topk", 0, ">= 1"),
     ("concept_refine", "maybe", "true or false"),  # "false" is YAML's False (1bce3cb): never True
     ("temporal_attention", 2, "true or false"),
