@@ -2,6 +2,9 @@
 
     qlib-hist demo [--out DIR] [--seed N] [--epochs N]
     qlib-hist concepts from-sw SW_CSV OUT [--levels 1,2,3]
+    qlib-hist concepts from-returns --provider-uri DIR --start DATE --end DATE --out OUT [--market csi300]
+        [--window 120] [--every month] [--clusters 10,40,120] [--min-history 0.9] [--raw-returns]
+    qlib-hist concepts merge TABLE [TABLE ...] --out OUT
     qlib-hist concepts to-legacy MEMBERSHIP --as-of DATE --provider-uri DIR [--market csi300] --out PREFIX
     qlib-hist concepts report MEMBERSHIP --provider-uri DIR [--market csi300] [--png FILE]
     qlib-hist explain WORKFLOW.yaml --out DIR [--experiment NAME] [--recorder-id ID] [--segment test] [--day DATE]
@@ -23,9 +26,7 @@ def _levels(text: str) -> tuple:
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--levels takes comma-separated integers such as 1,2,3, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers such as 1,2,3, got {text!r}") from None
 
 
 def _date(option: str) -> Callable[[str], str]:
@@ -71,6 +72,30 @@ def cmd_from_sw(args: argparse.Namespace) -> None:
     print(
         f"wrote {path}: {len(table)} memberships, {table['concept'].nunique()} concepts, "
         f"{table['instrument'].nunique()} instruments"
+    )
+
+
+def cmd_from_returns(args: argparse.Namespace) -> None:
+    from .concepts.membership import write_membership
+    from .concepts.returns import ReturnConceptSpec, concepts_from_returns
+
+    _refuse_overwriting_input(args.out, str(args.provider_uri))
+    spec = ReturnConceptSpec(args.window, args.every, args.clusters, args.min_history, not args.raw_returns)
+    table, stats = concepts_from_returns(args.provider_uri, args.market, args.start, args.end, spec)
+    path = write_membership(table, args.out)
+    print(f"wrote {path}: {len(table)} memberships, {table['concept'].nunique()} concepts; {stats.describe()}")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from .concepts.membership import load_membership, write_membership
+    from .concepts.returns import merge_memberships
+
+    _refuse_overwriting_input(args.out, *args.tables)
+    merged = merge_memberships([load_membership(t) for t in args.tables], args.tables)
+    path = write_membership(merged, args.out)
+    print(
+        f"wrote {path}: {len(merged)} memberships, {merged['concept'].nunique()} concepts "
+        f"from {len(args.tables)} tables"
     )
 
 
@@ -135,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("out", help="membership table to write (.csv or .parquet)")
     sw.add_argument("--levels", type=_levels, default=(1, 2, 3), help="SW levels, e.g. 1,2,3 (default)")
     sw.set_defaults(func=cmd_from_sw)
+
+    returns = concepts.add_parser("from-returns", help="concepts from co-moving returns, point in time")
+    returns.add_argument("--provider-uri", required=True, help="qlib data directory (calendar, instruments, close)")
+    returns.add_argument("--market", default="csi300")
+    returns.add_argument("--start", required=True, type=_date("--start"), help="first refresh on or after, YYYY-MM-DD")
+    returns.add_argument("--end", required=True, type=_date("--end"), help="last refresh on or before, YYYY-MM-DD")
+    returns.add_argument("--window", type=int, default=120, help="trading days of returns before each refresh")
+    returns.add_argument("--every", choices=("week", "month", "quarter"), default="month")
+    returns.add_argument("--clusters", type=_levels, default=(10, 40, 120), help="clusters per level, e.g. 10,40,120")
+    returns.add_argument("--min-history", type=float, default=0.9, help="share of the window a stock needs returns on")
+    returns.add_argument("--raw-returns", action="store_true", help="do not remove the day's market mean first")
+    returns.add_argument("--out", required=True, help="membership table to write (.csv or .parquet)")
+    returns.set_defaults(func=cmd_from_returns)
+
+    merge = concepts.add_parser("merge", help="several membership tables as one (e.g. SW and from-returns)")
+    merge.add_argument("tables", nargs="+")
+    merge.add_argument("--out", required=True, help="membership table to write (.csv or .parquet)")
+    merge.set_defaults(func=cmd_merge)
 
     legacy = concepts.add_parser("to-legacy", help="membership table -> qlib's stock2concept.npy + stock_index")
     legacy.add_argument("membership")
