@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.config import (
     FILE_KWARGS,
@@ -96,6 +97,18 @@ def model_config(name: str, profile: dict, concepts: dict, args: argparse.Namesp
     }
     pit = {"stock2concept": str(concepts["membership"])}
     table = {
+        # concept sources compared on the same model (issue: concepts for any market from prices alone)
+        "hist_none": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, stock2concept=str(concepts["none"]))),
+        "hist_returns": (
+            "HIST",
+            "qlib_hist",
+            hist_kwargs(profile, args.model_path, stock2concept=str(concepts["returns"])),
+        ),
+        "hist_sw_returns": (
+            "HIST",
+            "qlib_hist",
+            hist_kwargs(profile, args.model_path, stock2concept=str(concepts["sw_returns"])),
+        ),
         "hist_pit": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit)),
         "hist_legacy": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **legacy)),
         "hist_paper": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit, **PAPER_OPTIONS)),
@@ -126,9 +139,13 @@ def recorded_config(config: dict) -> dict:
 
 
 def build_concepts(profile: dict, args: argparse.Namespace, cache: Path) -> dict:
-    """Point-in-time SW membership (levels 1-3) and its static legacy snapshot as of the end of train."""
+    """The concept inputs of the rows: point-in-time SW membership (levels 1-3), its static legacy snapshot as of the
+    end of train, concepts from returns (default settings, monthly, from the first day a window fits to the end of
+    the data), SW and returns merged, and "none" (one membership of a stock outside every market: every row zero)."""
     from qlib_hist.concepts.legacy_export import market_instruments, to_legacy
-    from qlib_hist.concepts.membership import write_membership
+    from qlib_hist.concepts.membership import load_membership, write_membership
+    from qlib_hist.concepts.report import read_calendar
+    from qlib_hist.concepts.returns import ReturnConceptSpec, concepts_from_returns, merge_memberships
     from qlib_hist.concepts.shenwan import from_sw
 
     membership = cache / "sw_membership.csv"
@@ -136,7 +153,25 @@ def build_concepts(profile: dict, args: argparse.Namespace, cache: Path) -> dict
         write_membership(from_sw(args.sw_csv), membership)
     universe = market_instruments(args.provider_uri, args.market)
     legacy = to_legacy(membership, profile["legacy_as_of"], universe, cache / f"sw_legacy_{profile['legacy_as_of']}")
-    return {"membership": membership, "legacy": legacy}
+    spec = ReturnConceptSpec()
+    returns = cache / f"returns_membership_{args.market}_{profile['end']}.csv"
+    if not returns.exists():
+        calendar = read_calendar(args.provider_uri)
+        start = str(calendar[spec.window + 1].date())
+        write_membership(concepts_from_returns(args.provider_uri, args.market, start, profile["end"], spec)[0], returns)
+    sw_returns = cache / f"sw_returns_membership_{args.market}_{profile['end']}.csv"
+    if not sw_returns.exists():
+        tables = [load_membership(membership), load_membership(returns)]
+        write_membership(merge_memberships(tables, [membership.name, returns.name]), sw_returns)
+    none = cache / "no_concepts.csv"
+    if not none.exists():
+        write_membership(
+            pd.DataFrame(
+                {"instrument": ["SH999999"], "concept": ["none"], "start_date": ["2000-01-04"], "end_date": [None]}
+            ),
+            none,
+        )
+    return {"membership": membership, "legacy": legacy, "returns": returns, "sw_returns": sw_returns, "none": none}
 
 
 def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args: argparse.Namespace) -> dict:
