@@ -97,18 +97,6 @@ def model_config(name: str, profile: dict, concepts: dict, args: argparse.Namesp
     }
     pit = {"stock2concept": str(concepts["membership"])}
     table = {
-        # concept sources compared on the same model (issue: concepts for any market from prices alone)
-        "hist_none": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, stock2concept=str(concepts["none"]))),
-        "hist_returns": (
-            "HIST",
-            "qlib_hist",
-            hist_kwargs(profile, args.model_path, stock2concept=str(concepts["returns"])),
-        ),
-        "hist_sw_returns": (
-            "HIST",
-            "qlib_hist",
-            hist_kwargs(profile, args.model_path, stock2concept=str(concepts["sw_returns"])),
-        ),
         "hist_pit": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit)),
         "hist_legacy": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **legacy)),
         "hist_paper": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit, **PAPER_OPTIONS)),
@@ -126,6 +114,14 @@ def model_config(name: str, profile: dict, concepts: dict, args: argparse.Namesp
             {**LIGHTGBM, "num_threads": args.threads or os.cpu_count(), "seed": seed},
         ),
     }
+    # concept sources compared on the same model (the rows of "concepts for any market from prices alone")
+    for row, source in (("hist_none", "none"), ("hist_returns", "returns"), ("hist_sw_returns", "sw_returns")):
+        if source in concepts:
+            table[row] = (
+                "HIST",
+                "qlib_hist",
+                hist_kwargs(profile, args.model_path, stock2concept=str(concepts[source])),
+            )
     cls, module, kwargs = table[name]
     if name != "lightgbm":
         kwargs["seed"] = seed
