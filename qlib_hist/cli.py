@@ -79,7 +79,6 @@ def cmd_from_returns(args: argparse.Namespace) -> None:
     from .concepts.membership import write_membership
     from .concepts.returns import ReturnConceptSpec, concepts_from_returns
 
-    _refuse_overwriting_input(args.out, str(args.provider_uri))
     spec = ReturnConceptSpec(args.window, args.every, args.clusters, args.min_history, not args.raw_returns)
     table, stats = concepts_from_returns(args.provider_uri, args.market, args.start, args.end, spec)
     path = write_membership(table, args.out)

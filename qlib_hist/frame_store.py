@@ -8,41 +8,19 @@ and a truncated or tampered entry is an :class:`FrameStoreError`, never code run
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Union
 
 import numpy as np
 import pandas as pd
 
-from ._io import remove_stale_temps
+from ._io import PathLike, atomic_dir
 
 FORMAT = "qlib-hist-frame/1"
-PathLike = Union[str, os.PathLike]
 
 
 class FrameStoreError(ValueError):
     """A stored frame is missing, incomplete or does not match its metadata."""
-
-
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an older entry is removed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_frame(frame: pd.DataFrame, path: PathLike) -> Path:
@@ -57,7 +35,7 @@ def write_frame(frame: pd.DataFrame, path: PathLike) -> Path:
         "column_names": list(frame.columns.names),
         "dtypes": dtypes,
     }
-    with _atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp:
         np.save(tmp / "values.npy", frame.to_numpy(), allow_pickle=False)
         frame.index.to_frame(index=False).to_parquet(tmp / "index.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta))

@@ -50,7 +50,6 @@ def segment_frame(dataset: DatasetH, segment: Segment, with_label: bool) -> pd.D
     plain = (
         type(dataset) is DatasetH
         and not getattr(dataset, "fetch_kwargs", None)
-        and isinstance(handler, DataHandlerLP)
         and getattr(handler, "fetch_orig", False)
     )  # fetch_orig: no copy
     if selector is not None and plain and isinstance(handler, DataHandlerLP):
