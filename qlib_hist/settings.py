@@ -17,6 +17,7 @@ A field's metadata says its bounds (``minimum``), its ``choices`` and whether it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 import typing
@@ -193,6 +194,7 @@ class HISTSettings:
     concepts: ConceptSettings = field(default_factory=ConceptSettings)
 
     @staticmethod
+    @functools.lru_cache(maxsize=None)  # asked on every HIST attribute access: the fields never change
     def field_names() -> Dict[str, str]:
         """Flat argument name -> the group that owns it (names are unique across groups)."""
         return {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
