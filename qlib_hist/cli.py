@@ -8,6 +8,8 @@
     qlib-hist concepts to-legacy MEMBERSHIP --as-of DATE --provider-uri DIR [--market csi300] --out PREFIX
     qlib-hist concepts report MEMBERSHIP --provider-uri DIR [--market csi300] [--png FILE]
     qlib-hist explain WORKFLOW.yaml --out DIR [--experiment NAME] [--recorder-id ID] [--segment test] [--day DATE]
+    qlib-hist rolling WORKFLOW.yaml [--step 63] [--cold] [--experiment NAME] [--windows-experiment NAME]
+        [--trunc-days N] [--test-end DATE]
 
 Errors in the inputs end with one line ``qlib-hist: error: ...`` and exit status 2.
 """
@@ -141,8 +143,31 @@ def cmd_explain(args: argparse.Namespace) -> None:
     print(table.xs(day, level=0).nlargest(5, "score").iloc[:, :11].to_string(float_format=lambda v: f"{v:.4f}"))
 
 
+def cmd_rolling(args: argparse.Namespace) -> None:
+    from .qlib_edge.recorders import format_report, recorder_report
+    from .qlib_edge.rolling import FIT_SECONDS_TAG, run_rolling
+
+    recorder = run_rolling(
+        args.workflow,
+        args.step,
+        not args.cold,
+        args.experiment,
+        args.windows_experiment,
+        args.trunc_days,
+        args.test_end,
+    )
+    metrics = recorder.list_metrics()
+    print(f"\nmerged recorder {recorder.info['id']} in experiment {recorder.experiment_id!r}:")
+    print(format_report(recorder_report(recorder)))
+    print(
+        f"fit seconds, all windows: {metrics.get('fit_seconds_total', float('nan')):.1f} ({FIT_SECONDS_TAG} per window)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qlib-hist", description="HIST for qlib: demo and concept tools")
+    parser = argparse.ArgumentParser(
+        prog="qlib-hist", description="HIST for qlib: demo, concept tools, explanations, rolling retraining"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="write the synthetic market and run the demo workflow through qrun")
@@ -209,6 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--day", default=None, type=_date("--day"), help="day of the per-stock plot, YYYY-MM-DD (default: the last)"
     )
     explain.set_defaults(func=cmd_explain)
+
+    rolling = commands.add_parser("rolling", help="retrain on rolling windows (warm start), merge and analyse")
+    rolling.add_argument("workflow", help="a qrun YAML: its train/valid segments and test start are the first window")
+    rolling.add_argument("--step", type=int, default=63, help="trading days of test per window (default 63, a quarter)")
+    rolling.add_argument("--cold", action="store_true", help="fit every window from scratch (no warm start)")
+    rolling.add_argument(
+        "--experiment", default=None, help="merged recorder's experiment (default hist_rolling_warm/cold)"
+    )
+    rolling.add_argument(
+        "--windows-experiment", default=None, help="windows' experiment (default <experiment>_windows)"
+    )
+    rolling.add_argument("--trunc-days", type=int, default=None, help="days between valid end and test start")
+    rolling.add_argument("--test-end", type=_date("--test-end"), default=None, help="override the YAML's test end")
+    rolling.set_defaults(func=cmd_rolling)
     return parser
 
 

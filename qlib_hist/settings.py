@@ -161,6 +161,8 @@ class TrainSettings(_Validated):
     smooth_steps: int = setting(1, minimum=1)  # keep the mean of the last N epochs' weights (1 = off)
     checkpoint_dir: Optional[str] = setting(None, fingerprint=False)  # resumable checkpoint after every epoch
     GPU: Union[int, str] = setting(0, fingerprint=False)  # CUDA index or device string; CPU when absent
+    finetune_epochs: int = setting(5, minimum=1, fingerprint=False)  # finetune's epoch cap (rolling warm start)
+    finetune_lr: Optional[float] = setting(None, minimum=0.0, fingerprint=False)  # finetune's lr (None: lr)
 
     def _normalise(self) -> None:
         try:

@@ -238,14 +238,23 @@ class Trainer:
         self.finished = False
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, train: DailyBatches, valid: DailyBatches, evals_result: Optional[dict] = None) -> FitResult:
+    def fit(
+        self,
+        train: DailyBatches,
+        valid: DailyBatches,
+        evals_result: Optional[dict] = None,
+        keep_start: bool = False,
+    ) -> FitResult:
         """Train with early stopping on ``valid``; leaves the best weights in ``network``.
 
         ``evals_result["train"]`` / ``["valid"]`` receive the chosen metric per epoch (``-loss`` for loss, like
-        qlib's score).
+        qlib's score). ``keep_start`` (fine-tuning): the starting weights are scored on ``valid`` first, as epoch
+        ``-1``, and stay when no epoch beats them.
         """
         for callback in self.callbacks:
             callback.on_fit_begin(self)
+        if keep_start and self.next_epoch == 0 and self.stopper.best_state is None:
+            self.score_start(valid)
         while not self.finished and self.next_epoch < self.settings.n_epochs:
             self.run_epoch(train, valid)
         if evals_result is not None:
@@ -292,6 +301,13 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_epoch_end(self, record)
         return record
+
+    def score_start(self, valid: DailyBatches) -> float:
+        """Score the weights as they are (before any epoch) on ``valid``; early stopping holds them as epoch -1."""
+        score = score_of(self.evaluate(valid), self.settings.metric)
+        self.stopper.update(-1, score if np.isfinite(score) else -np.inf, self.network)
+        self.logger.info("starting weights: valid %s %.6f", self.settings.metric, score)
+        return score
 
     def train_epoch(self, batches: DailyBatches) -> np.ndarray:
         """One pass over the days in shuffled order; returns the train-mode predictions ``[rows]`` (NaN on days

@@ -13,14 +13,14 @@ import hashlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Text, Union
+from typing import Any, Dict, Optional, Sequence, Text, Tuple, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from qlib.data.dataset import DatasetH
 from qlib.log import get_module_logger
-from qlib.model.base import Model
+from qlib.model.base import ModelFT
 
 from .._io import check_writable
 from ..batches import DailyBatches, check_labels
@@ -30,7 +30,7 @@ from ..explain import explain_batches
 from ..network import HISTModel, RNNRegressor
 from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
 from ..settings import GROUPS, HISTSettings
-from ..training import Trainer, make_optimizer, predict_days, select_device
+from ..training import FitResult, Trainer, make_optimizer, predict_days, select_device
 from .dataset import Segment, segment_batches
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
@@ -38,7 +38,7 @@ PICKLE_FORMAT = 2  # 1: qlib-hist 0.1.0 (flat attributes); 2: {"settings": {...}
 RESULT_ATTRIBUTES = ("fitted", "best_epoch", "best_score", "history")  # kept in pickles beside the settings
 
 
-class HIST(Model):
+class HIST(ModelFT):
     """HIST (Xu et al., 2021) for qlib: stock trend forecasting with predefined and hidden concepts.
 
     Parameters (same names, meanings and defaults as ``qlib.contrib.model.pytorch_hist.HIST``)
@@ -99,6 +99,10 @@ class HIST(Model):
         evaluate (and keep as best) the mean of the last N epochs' weights (1 = off).
     checkpoint_dir : str, optional
         write a resumable checkpoint after every epoch; ``fit`` resumes from it.
+    finetune_epochs : int
+        :meth:`finetune`'s epoch cap (rolling retraining with warm start; default 5).
+    finetune_lr : float, optional
+        :meth:`finetune`'s learning rate (default: ``lr``).
 
     Every argument stays readable (and settable, validated again) as an attribute: ``model.n_epochs``.
     """
@@ -214,15 +218,8 @@ class HIST(Model):
         ):
             if path:
                 check_writable(path, what, folder)
-        train = self._batches(dataset, "train", with_label=True, reweighter=reweighter)
-        valid = self._batches(dataset, "valid", with_label=True)
-        check_labels(train, "train")
-        check_labels(valid, "valid", need_daily_variation=self.settings.training.metric in ("ic", "rank_ic"))
-        self.logger.info(
-            "train: %d days, %d rows; valid: %d days, %d rows", train.n_days, train.n_rows, valid.n_days, valid.n_rows
-        )
+        train, valid = self._train_valid(dataset, reweighter)
         self._seed_everything()
-        t = self.settings.training
         checkpoint = self._checkpoint(train, valid)
         if t.model_path is not None:
             load_pretrained(self.HIST_model, t.model_path, self.logger)
@@ -230,11 +227,52 @@ class HIST(Model):
             self._pretrain_base(train, valid)
         own = [] if checkpoint is None else [checkpoint]
         trainer = Trainer(self.HIST_model, self.train_optimizer, t, self.device, self.logger, [*own, *callbacks])
-        result = trainer.fit(train, valid, evals_result)
-        self.fitted = True
-        self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
+        self._keep_result(trainer.fit(train, valid, evals_result))
         if save_path:
             save_state_dict(self.HIST_model.state_dict(), save_path)
+
+    def finetune(
+        self,
+        dataset: DatasetH,
+        evals_result: dict = dict(),
+        reweighter: Any = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        """Continue training from the current weights on ``dataset``'s ``train`` segment (qlib's ``ModelFT``).
+
+        For rolling retraining: up to ``finetune_epochs`` epochs at ``finetune_lr`` (default ``lr``), early-stopping
+        on ``valid`` as ``fit`` does, except that the starting weights are scored on ``valid`` first and stay when no
+        epoch beats them. The optimizer starts afresh (Adam's moments reset): a model loaded from a recorder has no
+        optimizer state (pickles keep none), so resetting makes a fine-tune from memory and one from a recorder the
+        same, and moments estimated on the previous window's gradients would only mis-scale the first steps.
+        ``model_path``, ``pretrain_epochs`` and ``checkpoint_dir`` play no part (they are about a cold start).
+        """
+        if not self.fitted:
+            raise ValueError("finetune needs a fitted HIST (call fit first, or load one from a recorder)")
+        t = self.settings.training
+        train, valid = self._train_valid(dataset, reweighter)
+        self._seed_everything()
+        lr = t.lr if t.finetune_lr is None else t.finetune_lr
+        recipe = dataclasses.replace(t, n_epochs=t.finetune_epochs, lr=lr)
+        self.logger.info("fine-tuning for up to %d epochs at lr=%g from the current weights", recipe.n_epochs, lr)
+        self.train_optimizer = make_optimizer(t.optimizer, self.HIST_model, lr)
+        trainer = Trainer(self.HIST_model, self.train_optimizer, recipe, self.device, self.logger, list(callbacks))
+        self._keep_result(trainer.fit(train, valid, evals_result, keep_start=True))
+
+    def _train_valid(self, dataset: DatasetH, reweighter: Any) -> Tuple[DailyBatches, DailyBatches]:
+        """The ``train`` and ``valid`` batches, their labels checked."""
+        train = self._batches(dataset, "train", with_label=True, reweighter=reweighter)
+        valid = self._batches(dataset, "valid", with_label=True)
+        check_labels(train, "train")
+        check_labels(valid, "valid", need_daily_variation=self.settings.training.metric in ("ic", "rank_ic"))
+        self.logger.info(
+            "train: %d days, %d rows; valid: %d days, %d rows", train.n_days, train.n_rows, valid.n_days, valid.n_rows
+        )
+        return train, valid
+
+    def _keep_result(self, result: FitResult) -> None:
+        self.fitted = True
+        self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
 
     def predict(self, dataset: DatasetH, segment: Union[Text, slice] = "test") -> pd.Series:
         """Predictions for ``segment`` as a ``pd.Series`` on the dataset's (datetime, instrument) index."""
