@@ -245,10 +245,46 @@ def test_committed_results_name_no_absolute_path():
     assert "Provider: `../shared/data/cn_csi300`" in (results / "cpu-quick.md").read_text()
 
 
-@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.report"])
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.report", "benchmarks.rolling"])
 def test_help_as_a_module(module):
     proc = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
     assert f"python -m {module}" in proc.stdout
+
+
+def test_rolling_benchmark_windows(shared_data, tmp_path):
+    """The rolling profile's windows on the real calendar: quarters of test from 2019-01-02 to 2022-12-29, each after
+    three years of train and one of valid, contiguous and disjoint, processors fitted per window (no training)."""
+    import types
+
+    import pandas as pd
+    import yaml
+
+    from benchmarks.rolling import workflow
+    from qlib_hist.qlib_edge.rolling import HISTRolling
+
+    provider = shared_data / "cn_csi300"
+    args = argparse.Namespace(
+        provider_uri=provider, market="csi300", benchmark="SH000300", model_path=None, threads=1, cache_dir=tmp_path
+    )
+    concepts = {"membership": "m.csv", "legacy": types.SimpleNamespace(stock2concept="s.npy", stock_index_npy="i.npy")}
+    path = tmp_path / "rolling.yaml"
+    path.write_text(yaml.safe_dump(workflow("hist_warm", 0, concepts, args, tmp_path / "mlruns.db")))
+    import qlib
+
+    qlib.init(provider_uri=str(provider), region="cn")
+    tasks = HISTRolling(path, step=63).get_task_list()
+    segments = [t["dataset"]["kwargs"]["segments"] for t in tasks]
+    assert segments[0]["test"][0] == pd.Timestamp("2019-01-02")
+    assert segments[-1]["test"][0] <= pd.Timestamp("2022-12-29") <= segments[-1]["test"][1]
+    assert len(tasks) == 16
+    for before, after in zip(segments, segments[1:]):
+        assert before["test"][1] < after["test"][0]
+    for task, seg in zip(tasks, segments):
+        years = (seg["train"][1] - seg["train"][0]).days / 365.25, (seg["valid"][1] - seg["valid"][0]).days / 365.25
+        assert 2.9 < years[0] < 3.1 and 0.9 < years[1] < 1.05
+        handler = task["dataset"]["kwargs"]["handler"]
+        assert handler["class"] == "CachedHandler"
+        assert (handler["kwargs"]["fit_start_time"], handler["kwargs"]["fit_end_time"]) == seg["train"]

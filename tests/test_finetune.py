@@ -7,11 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import small_hist
 from qlib.model.base import ModelFT
 
 from qlib_hist.settings import SettingsError
 from qlib_hist.training import copy_state
+
+from conftest import small_hist
 
 
 def _same_weights(a: dict, b: dict) -> bool:

@@ -66,3 +66,37 @@ def test_cached_handler_matches_original_and_is_reused(demo, demo_handler, tmp_p
     learn = DataHandlerLP.DK_L
     pd.testing.assert_frame_equal(again.fetch(data_key=learn), demo_handler.fetch(data_key=learn))
     assert list(tmp_path.glob("Alpha360_*")) == [entry]
+
+
+def test_cached_handler_class_in_a_task_config(demo, demo_handler, tmp_path, monkeypatch):
+    """``CachedHandler`` is what a qlib task dict names (e.g. rolling windows that several runs share): the same
+    frames as the handler it wraps, built once."""
+    from qlib.data.dataset.handler import DataHandlerLP
+    from qlib.utils import init_instance_by_config
+
+    init_qlib(demo.provider_uri)
+    config = {
+        "class": "CachedHandler",
+        "module_path": "qlib_hist.qlib_edge.handler_cache",
+        "kwargs": {
+            "handler_class": "Alpha360",
+            "handler_module": "qlib.contrib.data.handler",
+            "cache_dir": str(tmp_path),
+            **alpha360_kwargs(demo),
+        },
+    }
+    built = init_instance_by_config(config)
+    assert len(list(tmp_path.glob("Alpha360_*"))) == 1
+    for key in (DataHandlerLP.DK_I, DataHandlerLP.DK_L):
+        pd.testing.assert_frame_equal(built.fetch(data_key=key), demo_handler.fetch(data_key=key))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the second handler was rebuilt")
+
+    monkeypatch.setattr("qlib.utils.init_instance_by_config", no_build)
+    from qlib_hist.qlib_edge.handler_cache import CachedHandler
+
+    again = CachedHandler(**config["kwargs"])
+    pd.testing.assert_frame_equal(
+        again.fetch(data_key=DataHandlerLP.DK_L), demo_handler.fetch(data_key=DataHandlerLP.DK_L)
+    )

@@ -30,7 +30,11 @@ from qlib_hist.qlib_edge.rolling import (
 )
 
 DEMO_YAML = Path(__file__).parents[1] / "qlib_hist" / "configs" / "workflow_config_hist_demo.yaml"
-SEGMENTS = {"train": ["2016-04-01", "2016-08-31"], "valid": ["2016-09-01", "2016-10-31"], "test": ["2016-11-01", "2016-12-30"]}
+SEGMENTS = {
+    "train": ["2016-04-01", "2016-08-31"],
+    "valid": ["2016-09-01", "2016-10-31"],
+    "test": ["2016-11-01", "2016-12-30"],
+}
 STEP = 30
 TINY = dict(hidden_size=8, num_layers=1, base_model="GRU", n_epochs=1, finetune_epochs=1, GPU=-1, seed=0)
 
@@ -122,7 +126,7 @@ def warm_run(demo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cold_run(demo, tmp_path_factory):
     directory = tmp_path_factory.mktemp("cold")
-    workflow = write_workflow(directory, demo.provider_uri, demo.membership)
+    workflow = write_workflow(directory, demo.provider_uri, demo.membership, n_epochs=2)
     init_store(workflow)
     merged = HISTRolling(workflow, step=STEP, warm=False, exp_name="cold").run()
     return dict(workflow=workflow, merged=merged, windows=windows("cold_windows"))
@@ -136,7 +140,14 @@ def test_the_windows_slide_with_their_processors(cold_run):
         handler = task["dataset"]["kwargs"]["handler"]["kwargs"]
         assert (handler["fit_start_time"], handler["fit_end_time"]) == segments["train"]  # qlib issue #1620
         assert handler["start_time"] == segments["train"][0] and handler["end_time"] == segments["test"][1]
-        calendar = pd.DatetimeIndex(pd.read_csv(Path(yaml.safe_load(cold_run["workflow"].read_text())["qlib_init"]["provider_uri"]) / "calendars" / "day.txt", header=None)[0])
+        calendar = pd.DatetimeIndex(
+            pd.read_csv(
+                Path(yaml.safe_load(cold_run["workflow"].read_text())["qlib_init"]["provider_uri"])
+                / "calendars"
+                / "day.txt",
+                header=None,
+            )[0]
+        )
         gap = calendar.get_loc(segments["test"][0]) - calendar.get_loc(segments["valid"][1])
         assert gap == 3  # trunc_days = the label's 2 days of look-ahead + 1
     first, second = (t["dataset"]["kwargs"]["segments"] for t in tasks)
@@ -169,11 +180,13 @@ def test_the_merged_signal_holds_each_test_day_once(cold_run):
     assert not pred.index.duplicated().any()
     days = pred.index.get_level_values("datetime").unique()
     assert days.min() == pd.Timestamp(SEGMENTS["test"][0]) and days.max() == pd.Timestamp(SEGMENTS["test"][1])
+    covered = 0
     for window in cold_run["windows"]:
         start, end = window.load_object("task")["dataset"]["kwargs"]["segments"]["test"]
-        own = window.load_object("pred.pkl").loc[start:end]
+        own = window.load_object("pred.pkl").loc[start:end].loc[: SEGMENTS["test"][1]]  # the last is clipped
+        assert len(own) and own.index.isin(pred.index).all()
         pd.testing.assert_frame_equal(pred.loc[own.index], own)
-    covered = sum(len(w.load_object("pred.pkl").loc[:SEGMENTS["test"][1]]) for w in cold_run["windows"])
+        covered += len(own)
     assert covered == len(pred)
     metrics = merged.list_metrics()
     assert np.isfinite(metrics["IC"]) and metrics["fit_seconds_total"] > 0
@@ -192,8 +205,9 @@ def test_the_merged_recorder_runs_the_workflow_analysis(warm_run):
 
 
 def test_no_look_ahead_prices_after_a_window_leave_its_model_unchanged(demo, cold_run, tmp_path):
-    """Every price from the day after window 1's test start on is changed: window 1's model (fitted on labels up to
-    3 days before that test start, processors fitted on its train segment) is bit-identical; window 2's is not."""
+    """Every price from the day after window 1's test start on is changed: window 1's model (two epochs, so that
+    valid picks one; labels up to 3 days before that test start, processors fitted on its train segment) is
+    bit-identical, while the scores computed from the changed prices do change."""
     provider = tmp_path / "provider"
     shutil.copytree(demo.provider_uri, provider)
     calendar = pd.DatetimeIndex(pd.read_csv(provider / "calendars" / "day.txt", header=None)[0])
@@ -209,12 +223,19 @@ def test_no_look_ahead_prices_after_a_window_leave_its_model_unchanged(demo, col
             first = max(cut - start, 0)
             values[first:] *= rng.uniform(0.5, 1.5, size=len(values) - first).astype("<f4")
             data.tofile(path)
-    workflow = write_workflow(tmp_path, provider, demo.membership)
+    workflow = write_workflow(tmp_path, provider, demo.membership, n_epochs=2)
     init_store(workflow)
     HISTRolling(workflow, step=STEP, warm=False, exp_name="perturbed").run()
     perturbed = windows("perturbed_windows")
     assert same(weights(perturbed[0]), weights(cold_run["windows"][0]))
-    assert not same(weights(perturbed[1]), weights(cold_run["windows"][1]))
+    # the changed prices did reach the pipeline: window 1's scores after the cut and window 2's scores differ
+    after = slice(calendar[cut], None)
+    for changed, reference, days in (
+        (perturbed[0], cold_run["windows"][0], after),
+        (perturbed[1], cold_run["windows"][1], slice(None)),
+    ):
+        new, old = changed.load_object("pred.pkl").loc[days], reference.load_object("pred.pkl").loc[days]
+        assert len(new) and not np.allclose(new.values, old.values)
 
 
 def test_online_manager_simulates_a_warm_rolling_routine(demo, tmp_path):

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
+from qlib.data.dataset.handler import DataHandlerLP
+
 from ..frame_store import FrameStoreError, read_frame, write_frame
 
 PathLike = Union[str, Path]
@@ -60,8 +62,12 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
     ``qlib.init(provider_uri=...)`` must have been called. A changed setting (dates, market, processors, label,
     provider) gives a new cache entry; entries are written atomically.
     """
+    return DataHandlerLP(**_cached_parts(handler_config, provider_uri, cache_dir))
+
+
+def _cached_parts(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike) -> dict:
+    """``DataHandlerLP`` keyword arguments that rebuild ``handler_config``'s handler from its cached infer frame."""
     from qlib.contrib.data.handler import check_transform_proc
-    from qlib.data.dataset.handler import DataHandlerLP
     from qlib.data.dataset.loader import StaticDataLoader
     from qlib.utils import init_instance_by_config
 
@@ -89,8 +95,23 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
     learn = check_transform_proc(
         copy.deepcopy(kwargs.get("learn_processors", [])), kwargs.get("fit_start_time"), kwargs.get("fit_end_time")
     )
-    return DataHandlerLP(
-        data_loader=StaticDataLoader(config=frame),
-        infer_processors=[],
-        learn_processors=learn,
-    )
+    return {"data_loader": StaticDataLoader(config=frame), "infer_processors": [], "learn_processors": learn}
+
+
+class CachedHandler(DataHandlerLP):
+    """A task-config face of :func:`cached_handler`: ``handler_class`` (in ``handler_module``) with the other
+    keyword arguments, built once per distinct set of arguments and cached under ``cache_dir``.
+
+    For qlib task dicts, e.g. rolling windows that several runs share (:mod:`qlib_hist.qlib_edge.rolling` moves
+    ``fit_start_time`` / ``fit_end_time`` / ``start_time`` / ``end_time`` here as on the handler itself)::
+
+        handler: {class: CachedHandler, module_path: qlib_hist.qlib_edge.handler_cache,
+                  kwargs: {handler_class: Alpha360, handler_module: qlib.contrib.data.handler,
+                           cache_dir: handler_cache, instruments: csi300, start_time: ..., ...}}
+    """
+
+    def __init__(self, handler_class: str, handler_module: str, cache_dir: PathLike, **kwargs: Any) -> None:
+        from qlib.config import C
+
+        config = {"class": handler_class, "module_path": handler_module, "kwargs": kwargs}
+        super().__init__(**_cached_parts(config, C.dpm.get_data_uri(), cache_dir))

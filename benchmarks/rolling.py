@@ -1,0 +1,250 @@
+"""Rolling benchmark: HIST retrained on rolling windows (cold and warm) against the static fit and the baselines.
+
+    python -m benchmarks.rolling --provider-uri ../shared/data/cn_csi300 --step 252 \
+        --rows hist_warm hist_cold qlib_hist_patched lightgbm --seeds 0 1 2 --threads 1
+    python -m benchmarks.rolling --report --step 252       # results/rolling_step<N>.md and the monthly-IC plot
+
+The cpu-quick test years (2019-01-01..2022-12-29) are rolled: the first window trains on 2015-2017 and validates on
+2018 (three years and one), every segment then slides ``--step`` trading days (63: a quarter; 252: a year). The
+HIST settings, epochs, early stop, processors, label and backtest are cpu-quick's (:mod:`benchmarks.config`); the
+concepts are the point-in-time SW table (``hist_*``) or its legacy snapshot at the first train end
+(``qlib_hist_patched``, which has no ``finetune`` and so rolls cold), LightGBM takes qlib's settings and rolls cold.
+Everything runs through :class:`qlib_hist.qlib_edge.rolling.HISTRolling` (qlib's ``RollingGen`` / ``TrainerR`` /
+``Rolling``), one experiment per (row, seed, step) in one sqlite store in the cache. Each window's Alpha360
+handler (processors fitted on its train segment) is built once and shared by every row and seed
+(:class:`~qlib_hist.qlib_edge.handler_cache.CachedHandler`).
+
+Each (row, seed) writes ``benchmarks/results/rolling/runs/<row>_seed<k>_step<N>.json`` when it finishes (merged
+metrics, fit seconds per window, daily IC); a rerun skips finished files, and a stopped row resumes at its first
+unfinished window. The ``static`` row of the report is the committed cpu-quick ``hist_pit`` (same test days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.config import PROFILES, WORKFLOW, record_configs
+from benchmarks.paths import HERE, SHARED, repo_relative
+from benchmarks.run import REPORT_METRICS, build_concepts, model_config
+from qlib_hist._io import atomic_write_text
+
+#: the cpu-quick profile with the first window of the roll: train 3 years, valid 1 year, test = cpu-quick's test
+ROLLING = {
+    **PROFILES["cpu-quick"],
+    "segments": {
+        "train": ("2015-01-01", "2017-12-31"),
+        "valid": ("2018-01-01", "2018-12-31"),
+        "test": ("2019-01-01", "2022-12-29"),
+    },
+    "legacy_as_of": "2017-12-31",
+}
+#: row -> (the run.py model row it trains, warm start)
+ROWS = {
+    "hist_warm": ("hist_pit", True),
+    "hist_cold": ("hist_pit", False),
+    "qlib_hist_patched": ("qlib_hist_patched", False),
+    "lightgbm": ("lightgbm", False),
+}
+RESULTS = HERE / "results" / "rolling"
+
+
+def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
+    """The qrun workflow of one (row, seed): its task is the first window, the handler a shared cached Alpha360."""
+    from benchmarks.config import HANDLER
+
+    model = model_config(ROWS[row][0], ROLLING, concepts, args, seed)
+    start, end = ROLLING["segments"]["train"][0], ROLLING["segments"]["test"][1]
+    handler = {
+        "class": "CachedHandler",
+        "module_path": "qlib_hist.qlib_edge.handler_cache",
+        "kwargs": {
+            "handler_class": HANDLER["class"],
+            "handler_module": HANDLER["module_path"],
+            "cache_dir": str(Path(args.cache_dir).resolve() / "rolling_handlers"),
+            **HANDLER["kwargs"],
+            "instruments": args.market,
+            "start_time": start,
+            "end_time": end,
+            "fit_start_time": ROLLING["segments"]["train"][0],
+            "fit_end_time": ROLLING["segments"]["train"][1],
+        },
+    }
+    return {
+        "qlib_init": {
+            "provider_uri": str(args.provider_uri),
+            "region": WORKFLOW["qlib_init"]["region"],
+            "exp_manager": {
+                "class": "MLflowExpManager",
+                "module_path": "qlib.workflow.expm",
+                "kwargs": {"uri": f"sqlite:///{store}", "default_exp_name": "Experiment"},
+            },
+        },
+        "task": {
+            "model": model,
+            "dataset": {
+                "class": "DatasetH",
+                "module_path": "qlib.data.dataset",
+                "kwargs": {"handler": handler, "segments": {k: list(v) for k, v in ROLLING["segments"].items()}},
+            },
+            "record": record_configs(ROLLING, args.benchmark),
+        },
+    }
+
+
+def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
+    """Roll one (row, seed) through ``HISTRolling``; the result file's dict."""
+    import yaml
+
+    from qlib_hist.qlib_edge.rolling import FIT_SECONDS_TAG, START_TAG, TEST_START_TAG, HISTRolling
+
+    name = f"{row}_seed{seed}_step{args.step}"
+    config_path = RESULTS / "configs" / f"{name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_path, yaml.safe_dump(workflow(row, seed, concepts, args, store), sort_keys=False))
+    tic = time.perf_counter()
+    merged = HISTRolling(config_path, step=args.step, warm=ROWS[row][1], exp_name=f"rolling_{name}").run()
+    windows = sorted((w.list_tags() for w in merged_windows(merged)), key=lambda tags: tags[TEST_START_TAG])
+    metrics = merged.list_metrics()
+    ic = merged.load_object("sig_analysis/ic.pkl")
+    return {
+        "row": row,
+        "seed": seed,
+        "step": args.step,
+        "config": repo_relative(config_path),
+        "wall_seconds": time.perf_counter() - tic,
+        "fit_seconds": float(metrics["fit_seconds_total"]),
+        "windows": [
+            {"test_start": t[TEST_START_TAG], "start": t[START_TAG], "fit_seconds": float(t[FIT_SECONDS_TAG])}
+            for t in windows
+        ],
+        "metrics": {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics},
+        "daily_ic": {str(k.date()): float(v) for k, v in ic.items()},
+    }
+
+
+def merged_windows(merged) -> list:
+    """The window recorders a merged recorder was built from (its ``qlib_hist.window_recorders`` tag)."""
+    from qlib.workflow import R
+
+    from qlib_hist.qlib_edge.rolling import TAG
+
+    experiment = merged.list_params()["rolling_exp"]
+    ids = merged.list_tags()[TAG + "window_recorders"].split(",")
+    return [R.get_recorder(recorder_id=i, experiment_name=experiment) for i in ids]
+
+
+# ---------------------------------------------------------------------------------------------- report
+def report(step: int) -> Path:
+    """``results/rolling_step<N>.md`` (mean ± std over seeds per row, the static row from cpu-quick) and the plot."""
+    rows: dict[str, list[dict]] = {}
+    static = sorted((HERE / "results" / "cpu-quick" / "runs").glob("hist_pit_seed*.json"))
+    rows["static (cpu-quick hist_pit)"] = [json.loads(p.read_text()) for p in static]
+    for row in ROWS:
+        runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "runs").glob(f"{row}_seed*_step{step}.json"))]
+        if runs:
+            rows[f"{row} (step {step})"] = runs
+    header = ["row", "runs", *REPORT_METRICS, "fit s (sum of windows)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, runs in rows.items():
+        cells = [label, str(len(runs))]
+        for metric in REPORT_METRICS:
+            values = np.array([r["metrics"].get(metric, np.nan) for r in runs])
+            cells.append(f"{np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
+        fits = np.array([r.get("fit_seconds", np.nan) for r in runs])
+        cells.append(f"{np.nanmean(fits):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    out = HERE / "results" / f"rolling_step{step}.md"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    _plot_monthly_ic(rows, HERE / "results" / f"rolling_step{step}_monthly_ic.png")
+    return out
+
+
+def _plot_monthly_ic(rows: dict, path: Path) -> None:
+    from qlib_hist._plotting import new_figure, save_png
+
+    fig = new_figure(figsize=(10, 4))
+    ax = fig.add_subplot()
+    for label, runs in rows.items():
+        daily = pd.concat([pd.Series(r["daily_ic"]) for r in runs], axis=1).mean(axis=1)
+        daily.index = pd.to_datetime(daily.index)
+        daily = daily.loc[ROLLING["segments"]["test"][0] : ROLLING["segments"]["test"][1]]
+        monthly = daily.groupby(daily.index.to_period("M")).mean()
+        ax.plot(monthly.index.to_timestamp(), monthly.values, label=label, marker=".")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_ylabel("monthly mean of daily IC (mean over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.rolling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--provider-uri", default=str(SHARED / "cn_csi300"))
+    parser.add_argument("--market", default=WORKFLOW["market"])
+    parser.add_argument("--benchmark", default=WORKFLOW["benchmark"])
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--step", type=int, default=63, help="trading days of test per window (63 a quarter)")
+    parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
+    parser.add_argument("--model-path", default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"))
+    parser.add_argument("--cache-dir", default=str(HERE / "cache"))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--report", action="store_true", help="only write the table and plot from the result files")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(f"wrote {report(args.step)}")
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.provider_uri = Path(args.provider_uri).expanduser().resolve()
+    args.sw_csv = str(Path(args.sw_csv).expanduser().resolve())
+    args.model_path = str(Path(args.model_path).expanduser().resolve()) if args.model_path else None
+    cache = Path(args.cache_dir).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "runs").mkdir(parents=True, exist_ok=True)
+    store = cache / "rolling_mlruns.db"
+    os.chdir(cache)  # mlflow's artifacts beside the store
+
+    import qlib
+
+    logging.basicConfig(level=logging.INFO)
+    qlib.init(
+        provider_uri=str(args.provider_uri),
+        region=WORKFLOW["qlib_init"]["region"],
+        kernels=2,
+        exp_manager={
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {"uri": f"sqlite:///{store}", "default_exp_name": "Experiment"},
+        },
+    )
+    concepts = build_concepts(ROLLING, args, cache)
+    for seed in args.seeds:
+        for row in args.rows:
+            path = RESULTS / "runs" / f"{row}_seed{seed}_step{args.step}.json"
+            if path.exists():
+                print(f"skip {path.name} (done)")
+                continue
+            print(f"=== rolling {row} seed {seed} step {args.step}", flush=True)
+            result = run_row(row, seed, concepts, args, store)
+            atomic_write_text(path, json.dumps(result, indent=1))
+            print(f"=== {path.name}: {result['metrics']} fit {result['fit_seconds']:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
