@@ -148,3 +148,18 @@ def record_configs(profile: dict, benchmark: str) -> list[dict]:
         if record["class"] == "PortAnaRecord":
             record["kwargs"]["config"] = port_config(profile, benchmark)
     return records
+
+
+def qlib_init_kwargs(provider_uri: str | Path, store: Path) -> dict:
+    """``qlib.init`` keyword arguments: the provider, the YAML's region, an mlflow sqlite store at ``store``
+    (mlflow 3.x refuses qlib's default ``./mlruns`` file store)."""
+    return {
+        "provider_uri": str(provider_uri),
+        "region": WORKFLOW["qlib_init"]["region"],
+        "kernels": 2,
+        "exp_manager": {
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {"uri": f"sqlite:///{store}", "default_exp_name": "Experiment"},
+        },
+    }

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.config import PROFILES, WORKFLOW, record_configs
+from benchmarks.config import PROFILES, WORKFLOW, qlib_init_kwargs, record_configs
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config
 from qlib_hist._io import atomic_write_text
@@ -79,15 +79,7 @@ def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, stor
         },
     }
     return {
-        "qlib_init": {
-            "provider_uri": str(args.provider_uri),
-            "region": WORKFLOW["qlib_init"]["region"],
-            "exp_manager": {
-                "class": "MLflowExpManager",
-                "module_path": "qlib.workflow.expm",
-                "kwargs": {"uri": f"sqlite:///{store}", "default_exp_name": "Experiment"},
-            },
-        },
+        "qlib_init": qlib_init_kwargs(args.provider_uri, store),
         "task": {
             "model": model,
             "dataset": {
@@ -222,16 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     import qlib
 
     logging.basicConfig(level=logging.INFO)
-    qlib.init(
-        provider_uri=str(args.provider_uri),
-        region=WORKFLOW["qlib_init"]["region"],
-        kernels=2,
-        exp_manager={
-            "class": "MLflowExpManager",
-            "module_path": "qlib.workflow.expm",
-            "kwargs": {"uri": f"sqlite:///{store}", "default_exp_name": "Experiment"},
-        },
-    )
+    qlib.init(**qlib_init_kwargs(args.provider_uri, store))
     concepts = build_concepts(ROLLING, args, cache)
     for seed in args.seeds:
         for row in args.rows:

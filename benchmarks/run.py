@@ -40,6 +40,7 @@ from benchmarks.config import (
     WORKFLOW,
     handler_config,
     hist_kwargs,
+    qlib_init_kwargs,
     record_configs,
 )
 from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
@@ -288,19 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     from qlib_hist.qlib_edge.handler_cache import cached_handler
 
     logging.basicConfig(level=logging.INFO)
-    qlib.init(
-        provider_uri=str(args.provider_uri),
-        region=WORKFLOW["qlib_init"]["region"],
-        kernels=2,
-        exp_manager={
-            "class": "MLflowExpManager",
-            "module_path": "qlib.workflow.expm",
-            "kwargs": {
-                "uri": f"sqlite:///{cache / f'mlruns_{os.getpid()}.db'}",  # one per runner
-                "default_exp_name": "Experiment",
-            },
-        },
-    )
+    qlib.init(**qlib_init_kwargs(args.provider_uri, cache / f"mlruns_{os.getpid()}.db"))  # one store per runner
     handler = handler_config(args.market, profile["start"], profile["end"], profile["fit"])
     dataset = DatasetH(cached_handler(handler, args.provider_uri, cache), segments=profile["segments"])
     concepts = build_concepts(profile, args, cache)

@@ -149,12 +149,12 @@ def cmd_rolling(args: argparse.Namespace) -> None:
 
     recorder = run_rolling(
         args.workflow,
-        args.step,
-        not args.cold,
-        args.experiment,
-        args.windows_experiment,
-        args.trunc_days,
-        args.test_end,
+        step=args.step,
+        warm=not args.cold,
+        exp_name=args.experiment,
+        rolling_exp=args.windows_experiment,
+        trunc_days=args.trunc_days,
+        test_end=args.test_end,
     )
     metrics = recorder.list_metrics()
     print(f"\nmerged recorder {recorder.info['id']} in experiment {recorder.experiment_id!r}:")

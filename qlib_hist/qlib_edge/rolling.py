@@ -371,23 +371,15 @@ def online_manager(
     return OnlineManager(strategy, trainer=trainer, begin_time=begin_time)
 
 
-def run_rolling(
-    workflow: Union[str, Path],
-    step: int = 63,
-    warm: bool = True,
-    exp_name: Optional[str] = None,
-    rolling_exp: Optional[str] = None,
-    trunc_days: Optional[int] = None,
-    test_end: Optional[str] = None,
-) -> Any:
+def run_rolling(workflow: Union[str, Path], **options: Any) -> Any:
     """``qlib-hist rolling``: initialise qlib from the workflow's ``qlib_init`` (paths relative to the current
-    directory, as ``qrun``), run :class:`HISTRolling` and return the merged recorder."""
+    directory, as ``qrun``), run :class:`HISTRolling` (``options``: its arguments) and return the merged recorder."""
     import qlib
 
     from .recorders import read_workflow
 
     config = read_workflow(workflow)
-    rolling = HISTRolling(workflow, step, warm, exp_name, rolling_exp, trunc_days, test_end=test_end)
+    rolling = HISTRolling(workflow, **options)
     rolling.basic_task()  # the task's errors before qlib starts
     qlib.init(**config["qlib_init"])
     return rolling.run()
