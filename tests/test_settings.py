@@ -167,6 +167,8 @@ def test_fingerprint_fields_leave_out_where_to_write():
         "pretrain_save_path",
         "stock2concept_url",
         "GPU",
+        "finetune_epochs",  # finetune's recipe: fit (what a checkpoint resumes) never reads it
+        "finetune_lr",
     }
     moved = settings.replace(checkpoint_dir="/elsewhere", GPU=-1, pretrain_save_path="b.pkl", stock2concept_url=None)
     assert moved.fingerprint_fields() == fields

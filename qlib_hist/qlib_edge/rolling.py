@@ -239,8 +239,10 @@ class HISTRolling(Rolling):
             train_start=train_start,
             test_end=test_end,
             task_ext_conf=task_ext_conf,
-            rolling_exp=rolling_exp or f"{exp_name}_windows",
         )
+        # set here, not through qlib's argument, which warns that a named experiment must be deleted by hand
+        # before a rerun: this class resumes in it instead
+        self.rolling_exp = rolling_exp or f"{exp_name}_windows"
         self.logger = get_module_logger("qlib_hist.rolling")
         self.warm = bool(warm)
         self.trunc_days = trunc_days
