@@ -1,7 +1,8 @@
 """Rolling retraining through qlib's machinery (``qlib_hist.qlib_edge.rolling``) on the demo provider.
 
-Two windows of 30 test days: train 2016-04-01.., valid ..2016-10-31 (truncated before each test start), test
-2016-11-01..2016-12-30. Each run trains one-epoch GRU HISTs; the module's runs share the demo provider.
+Two windows of 60 test days: train 2016-04-01.., valid ..2016-10-31 (truncated before each test start), test
+2016-11-01..2017-03-24, the demo calendar's last day (the second window is open-ended). Each run trains
+one-epoch GRU HISTs; the module's runs share the demo provider.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ DEMO_YAML = Path(__file__).parents[1] / "qlib_hist" / "configs" / "workflow_conf
 SEGMENTS = {
     "train": ["2016-04-01", "2016-08-31"],
     "valid": ["2016-09-01", "2016-10-31"],
-    "test": ["2016-11-01", "2016-12-30"],
+    "test": ["2016-11-01", "2017-03-24"],
 }
-STEP = 30
+STEP = 60  # two windows; the second runs past the calendar's end (2017-03-24): open-ended, clipped
 TINY = dict(hidden_size=8, num_layers=1, base_model="GRU", n_epochs=1, finetune_epochs=1, GPU=-1, seed=0)
 
 
@@ -140,18 +141,13 @@ def test_the_windows_slide_with_their_processors(cold_run):
         handler = task["dataset"]["kwargs"]["handler"]["kwargs"]
         assert (handler["fit_start_time"], handler["fit_end_time"]) == segments["train"]  # qlib issue #1620
         assert handler["start_time"] == segments["train"][0] and handler["end_time"] == segments["test"][1]
-        calendar = pd.DatetimeIndex(
-            pd.read_csv(
-                Path(yaml.safe_load(cold_run["workflow"].read_text())["qlib_init"]["provider_uri"])
-                / "calendars"
-                / "day.txt",
-                header=None,
-            )[0]
-        )
+        provider = Path(yaml.safe_load(cold_run["workflow"].read_text())["qlib_init"]["provider_uri"])
+        calendar = pd.DatetimeIndex(pd.read_csv(provider / "calendars" / "day.txt", header=None)[0])
         gap = calendar.get_loc(segments["test"][0]) - calendar.get_loc(segments["valid"][1])
         assert gap == 3  # trunc_days = the label's 2 days of look-ahead + 1
     first, second = (t["dataset"]["kwargs"]["segments"] for t in tasks)
     assert second["test"][0] > first["test"][1]
+    assert second["test"][1] is None  # past the calendar: open-ended, the merged signal clips it
 
 
 def test_warm_start_begins_from_the_previous_window(warm_run):
@@ -244,7 +240,7 @@ def test_online_manager_simulates_a_warm_rolling_routine(demo, tmp_path):
     init_store(workflow)
     task = yaml.safe_load(workflow.read_text())["task"]
     task["dataset"]["kwargs"]["segments"]["test"] = ["2016-11-01", "2016-12-12"]
-    manager = online_manager(task, "online", step=STEP, begin_time="2016-11-01")
+    manager = online_manager(task, "online", step=30, begin_time="2016-11-01")
     signals = manager.simulate(end_time="2016-12-30")
     models = windows("online")
     assert [m.list_tags()[START_TAG] for m in models] == ["cold", "warm"]

@@ -314,9 +314,9 @@ class HISTRolling(Rolling):
         recorders = [done[window_digest(t, self.warm)] for t in self.tasks]
         preds, labels, fit_seconds = {}, {}, 0.0
         for task, recorder in zip(self.tasks, recorders):
-            test_start, test_end = (pd.Timestamp(d) for d in _segments(task)["test"])
-            key = str(test_start.date())
-            days = slice(test_start, test_end)
+            test_start, test_end = _segments(task)["test"]  # the last window's end is None past the calendar
+            key = str(pd.Timestamp(test_start).date())
+            days = slice(pd.Timestamp(test_start), None if test_end is None else pd.Timestamp(test_end))
             preds[key] = recorder.load_object("pred.pkl").loc[days]
             labels[key] = recorder.load_object("label.pkl").loc[days]
             fit_seconds += float(recorder.list_tags().get(FIT_SECONDS_TAG, "nan"))
@@ -337,7 +337,8 @@ class HISTRolling(Rolling):
         that need the model or the dataset (``SignalRecord``, ``HISTExplainRecord``) belong to the windows."""
         recorder = R.get_recorder(experiment_name=self.exp_name, recorder_id=self._rid)
         records = self._raw_conf()["task"].get("record", [])
-        for record in [records] if isinstance(records, dict) else records:
+        records = [records] if isinstance(records, dict) else records
+        for record in records:
             cls, kwargs = get_cls_kwargs(record, default_module="qlib.workflow.record_temp")
             if issubclass(cls, SignalRecord) or "<MODEL>" in str(kwargs) or "<DATASET>" in str(kwargs):
                 continue
