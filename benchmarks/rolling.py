@@ -15,8 +15,9 @@ handler (processors fitted on its train segment) is built once and shared by eve
 (:class:`~qlib_hist.qlib_edge.handler_cache.CachedHandler`).
 
 Each (row, seed) writes ``benchmarks/results/rolling/runs/<row>_seed<k>_step<N>.json`` when it finishes (merged
-metrics, fit seconds per window, daily IC); a rerun skips finished files, and a stopped row resumes at its first
-unfinished window. The ``static`` row of the report is the committed cpu-quick ``hist_pit`` (same test days).
+metrics, fit seconds per window, daily IC, the model config; its workflow YAML stays in the cache); a rerun skips
+finished files, and a stopped row resumes at its first unfinished window. The ``static`` row of the report is the
+committed cpu-quick ``hist_pit`` (same test days).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import pandas as pd
 
 from benchmarks.config import PROFILES, WORKFLOW, qlib_init_kwargs, record_configs
 from benchmarks.paths import HERE, SHARED, repo_relative
-from benchmarks.run import REPORT_METRICS, build_concepts, model_config
+from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
 from qlib_hist._io import atomic_write_text
 
 #: the cpu-quick profile with the first window of the roll: train 3 years, valid 1 year, test = cpu-quick's test
@@ -99,9 +100,10 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
     from qlib_hist.qlib_edge.rolling import FIT_SECONDS_TAG, START_TAG, TEST_START_TAG, HISTRolling
 
     name = f"{row}_seed{seed}_step{args.step}"
-    config_path = RESULTS / "configs" / f"{name}.yaml"
+    config = workflow(row, seed, concepts, args, store)
+    config_path = Path(args.cache_dir).resolve() / "rolling_configs" / f"{name}.yaml"  # absolute paths: not committed
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, yaml.safe_dump(workflow(row, seed, concepts, args, store), sort_keys=False))
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
     tic = time.perf_counter()
     merged = HISTRolling(config_path, step=args.step, warm=ROWS[row][1], exp_name=f"rolling_{name}").run()
     windows = sorted((w.list_tags() for w in merged_windows(merged)), key=lambda tags: tags[TEST_START_TAG])
@@ -111,7 +113,8 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
         "row": row,
         "seed": seed,
         "step": args.step,
-        "config": repo_relative(config_path),
+        "provider_uri": repo_relative(args.provider_uri),
+        "model": recorded_config(config["task"]["model"]),
         "wall_seconds": time.perf_counter() - tic,
         "fit_seconds": float(metrics["fit_seconds_total"]),
         "windows": [
