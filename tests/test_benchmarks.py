@@ -243,6 +243,11 @@ def test_committed_results_name_no_absolute_path():
         assert not any(Path(p).is_absolute() for p in paths), path.name
         assert 'File "/' not in run.get("traceback", ""), path.name
     assert "Provider: `../shared/data/cn_csi300`" in (results / "cpu-quick.md").read_text()
+    for path in sorted((results / "rolling" / "runs").glob("*.json")):  # benchmarks.rolling's files
+        run = json.loads(path.read_text())
+        paths = [run["provider_uri"], *(v for k, v in run["model"]["kwargs"].items() if k in FILE_KWARGS)]
+        assert not any(Path(p).is_absolute() for p in paths), path.name
+        assert not any(isinstance(v, str) and v.startswith("/") for v in run.values()), path.name
 
 
 @pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.report", "benchmarks.rolling"])
