@@ -81,18 +81,23 @@ def label_lookahead(task: dict) -> int:
     return max((int(n) for e in expressions for n in re.findall(r"Ref\(.*?,\s*-(\d+)\s*\)", e)), default=0)
 
 
-def move_fit_window(task: dict, rolling_gen: RollingGen) -> None:
-    """``RollingGen``'s ``ds_extra_mod_func``: the window's handler covers train start .. test end and fits its
-    processors on the window's train segment (in place)."""
-    handler_mod(task, rolling_gen)
+def _handler_config(task: dict) -> dict:
+    """The task's handler config; a dumped handler (a path) is refused: its processors cannot move with a window."""
     handler = task["dataset"]["kwargs"]["handler"]
     if not isinstance(handler, dict):
         raise RollingError(
             f"rolling needs task.dataset.kwargs.handler as a config (class, module_path, kwargs), got {handler!r}: "
             "a dumped handler keeps the processors fitted on its own dates for every window (qlib issue #1620)"
         )
+    return handler
+
+
+def move_fit_window(task: dict, rolling_gen: RollingGen) -> None:
+    """``RollingGen``'s ``ds_extra_mod_func``: the window's handler covers train start .. test end and fits its
+    processors on the window's train segment (in place)."""
+    handler_mod(task, rolling_gen)
     segments = _segments(task)
-    kwargs = handler.setdefault("kwargs", {})
+    kwargs = _handler_config(task).setdefault("kwargs", {})
     kwargs["fit_start_time"], kwargs["fit_end_time"] = segments["train"][0], segments["train"][1]
     kwargs["start_time"], kwargs["end_time"] = segments["train"][0], segments["test"][1]
 
@@ -253,8 +258,7 @@ class HISTRolling(Rolling):
         task = copy.deepcopy(self._raw_conf().get("task"))
         if not isinstance(task, dict) or "model" not in task or "dataset" not in task:
             raise RollingError(f"{self.conf_path}: no task with model and dataset (a qrun workflow YAML has both)")
-        if not isinstance(task["dataset"].get("kwargs", {}).get("handler"), dict):
-            move_fit_window(task, self.rolling_gen)  # raises the handler error
+        _handler_config(task)
         segments = task["dataset"]["kwargs"].get("segments", {})
         missing = [k for k in ("train", "valid", "test") if k not in segments]
         if missing:
@@ -273,6 +277,7 @@ class HISTRolling(Rolling):
         if self.trunc_days is None:
             self.trunc_days = label_lookahead(task) + 1
         self.rolling_gen = hist_rolling_gen(self.step, self.trunc_days)
+        self.test_end = _segments(task)["test"][1]  # the last window may reach past it: the merge clips there
         tasks = task_generator(task, self.rolling_gen)
         for t in tasks:
             t["record"] = ["qlib.workflow.record_temp.SignalRecord"]
@@ -320,8 +325,7 @@ class HISTRolling(Rolling):
             preds[key] = recorder.load_object("pred.pkl").loc[days]
             labels[key] = recorder.load_object("label.pkl").loc[days]
             fit_seconds += float(recorder.list_tags().get(FIT_SECONDS_TAG, "nan"))
-        last_day = _segments(self.basic_task())["test"][1]  # the last window may reach past the workflow's test end
-        pred, label = RollingEnsemble()(preds).loc[:last_day], RollingEnsemble()(labels).loc[:last_day]
+        pred, label = RollingEnsemble()(preds).loc[: self.test_end], RollingEnsemble()(labels).loc[: self.test_end]
         if pred.index.duplicated().any():
             raise RollingError("windows' test segments overlap: a test day would be scored twice")
         with R.start(experiment_name=self.exp_name):
@@ -338,12 +342,14 @@ class HISTRolling(Rolling):
         recorder = R.get_recorder(experiment_name=self.exp_name, recorder_id=self._rid)
         records = self._raw_conf()["task"].get("record", [])
         records = [records] if isinstance(records, dict) else records
+        analysed = False
         for record in records:
             cls, kwargs = get_cls_kwargs(record, default_module="qlib.workflow.record_temp")
             if issubclass(cls, SignalRecord) or "<MODEL>" in str(kwargs) or "<DATASET>" in str(kwargs):
                 continue
             init_instance_by_config(record, recorder=recorder, default_module="qlib.workflow.record_temp").generate()
-        if not any(issubclass(get_cls_kwargs(r, "qlib.workflow.record_temp")[0], SigAnaRecord) for r in records):
+            analysed = analysed or issubclass(cls, SigAnaRecord)
+        if not analysed:
             SigAnaRecord(recorder).generate()
 
     def run(self) -> Any:
