@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.config import PROFILES, WORKFLOW, qlib_init_kwargs, record_configs
+from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
 from qlib_hist._io import atomic_write_text
@@ -60,8 +60,6 @@ RESULTS = HERE / "results" / "rolling"
 
 def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
     """The qrun workflow of one (row, seed): its task is the first window, the handler a shared cached Alpha360."""
-    from benchmarks.config import HANDLER
-
     model = model_config(ROWS[row][0], ROLLING, concepts, args, seed)
     start, end = ROLLING["segments"]["train"][0], ROLLING["segments"]["test"][1]
     handler = {
