@@ -150,9 +150,9 @@ def record_configs(profile: dict, benchmark: str) -> list[dict]:
     return records
 
 
-def qlib_init_kwargs(provider_uri: str | Path, store: Path) -> dict:
-    """``qlib.init`` keyword arguments: the provider, the YAML's region, an mlflow sqlite store at ``store``
-    (mlflow 3.x refuses qlib's default ``./mlruns`` file store)."""
+def qlib_init_kwargs(provider_uri: str | Path, tracking_uri: str) -> dict:
+    """``qlib.init`` keyword arguments: the provider, the YAML's region, the mlflow store at ``tracking_uri`` (a
+    ``sqlite:///`` file or a tracking server; mlflow 3.x refuses qlib's default ``./mlruns`` file store)."""
     return {
         "provider_uri": str(provider_uri),
         "region": WORKFLOW["qlib_init"]["region"],
@@ -160,6 +160,11 @@ def qlib_init_kwargs(provider_uri: str | Path, store: Path) -> dict:
         "exp_manager": {
             "class": "MLflowExpManager",
             "module_path": "qlib.workflow.expm",
-            "kwargs": {"uri": f"sqlite:///{store}", "default_exp_name": "Experiment"},
+            "kwargs": {"uri": tracking_uri, "default_exp_name": "Experiment"},
         },
     }
+
+
+def sqlite_uri(path: Path) -> str:
+    """The mlflow tracking URI of the sqlite file ``path``; writers wait up to 60 s for each other's lock."""
+    return f"sqlite:///{path}?timeout=60"

@@ -1,8 +1,10 @@
 """Benchmark table and plots from the per-run JSON files that :mod:`benchmarks.run` writes.
 
     python -m benchmarks.report --profile cpu-quick
+    python -m benchmarks.report --grid ablation
 
-Writes ``benchmarks/results/<profile>.md`` (rows: mean ± std over seeds, like qlib's benchmark README; a model that
+Writes ``benchmarks/results/<name>.md`` (rows: one per model and grid variant, mean ± std over seeds, like qlib's
+benchmark README; grid runs add the valid score at the best epoch, the best epoch and the fit time; a model that
 crashed is a row with its error) and two PNGs beside it: the cumulative excess return (with cost) of each
 model's TopkDropout backtest over the test period (mean over seeds), and the monthly mean IC per model.
 The page names the provider relative to the repository root.
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.grid import DEFAULT
 from benchmarks.paths import HERE, repo_relative
 from benchmarks.run import REPORT_METRICS
 from qlib_hist._io import atomic_path, atomic_write_text
@@ -42,23 +45,55 @@ def load_runs(runs_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
 
 
+def row_of(run: dict) -> str:
+    """The table row of a run: its model, or ``<model>+<variant>`` for a grid variant other than ``default``."""
+    variant = run.get("variant", DEFAULT)
+    return run["model"] if variant == DEFAULT else f"{run['model']}+{variant}"
+
+
+def label(row: str) -> str:
+    """The row's name in tables and legends: the model's label, then the variant."""
+    model, _, variant = row.partition("+")
+    name = LABELS.get(model, model)
+    return f"{name}, {variant}" if variant else name
+
+
+def rows_in_order(runs: list[dict]) -> list[str]:
+    """The rows of ``runs``: models in :data:`LABELS` order, each model's variants in the order they first appear."""
+    rows = list(dict.fromkeys(row_of(r) for r in runs))
+    models = list(LABELS) + sorted({r["model"] for r in runs} - set(LABELS))
+    return sorted(rows, key=lambda row: models.index(row.partition("+")[0]))
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    array = np.array(values, dtype=float)
+    return f"{array.mean():.{digits}f} ± {array.std(ddof=0):.{digits}f}"
+
+
 def summary_table(runs: list[dict]) -> str:
-    """Markdown: one row per model, each metric as mean ± std over its seeds."""
-    header = ["Model", "Seeds"] + list(REPORT_METRICS) + ["Epochs run", "Sec/epoch"]
+    """Markdown: one row per (model, variant), each metric as mean ± std over its seeds.
+
+    Runs of a grid (they record the early-stopping metric) also get the valid score at the best epoch, the best
+    epoch (0-based) and the fit time.
+    """
+    with_valid = any("valid_score" in r for r in runs)
+    extra = ["Valid (best epoch)", "Best epoch", "Fit s"] if with_valid else []
+    header = ["Model", "Seeds"] + extra + list(REPORT_METRICS) + ["Epochs run", "Sec/epoch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    order = [m for m in LABELS if any(r["model"] == m for r in runs)]
-    for model in order:
-        mine = [r for r in runs if r["model"] == model]
+    for row in rows_in_order(runs):
+        mine = [r for r in runs if row_of(r) == row]
         ok = [r for r in mine if "metrics" in r]
         if not ok:
             err = mine[0].get("error", "no result")
             seeds = ", ".join(str(r["seed"]) for r in mine)
-            lines.append(f"| {LABELS[model]} | {seeds} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
+            lines.append(f"| {label(row)} | {seeds} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
             continue
-        cells = [LABELS[model], ", ".join(str(r["seed"]) for r in ok)]
-        for metric in REPORT_METRICS:
-            values = np.array([r["metrics"].get(metric, np.nan) for r in ok])
-            cells.append(f"{values.mean():.4f} ± {values.std(ddof=0):.4f}")
+        cells = [label(row), ", ".join(str(r["seed"]) for r in ok)]
+        if with_valid:
+            cells.append(_mean_std([r.get("valid_score", np.nan) for r in ok], 4))
+            cells.append(_mean_std([r.get("best_epoch", np.nan) for r in ok], 1))
+            cells.append(f"{np.mean([r['fit_seconds'] for r in ok]):.0f}")
+        cells += [_mean_std([r["metrics"].get(metric, np.nan) for r in ok], 4) for metric in REPORT_METRICS]
         epochs = [len(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
         seconds = [np.median(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
         cells.append(f"{np.mean(epochs):.1f}" if epochs else "n/a")
@@ -68,14 +103,14 @@ def summary_table(runs: list[dict]) -> str:
 
 
 def _mean_over_seeds(runs: list[dict], key: str) -> dict:
-    """model -> mean over seeds of the daily series ``key`` (a pd.Series indexed by date)."""
+    """row -> mean over seeds of the daily series ``key`` (a pd.Series indexed by date)."""
     out = {}
-    for model in LABELS:
-        series = [pd.Series(r[key]) for r in runs if r["model"] == model and key in r]
+    for row in rows_in_order(runs):
+        series = [pd.Series(r[key]) for r in runs if row_of(r) == row and key in r]
         if series:
             frame = pd.concat(series, axis=1)
             frame.index = pd.to_datetime(frame.index)
-            out[model] = frame.mean(axis=1).sort_index()
+            out[row] = frame.mean(axis=1).sort_index()
     return out
 
 
@@ -98,9 +133,9 @@ def plot(runs: list[dict], out_prefix: Path) -> list[Path]:
         plt.close(fig)
         return path
 
-    excess = pd.DataFrame({LABELS[m]: daily.cumsum() for m, daily in _mean_over_seeds(runs, "daily_excess").items()})
+    excess = pd.DataFrame({label(m): daily.cumsum() for m, daily in _mean_over_seeds(runs, "daily_excess").items()})
     daily_ic = _mean_over_seeds(runs, "daily_ic")
-    monthly_ic = pd.DataFrame({LABELS[m]: s.resample("ME").mean() for m, s in daily_ic.items()})
+    monthly_ic = pd.DataFrame({label(m): s.resample("ME").mean() for m, s in daily_ic.items()})
     monthly_ic.index = monthly_ic.index.strftime("%Y-%m")
     return [
         line_plot(
@@ -126,22 +161,24 @@ def _save(fig, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: write ``<results-dir>/<profile>.md`` and its plots; 0 when done."""
+    """Command line: write ``<results-dir>/<name>.md`` and its plots; 0 when done."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", default="cpu-quick")
+    parser.add_argument(
+        "--profile", "--grid", dest="name", default="cpu-quick", help="the results to report: results/<name>/runs"
+    )
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--command", default=None, help="the command line that produced the runs, for the page")
     args = parser.parse_args(argv)
     results = Path(args.results_dir)
-    runs = load_runs(results / args.profile / "runs")
+    runs = load_runs(results / args.name / "runs")
     if not runs:
-        raise SystemExit(f"no runs in {results / args.profile / 'runs'}")
-    pngs = plot(runs, results / args.profile)
+        raise SystemExit(f"no runs in {results / args.name / 'runs'}")
+    pngs = plot(runs, results / args.name)
     host = runs[0].get("host", "")
     provider = repo_relative(runs[0]["provider_uri"])
-    page = [f"# Benchmark `{args.profile}`", "", f"Provider: `{provider}`; host: {host}.", ""]
+    page = [f"# Benchmark `{args.name}`", "", f"Provider: `{provider}`; host: {host}.", ""]
     if args.command:
         page += ["Made by:", "", "```bash", args.command, "```", ""]
     page += [
@@ -152,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     page += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
-    atomic_write_text(results / f"{args.profile}.md", "\n".join(page))
+    atomic_write_text(results / f"{args.name}.md", "\n".join(page))
     print("\n".join(page))
     return 0
 

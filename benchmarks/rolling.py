@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs
+from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
 from qlib_hist._io import atomic_write_text
@@ -78,7 +78,7 @@ def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, stor
         },
     }
     return {
-        "qlib_init": qlib_init_kwargs(args.provider_uri, store),
+        "qlib_init": qlib_init_kwargs(args.provider_uri, sqlite_uri(store)),
         "task": {
             "model": model,
             "dataset": {
@@ -215,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     import qlib
 
     logging.basicConfig(level=logging.INFO)
-    qlib.init(**qlib_init_kwargs(args.provider_uri, store))
-    concepts = build_concepts(ROLLING, args, cache)
+    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(store)))
+    models = [ROWS[row][0] for row in args.rows]
+    concepts = build_concepts(ROLLING, args.provider_uri, args.market, cache, models, sw_csv=args.sw_csv)
     for seed in args.seeds:
         for row in args.rows:
             path = RESULTS / "runs" / f"{row}_seed{seed}_step{args.step}.json"

@@ -1,26 +1,28 @@
-"""Benchmark runner: models x seeds on a qlib provider, through qlib's own records; one JSON per finished run.
+"""Benchmark runner: a grid of models x setting variants x seeds, each run a Ray task; one JSON per finished run.
 
     python -m benchmarks.run --profile cpu-quick --provider-uri ../shared/data/cn_csi300 \
         --models hist_pit hist_legacy lstm gru --seeds 0 1 2
+    python -m benchmarks.run --grid benchmarks/grids/ablation.yaml --provider-uri ../shared/data/cn_csi300
     python -m benchmarks.report --profile cpu-quick          # table + plots from the JSON files
 
 Run from the repository root. The handler, HIST's kwargs, the backtest and the records come from the repository's
-qrun YAML files (:mod:`benchmarks.config`); a profile sets only the dates and the epochs.
+qrun YAML files (:mod:`benchmarks.config`); a profile sets only the dates and the epochs; a grid file
+(:mod:`benchmarks.grid`) names the rows, the seeds and the setting variants.
 
-Each (model, seed) writes ``benchmarks/results/<profile>/runs/<model>_seed<k>.json`` as soon as it finishes,
-so a stopped session loses one run, not the table; a rerun skips runs that already have a file. Paths in it are
-relative to the repository root.
-Several runners can share one list: each claims a run with ``<model>_seed<k>.claim`` (holding its pid) before
-starting it, skips runs another live runner holds, and takes over claims whose runner has died. On a small machine,
-one runner per core with ``--threads 1`` fills the table sooner than one runner on all cores (timings in
-``benchmarks/README.md``).
-The Alpha360 handler is built once per (provider, market, dates, processors) and cached on disk
-(:mod:`qlib_hist.qlib_edge.handler_cache`).
+Each run writes ``benchmarks/results/<grid>/runs/<row>_seed<k>.json`` as soon as it finishes (paths in it relative
+to the repository root): those files are what is done, so a stopped grid loses its running runs only and a rerun
+submits only the runs without a file. Runs are Ray tasks (:mod:`benchmarks.cluster`): on a local Ray of ``--cpus``
+CPUs by default, on a cluster with ``--address``; each asks for ``--threads`` CPUs (its torch threads) and
+``--gpus-per-run`` GPUs, and is rerun when its worker process dies. Every run logs to one qlib/mlflow store
+(``--tracking-uri``; a sqlite file in the cache by default), experiment ``bench_<grid>``, recorder
+``<row>_seed<k>``. The Alpha360 handler is built once per (provider, market, dates, processors) and cached on
+disk (:mod:`qlib_hist.qlib_edge.handler_cache`); the workers load it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -28,11 +30,14 @@ import platform
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.cluster import Resources, run_tasks
 from benchmarks.config import (
     FILE_KWARGS,
     PAPER_OPTIONS,
@@ -42,7 +47,9 @@ from benchmarks.config import (
     hist_kwargs,
     qlib_init_kwargs,
     record_configs,
+    sqlite_uri,
 )
+from benchmarks.grid import Grid, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
 from qlib_hist._io import atomic_write_text
 
@@ -90,43 +97,69 @@ def rnn_kwargs(profile: dict) -> dict:
     return dict(RNN_ALPHA360, n_epochs=profile["n_epochs"], early_stop=profile["early_stop"])
 
 
-def model_config(name: str, profile: dict, concepts: dict, args: argparse.Namespace, seed: int) -> dict:
-    """qlib's ``{"class", "module_path", "kwargs"}`` of one table row with this ``seed``."""
-    legacy = {
-        "stock2concept": str(concepts["legacy"].stock2concept),
-        "stock_index": str(concepts["legacy"].stock_index_npy),
-    }
-    pit = {"stock2concept": str(concepts["membership"])}
-    table = {
-        "hist_pit": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit)),
-        "hist_legacy": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **legacy)),
-        "hist_paper": ("HIST", "qlib_hist", hist_kwargs(profile, args.model_path, **pit, **PAPER_OPTIONS)),
-        "qlib_hist": ("HIST", "qlib.contrib.model.pytorch_hist", hist_kwargs(profile, args.model_path, **legacy)),
-        "qlib_hist_patched": (
-            "PatchedQlibHIST",
-            "benchmarks.qlib_patched",
-            hist_kwargs(profile, args.model_path, **legacy),
-        ),
-        "lstm": ("LSTM", "qlib.contrib.model.pytorch_lstm", rnn_kwargs(profile)),
-        "gru": ("GRU", "qlib.contrib.model.pytorch_gru", rnn_kwargs(profile)),
-        "lightgbm": (
-            "LGBModel",
-            "qlib.contrib.model.gbdt",
-            {**LIGHTGBM, "num_threads": args.threads or os.cpu_count(), "seed": seed},
-        ),
-    }
-    # concept sources compared on the same model (the rows of "concepts for any market from prices alone")
-    for row, source in (("hist_none", "none"), ("hist_returns", "returns"), ("hist_sw_returns", "sw_returns")):
-        if source in concepts:
-            table[row] = (
-                "HIST",
-                "qlib_hist",
-                hist_kwargs(profile, args.model_path, stock2concept=str(concepts[source])),
-            )
-    cls, module, kwargs = table[name]
-    if name != "lightgbm":
-        kwargs["seed"] = seed
-    return {"class": cls, "module_path": module, "kwargs": kwargs}
+#: the rows of the table
+ROWS = (
+    "hist_pit",
+    "hist_legacy",
+    "hist_paper",
+    "hist_returns",
+    "hist_sw_returns",
+    "hist_none",
+    "qlib_hist",
+    "qlib_hist_patched",
+    "lstm",
+    "gru",
+    "lightgbm",
+)
+#: the HIST rows: row -> (class, module)
+HIST_ROWS = {
+    **{row: ("HIST", "qlib_hist") for row in ROWS if row.startswith("hist_")},
+    "qlib_hist": ("HIST", "qlib.contrib.model.pytorch_hist"),
+    "qlib_hist_patched": ("PatchedQlibHIST", "benchmarks.qlib_patched"),
+}
+#: concept files a row reads (keys of :func:`build_concepts`' dict); the others read none
+ROW_CONCEPTS = {
+    "hist_pit": "membership",
+    "hist_paper": "membership",
+    "hist_legacy": "legacy",
+    "qlib_hist": "legacy",
+    "qlib_hist_patched": "legacy",
+    "hist_returns": "returns",
+    "hist_sw_returns": "sw_returns",
+    "hist_none": "none",
+}
+
+
+def model_config(name: str, profile: dict, concepts: dict, args: Any, seed: int) -> dict:
+    """qlib's ``{"class", "module_path", "kwargs"}`` of the table row ``name`` with this ``seed``.
+
+    ``args`` gives ``model_path`` (HIST's pretrained base) and ``threads`` (LightGBM's); ``concepts`` the row's
+    concept files (:func:`build_concepts`).
+    """
+    source = ROW_CONCEPTS.get(name)
+    if source == "legacy":
+        files = {
+            "stock2concept": str(concepts["legacy"].stock2concept),
+            "stock_index": str(concepts["legacy"].stock_index_npy),
+        }
+    elif source is not None:
+        files = {"stock2concept": str(concepts[source])}
+    if name in HIST_ROWS:
+        cls, module = HIST_ROWS[name]
+        options = PAPER_OPTIONS if name == "hist_paper" else {}
+        kwargs = hist_kwargs(profile, args.model_path, **files, **options)
+    elif name in ("lstm", "gru"):
+        cls, module, kwargs = name.upper(), f"qlib.contrib.model.pytorch_{name}", rnn_kwargs(profile)
+    elif name == "lightgbm":
+        threads = args.threads or os.cpu_count()
+        return {
+            "class": "LGBModel",
+            "module_path": "qlib.contrib.model.gbdt",
+            "kwargs": {**LIGHTGBM, "num_threads": threads, "seed": seed},
+        }
+    else:
+        raise KeyError(f"{name!r} is not a benchmark row (one of {', '.join(ROWS)})")
+    return {"class": cls, "module_path": module, "kwargs": {**kwargs, "seed": seed}}
 
 
 def recorded_config(config: dict) -> dict:
@@ -135,60 +168,142 @@ def recorded_config(config: dict) -> dict:
     return {**config, "kwargs": kwargs}
 
 
-def build_concepts(profile: dict, args: argparse.Namespace, cache: Path) -> dict:
-    """The concept inputs of the rows: point-in-time SW membership (levels 1-3), its static legacy snapshot as of the
-    end of train, concepts from returns (default settings, monthly, from the first day a window fits to the end of
-    the data), SW and returns merged, and "none" (one membership of a stock outside every market: every row zero)."""
+def build_concepts(
+    profile: dict,
+    provider_uri: Path,
+    market: str,
+    cache: Path,
+    models: list[str],
+    sw_csv: str | None = None,
+    membership: str | None = None,
+) -> dict:
+    """The concept inputs the rows in ``models`` read (:data:`ROW_CONCEPTS`), built into ``cache`` once.
+
+    ``membership`` is the point-in-time table of the ``hist_*`` rows (any table in qlib_hist's membership format);
+    without it, the SW table (levels 1-3) is built from ``sw_csv``. ``legacy`` is its static snapshot as of
+    ``profile["legacy_as_of"]``; ``returns`` concepts from returns (default settings, monthly, from the first day a
+    window fits to the profile's end); ``sw_returns`` the two merged; ``none`` one membership of a stock outside
+    every market (every concept row zero).
+    """
     from qlib_hist.concepts.legacy_export import market_instruments, to_legacy
     from qlib_hist.concepts.membership import load_membership, write_membership
     from qlib_hist.concepts.report import read_calendar
     from qlib_hist.concepts.returns import ReturnConceptSpec, concepts_from_returns, merge_memberships
     from qlib_hist.concepts.shenwan import from_sw
 
-    membership = cache / "sw_membership.csv"
-    if not membership.exists():
-        write_membership(from_sw(args.sw_csv), membership)
-    universe = market_instruments(args.provider_uri, args.market)
-    legacy = to_legacy(membership, profile["legacy_as_of"], universe, cache / f"sw_legacy_{profile['legacy_as_of']}")
-    spec = ReturnConceptSpec()
-    returns = cache / f"returns_membership_{args.market}_{profile['end']}.csv"
-    if not returns.exists():
-        calendar = read_calendar(args.provider_uri)
-        start = str(calendar[spec.window + 1].date())
-        write_membership(concepts_from_returns(args.provider_uri, args.market, start, profile["end"], spec)[0], returns)
-    sw_returns = cache / f"sw_returns_membership_{args.market}_{profile['end']}.csv"
-    if not sw_returns.exists():
-        tables = [load_membership(membership), load_membership(returns)]
-        write_membership(merge_memberships(tables, [membership.name, returns.name]), sw_returns)
-    none = cache / "no_concepts.csv"
-    if not none.exists():
-        write_membership(
-            pd.DataFrame(
-                {"instrument": ["SH999999"], "concept": ["none"], "start_date": ["2000-01-04"], "end_date": [None]}
-            ),
-            none,
-        )
-    return {"membership": membership, "legacy": legacy, "returns": returns, "sw_returns": sw_returns, "none": none}
+    needed = {ROW_CONCEPTS[m] for m in models if m in ROW_CONCEPTS}
+    if needed & {"legacy", "sw_returns"}:
+        needed.add("membership")
+    if "sw_returns" in needed:
+        needed.add("returns")
+    concepts: dict = {}
+    if "membership" in needed:
+        if membership is not None:
+            concepts["membership"] = Path(membership)
+        else:
+            concepts["membership"] = cache / "sw_membership.csv"
+            if not concepts["membership"].exists():
+                write_membership(from_sw(sw_csv), concepts["membership"])
+    if "legacy" in needed:
+        universe = market_instruments(provider_uri, market)
+        as_of = profile["legacy_as_of"]
+        stem = f"sw_legacy_{as_of}" if membership is None else f"{Path(membership).stem}_legacy_{as_of}"
+        concepts["legacy"] = to_legacy(concepts["membership"], as_of, universe, cache / stem)
+    if "returns" in needed:
+        concepts["returns"] = cache / f"returns_membership_{market}_{profile['end']}.csv"
+        if not concepts["returns"].exists():
+            spec = ReturnConceptSpec()
+            start = str(read_calendar(provider_uri)[spec.window + 1].date())
+            table = concepts_from_returns(provider_uri, market, start, profile["end"], spec)[0]
+            write_membership(table, concepts["returns"])
+    if "sw_returns" in needed:
+        concepts["sw_returns"] = cache / f"sw_returns_membership_{market}_{profile['end']}.csv"
+        if not concepts["sw_returns"].exists():
+            tables = [load_membership(concepts["membership"]), load_membership(concepts["returns"])]
+            names = [concepts["membership"].name, concepts["returns"].name]
+            write_membership(merge_memberships(tables, names), concepts["sw_returns"])
+    if "none" in needed:
+        concepts["none"] = cache / "no_concepts.csv"
+        if not concepts["none"].exists():
+            frame = {"instrument": ["SH999999"], "concept": ["none"], "start_date": ["2000-01-04"], "end_date": [None]}
+            write_membership(pd.DataFrame(frame), concepts["none"])
+    return concepts
 
 
-def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args: argparse.Namespace) -> dict:
-    """Fit one row with one seed, then the YAML's records (signal, IC analysis, backtest); the result file's dict."""
+@dataclass(frozen=True)
+class GridContext:
+    """What every run of a grid shares; sent once to the Ray workers (so: paths as absolute strings)."""
+
+    grid: Grid
+    provider_uri: str
+    market: str
+    benchmark: str
+    cache_dir: str
+    runs_dir: str
+    tracking_uri: str
+    concepts: dict
+    model_path: str | None
+    threads: int
+
+    @property
+    def experiment(self) -> str:
+        """The recorder experiment that holds every run of the grid."""
+        return f"bench_{self.grid.name}"
+
+    def handler(self) -> dict:
+        """The Alpha360 handler config of the grid's profile (its cache key names the cached frame)."""
+        profile = self.grid.profile
+        return handler_config(self.market, profile["start"], profile["end"], profile["fit"])
+
+    def config(self, key: RunKey) -> dict:
+        """qlib's model config of one run: the row's, with the variant's kwargs set."""
+        config = model_config(key.model, self.grid.profile, self.concepts, self, key.seed)
+        config["kwargs"].update(self.grid.variants[key.variant])
+        return config
+
+
+#: the dataset of each (provider, store, handler) this worker process has loaded: the next task reuses it
+_WORKER_DATASETS: dict = {}
+
+
+def worker_dataset(ctx: GridContext) -> Any:
+    """The grid's ``DatasetH`` in this process, qlib initialised on the grid's provider and tracking store."""
+    import qlib
+    from qlib.data.dataset import DatasetH
+
+    from qlib_hist.qlib_edge.handler_cache import cached_handler
+
+    key = (ctx.provider_uri, ctx.tracking_uri, json.dumps(ctx.handler(), sort_keys=True))
+    if key not in _WORKER_DATASETS:
+        _WORKER_DATASETS.clear()
+        qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri))
+        handler = cached_handler(ctx.handler(), ctx.provider_uri, ctx.cache_dir)
+        _WORKER_DATASETS[key] = DatasetH(handler, segments=ctx.grid.profile["segments"])
+    return _WORKER_DATASETS[key]
+
+
+def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
+    """Fit one run, then the YAML's records (signal, IC analysis, backtest); the result file's dict."""
     import torch
     from qlib.utils import fill_placeholder, init_instance_by_config
     from qlib.workflow import R
 
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    torch.manual_seed(key.seed)
+    np.random.seed(key.seed)
     result = {
-        "model": name,
-        "seed": seed,
-        "profile": args.profile,
-        "provider_uri": repo_relative(args.provider_uri),
-        "host": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+        "model": key.model,
+        "variant": key.variant,
+        "settings": ctx.grid.variants[key.variant],
+        "seed": key.seed,
+        "grid": ctx.grid.name,
+        "profile": ctx.grid.profile_name,
+        "provider_uri": repo_relative(ctx.provider_uri),
+        "host": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {ctx.threads} thread(s)",
     }
-    config = model_config(name, profile, concepts, args, seed)
+    config = ctx.config(key)
     result["config"] = recorded_config(config)
-    with R.start(experiment_name=f"bench_{args.profile}", recorder_name=f"{name}_seed{seed}"):
+    end_killed_attempts(ctx, f"{key.row}_seed{key.seed}")
+    with R.start(experiment_name=ctx.experiment, recorder_name=f"{key.row}_seed{key.seed}"):
         tic = time.perf_counter()
         try:
             model = init_instance_by_config(config)
@@ -201,59 +316,101 @@ def run_one(name: str, seed: int, profile: dict, dataset, concepts: dict, args: 
         history = getattr(model, "history", None)
         if history:
             result["epoch_seconds"] = [h["seconds"] for h in history]
+            result["valid_scores"] = [h["valid_score"] for h in history]
             result["best_epoch"] = getattr(model, "best_epoch", None)
+            result["valid_score"] = getattr(model, "best_score", None)  # the early-stopping metric at best_epoch
         recorder = R.get_recorder()
-        for record in record_configs(profile, args.benchmark):  # as qrun runs them
+        for record in record_configs(ctx.grid.profile, ctx.benchmark):  # as qrun runs them
             fill_placeholder(record, {"<MODEL>": model, "<DATASET>": dataset})
             init_instance_by_config(record, recorder=recorder).generate()
-        metrics = recorder.list_metrics()
-        result["metrics"] = {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics}
-        ic = recorder.load_object("sig_analysis/ic.pkl")
-        report = recorder.load_object("portfolio_analysis/report_normal_1day.pkl")
-        excess = report["return"] - report["bench"] - report["cost"]
-        result["daily_ic"] = {str(k.date()): float(v) for k, v in ic.items()}
-        result["daily_excess"] = {str(k.date()): float(v) for k, v in excess.items()}
+    # read back once the recorder has ended: qlib logs metrics from a background thread that end_run waits for
+    metrics = recorder.list_metrics()
+    result["metrics"] = {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics}
+    ic = recorder.load_object("sig_analysis/ic.pkl")
+    report = recorder.load_object("portfolio_analysis/report_normal_1day.pkl")
+    excess = report["return"] - report["bench"] - report["cost"]
+    result["daily_ic"] = {str(k.date()): float(v) for k, v in ic.items()}
+    result["daily_excess"] = {str(k.date()): float(v) for k, v in excess.items()}
     return result
 
 
-def claim(path: Path) -> bool:
-    """Claim a run for this process: True when ``path`` (the run's .claim file) is now ours.
+def end_killed_attempts(ctx: GridContext, recorder_name: str) -> None:
+    """Mark KILLED the recorders of ``recorder_name`` still RUNNING in the grid's experiment: attempts whose worker
+    died (Ray reruns a task only once its worker is gone, so none of them is still running)."""
+    import mlflow
 
-    A claim whose pid is no longer alive (a killed runner) is taken over.
+    client = mlflow.MlflowClient(ctx.tracking_uri)
+    experiment = client.get_experiment_by_name(ctx.experiment)
+    if experiment is None:
+        return
+    query = f"attributes.run_name = '{recorder_name}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment.experiment_id], filter_string=query):
+        client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def run_grid_task(ctx: GridContext, key: RunKey) -> dict:
+    """One Ray task: run ``key`` and write its result file; the metrics (or the error) for the driver's log."""
+    import torch
+
+    torch.set_num_threads(ctx.threads)
+    result = run_one(key, worker_dataset(ctx), ctx)
+    atomic_write_text(Path(ctx.runs_dir) / key.file_name, json.dumps(result, indent=1, default=str))
+    return {"metrics": result.get("metrics"), "error": result.get("error"), "fit_seconds": result.get("fit_seconds")}
+
+
+def prepare_store(tracking_uri: str, experiment: str, artifacts: Path) -> None:
+    """Create the grid's experiment before any worker writes to the store (so none races to create the tables or
+    the experiment); a local store keeps its artifacts in ``artifacts``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+        client.create_experiment(experiment, artifact_location=artifacts.as_uri() if local else None)
+
+
+def check_configs(ctx: GridContext, keys: list[RunKey]) -> None:
+    """Build every (row, variant) model once, untrained, so a bad kwarg stops the grid before the first run.
+
+    qlib_hist's HIST (like qlib's models) only warns about an argument it does not know; in a grid that would make
+    a variant the default under another name, so a variant's unknown HIST argument is an error here.
     """
-    for _ in range(2):
+    from qlib.utils import init_instance_by_config
+
+    from qlib_hist.settings import HISTSettings
+
+    for key in sorted({RunKey(k.model, k.variant, ctx.grid.seeds[0]) for k in keys}):
+        config = ctx.config(key)
+        if config["module_path"] == "qlib_hist":
+            unknown = sorted(set(HISTSettings.from_kwargs(**config["kwargs"])[1]) & set(ctx.grid.variants[key.variant]))
+            if unknown:
+                raise GridError(f"{ctx.grid.source}: variants.{key.variant}: {unknown} are not HIST arguments")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-                os.kill(pid, 0)
-                return False  # another live runner has it
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # stale: its runner is gone
-                continue
-            except PermissionError:
-                return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
+            init_instance_by_config(config)
+        except Exception as err:
+            raise GridError(
+                f"{ctx.grid.source}: row {key.row!r} cannot be built: {type(err).__name__}: {err}"
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: run the missing (model, seed) runs of a profile; 0 when done."""
+    """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--grid", default=None, help="a grid file (benchmarks/grids/*.yaml); replaces the next three")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-quick")
-    parser.add_argument("--provider-uri", default=WORKFLOW["qlib_init"]["provider_uri"])
-    parser.add_argument("--market", default=WORKFLOW["market"])
-    parser.add_argument("--benchmark", default=WORKFLOW["benchmark"])
     parser.add_argument(
         "--models", nargs="+", default=["hist_pit", "hist_legacy", "qlib_hist", "qlib_hist_patched", "lstm", "gru"]
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--provider-uri", default=WORKFLOW["qlib_init"]["provider_uri"])
+    parser.add_argument("--market", default=WORKFLOW["market"])
+    parser.add_argument("--benchmark", default=WORKFLOW["benchmark"])
     parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
+    parser.add_argument(
+        "--membership", default=None, help="point-in-time concept table of the hist_* rows (default: SW from --sw-csv)"
+    )
     parser.add_argument(
         "--model-path",
         default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"),
@@ -262,55 +419,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads for this runner (default: torch's, = cores); 1 when running two runners",
+        "--tracking-uri", default=None, help="mlflow store of every run (default: sqlite <cache-dir>/mlruns.db)"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of a run = the CPUs its task asks for")
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each run's task asks for")
+    parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: every core)")
+    parser.add_argument("--address", default=None, help="a Ray cluster: auto, or HOST:PORT of its head")
+    parser.add_argument("--max-retries", type=int, default=3, help="reruns of a task whose worker process died")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    args.provider_uri = Path(args.provider_uri).expanduser().resolve()
-    # absolute before the chdir below
-    args.sw_csv = str(Path(args.sw_csv).expanduser().resolve())
-    args.model_path = str(Path(args.model_path).expanduser().resolve()) if args.model_path else None
-    profile = PROFILES[args.profile]
-    cache = Path(args.cache_dir).resolve()
-    runs_dir = Path(args.results_dir).resolve() / args.profile / "runs"
+    try:
+        if args.grid:
+            grid = load_grid(args.grid, list(ROWS))
+        else:
+            grid = make_grid(args.profile, args.profile, args.models, args.seeds, list(ROWS))
+        if args.threads < 1:
+            raise GridError(f"--threads must be at least 1, got {args.threads}")
+    except GridError as err:
+        parser.error(str(err))
+    cache = Path(args.cache_dir).expanduser().resolve()
+    runs_dir = Path(args.results_dir).expanduser().resolve() / grid.name / "runs"
+    keys = grid.runs()
+    missing = [key for key in keys if not (runs_dir / key.file_name).exists()]
+    print(f"grid {grid.name}: {len(keys)} runs, {len(keys) - len(missing)} done, submitting {len(missing)}", flush=True)
+    if not missing:
+        return 0
     cache.mkdir(parents=True, exist_ok=True)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    os.chdir(cache)  # mlflow's sqlite store and its artifacts live in the cache
-
+    provider = Path(args.provider_uri).expanduser().resolve()
+    model_path = Path(args.model_path).expanduser().resolve() if args.model_path else None
+    ctx = GridContext(
+        grid=grid,
+        provider_uri=str(provider),
+        market=args.market,
+        benchmark=args.benchmark,
+        cache_dir=str(cache),
+        runs_dir=str(runs_dir),
+        tracking_uri=args.tracking_uri or sqlite_uri(cache / "mlruns.db"),
+        concepts=build_concepts(
+            grid.profile,
+            provider,
+            args.market,
+            cache,
+            grid.models,
+            sw_csv=str(Path(args.sw_csv).expanduser().resolve()),
+            membership=str(Path(args.membership).expanduser().resolve()) if args.membership else None,
+        ),
+        model_path=str(model_path) if model_path else None,
+        threads=args.threads,
+    )
+    logging.basicConfig(level=logging.INFO)
     import qlib
-    from qlib.data.dataset import DatasetH
 
     from qlib_hist.qlib_edge.handler_cache import cached_handler
 
-    logging.basicConfig(level=logging.INFO)
-    qlib.init(**qlib_init_kwargs(args.provider_uri, cache / f"mlruns_{os.getpid()}.db"))  # one store per runner
-    handler = handler_config(args.market, profile["start"], profile["end"], profile["fit"])
-    dataset = DatasetH(cached_handler(handler, args.provider_uri, cache), segments=profile["segments"])
-    concepts = build_concepts(profile, args, cache)
-    for seed in args.seeds:
-        for name in args.models:
-            path = runs_dir / f"{name}_seed{seed}.json"
-            claim_path = path.with_suffix(".claim")
-            if path.exists():
-                print(f"skip {path.name} (done)")
-                continue
-            if not claim(claim_path):
-                print(f"skip {path.name} (another runner has it)")
-                continue
-            print(f"=== {name} seed {seed}", flush=True)
-            try:
-                result = run_one(name, seed, profile, dataset, concepts, args)
-                atomic_write_text(path, json.dumps(result, indent=1, default=str))
-            finally:
-                claim_path.unlink(missing_ok=True)
-            print(f"=== {name} seed {seed}: {result.get('metrics') or result.get('error')}", flush=True)
-    return 0
+    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri))
+    try:
+        check_configs(ctx, missing)
+    except GridError as err:
+        parser.error(str(err))
+    cached_handler(ctx.handler(), ctx.provider_uri, ctx.cache_dir)  # built once, here; the workers load it
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    prepare_store(ctx.tracking_uri, ctx.experiment, cache / "mlruns")
+
+    def done(key: RunKey, summary: dict, seconds: float) -> None:
+        outcome = summary["metrics"] or summary["error"]
+        print(f"=== {key.row} seed {key.seed} done after {seconds:.0f} s: {outcome}", flush=True)
+
+    resources = Resources(args.address, args.cpus, args.threads, args.gpus_per_run, args.max_retries)
+    # the task by its module's name, also under ``python -m`` (a ``__main__`` function would be pickled by value)
+    task = importlib.import_module("benchmarks.run").run_grid_task
+    failures = run_tasks(task, missing, resources, ctx, on_done=done)
+    for key, error in failures.items():
+        print(f"=== {key.row} seed {key.seed} FAILED: {error.splitlines()[0]}", flush=True)
+    if failures:
+        print(f"first failure in full:\n{next(iter(failures.values()))}", flush=True)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

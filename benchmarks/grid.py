@@ -1,0 +1,180 @@
+"""A benchmark grid: models x setting variants x seeds on one profile, from a small YAML file.
+
+    name: ablation                 # results go to benchmarks/results/<name>/runs, the table to <name>.md
+    profile: cpu-quick             # a profile of benchmarks.config.PROFILES: dates, epochs
+    settings: {n_epochs: 20, early_stop: 5}     # what the grid changes in that profile (optional)
+    models: [hist_pit]             # rows of benchmarks.run (hist_pit, lightgbm, ...)
+    seeds: [0, 1, 2]
+    variants:                      # variant -> the model kwargs it sets; {} is the row as benchmarks.run has it
+      default: {}
+      hidden_topk: {hidden_topk: 3}
+
+Each (model, variant, seed) is one run, :class:`RunKey`; its result file is ``<row>_seed<k>.json`` where the row is
+the model, or ``<model>+<variant>`` for a variant other than ``default``, so a grid of one ``default`` variant
+writes the same files as the plain ``--models/--seeds`` command line. The file is read as qrun reads YAML
+(:func:`benchmarks.config.load_workflow`) and checked here, before anything runs: an unknown key, model, profile
+setting or a name that cannot be a file name is a :class:`GridError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.config import PROFILES, load_workflow
+
+DEFAULT = "default"  # the variant that changes nothing
+GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # names that are safe in a file name and hold no "+"
+
+
+class GridError(ValueError):
+    """A grid file or grid argument that cannot be run: the message names the file and the key."""
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One run of a grid: a model row, a setting variant, a seed."""
+
+    model: str
+    variant: str
+    seed: int
+
+    @property
+    def row(self) -> str:
+        """The table row: the model, or ``<model>+<variant>``."""
+        return self.model if self.variant == DEFAULT else f"{self.model}+{self.variant}"
+
+    @property
+    def file_name(self) -> str:
+        """The run's result file: ``<row>_seed<k>.json``."""
+        return f"{self.row}_seed{self.seed}.json"
+
+
+@dataclass
+class Grid:
+    """What to run: ``models`` x ``variants`` x ``seeds`` on ``profile`` (dates and epochs)."""
+
+    name: str
+    profile_name: str
+    profile: dict
+    models: list[str]
+    seeds: list[int]
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {DEFAULT: {}})
+    source: str = "command line"  # the grid file, for messages and the report
+
+    def runs(self) -> list[RunKey]:
+        """Every run, seed-major (the first seed of every row first, so a stopped grid has whole seeds)."""
+        return [RunKey(m, v, s) for s in self.seeds for v in self.variants for m in self.models]
+
+
+def profile_with(name: str, settings: dict | None, where: str) -> dict:
+    """A copy of ``PROFILES[name]`` with ``settings`` (n_epochs, early_stop, dates) applied; ``where`` names the
+    source in errors."""
+    if name not in PROFILES:
+        raise GridError(f"{where}: profile {name!r} is not one of {sorted(PROFILES)}")
+    profile = copy.deepcopy(PROFILES[name])
+    for key, value in (settings or {}).items():
+        if key not in profile:
+            raise GridError(f"{where}: settings.{key} is not a profile setting (one of {sorted(profile)})")
+        if key == "segments":
+            value = _segments(value, where)
+        elif key == "fit":
+            value = tuple(_pair(value, f"{where}: settings.fit"))
+        elif key in ("n_epochs", "early_stop") and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise GridError(f"{where}: settings.{key} must be a positive integer, got {value!r}")
+        profile[key] = value
+    return profile
+
+
+def _pair(value: Any, where: str) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise GridError(f"{where} must be [start, end], got {value!r}")
+    return [str(v) for v in value]
+
+
+def _segments(value: Any, where: str) -> dict:
+    if not isinstance(value, dict) or set(value) != {"train", "valid", "test"}:
+        raise GridError(f"{where}: settings.segments must have train, valid and test, got {value!r}")
+    return {seg: tuple(_pair(span, f"{where}: settings.segments.{seg}")) for seg, span in value.items()}
+
+
+def _names(values: Any, key: str, where: str) -> list[str]:
+    if not isinstance(values, list) or not values:
+        raise GridError(f"{where}: {key} must be a non-empty list, got {values!r}")
+    for value in values:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise GridError(f"{where}: {key} entry {value!r} is not a name (letters, digits, _ . -)")
+    if len(set(values)) != len(values):
+        raise GridError(f"{where}: {key} lists a name twice: {values}")
+    return values
+
+
+def make_grid(
+    name: str,
+    profile: str,
+    models: list[str],
+    seeds: list[int],
+    known_models: list[str],
+    variants: dict | None = None,
+    settings: dict | None = None,
+    source: str = "command line",
+) -> Grid:
+    """A checked :class:`Grid`; ``known_models`` are the rows the runner can train."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise GridError(f"{source}: name {name!r} is not a name (letters, digits, _ . -)")
+    for model in _names(models, "models", source):
+        if model not in known_models:
+            raise GridError(f"{source}: models: {model!r} is not a benchmark row (one of {sorted(known_models)})")
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not integers or not seeds:
+        raise GridError(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise GridError(f"{source}: seeds lists a seed twice: {seeds}")
+    variants = {DEFAULT: {}} if variants is None else variants
+    if not isinstance(variants, dict) or not variants:
+        raise GridError(f"{source}: variants must be a mapping of name -> model kwargs, got {variants!r}")
+    _names(list(variants), "variants", source)
+    checked = {}
+    for variant, kwargs in variants.items():
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise GridError(f"{source}: variants.{variant} must be a mapping of model kwargs, got {kwargs!r}")
+        if "seed" in kwargs:
+            raise GridError(f"{source}: variants.{variant} sets seed: seeds come from the grid's seeds")
+        checked[variant] = kwargs
+    return Grid(name, profile, profile_with(profile, settings, source), list(models), list(seeds), checked, source)
+
+
+def load_grid(path: str | Path, known_models: list[str]) -> Grid:
+    """The :class:`Grid` of a YAML grid file (see the module's docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} does not exist")
+    try:
+        spec = load_workflow(path)
+    except Exception as err:  # ruamel's errors carry the line
+        raise GridError(f"grid file {path} is not YAML: {err}") from None
+    if not isinstance(spec, dict):
+        raise GridError(f"grid file {path} must be a mapping with {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(spec) - set(GRID_KEYS))
+    if unknown:
+        raise GridError(f"grid file {path}: unknown key(s) {unknown}; a grid has {', '.join(GRID_KEYS)}")
+    missing = [key for key in ("name", "models", "seeds") if key not in spec]
+    if missing:
+        raise GridError(f"grid file {path}: missing {missing}")
+    if spec.get("settings") is not None and not isinstance(spec["settings"], dict):
+        raise GridError(f"grid file {path}: settings must be a mapping, got {spec['settings']!r}")
+    return make_grid(
+        spec["name"],
+        spec.get("profile", "cpu-quick"),
+        spec["models"],
+        spec["seeds"],
+        known_models,
+        variants=spec.get("variants"),
+        settings=spec.get("settings"),
+        source=f"grid file {path}",
+    )

@@ -1,0 +1,133 @@
+"""Benchmark grid files (``benchmarks.grid``) and the report's rows per variant; no Ray, no training."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.config import PAPER_OPTIONS, PROFILES
+from benchmarks.grid import DEFAULT, GridError, RunKey, load_grid, make_grid
+from benchmarks.paths import ROOT
+from benchmarks.report import label, row_of, rows_in_order, summary_table
+from benchmarks.run import ROWS
+
+ABLATION = ROOT / "benchmarks" / "grids" / "ablation.yaml"
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_run_keys_name_rows_and_files():
+    assert RunKey("hist_pit", DEFAULT, 0).file_name == "hist_pit_seed0.json"  # the files of the plain command line
+    assert RunKey("hist_pit", "hidden_topk", 2).row == "hist_pit+hidden_topk"
+    assert RunKey("hist_pit", "hidden_topk", 2).file_name == "hist_pit+hidden_topk_seed2.json"
+
+
+def test_command_line_grid_is_models_by_seeds_seed_major():
+    grid = make_grid("cpu-quick", "cpu-quick", ["hist_pit", "lstm"], [0, 1], list(ROWS))
+    assert grid.profile == PROFILES["cpu-quick"] and grid.profile is not PROFILES["cpu-quick"]
+    assert [(k.model, k.seed) for k in grid.runs()] == [("hist_pit", 0), ("lstm", 0), ("hist_pit", 1), ("lstm", 1)]
+    assert {k.variant for k in grid.runs()} == {DEFAULT}
+
+
+def test_ablation_grid_is_the_issues_design():
+    grid = load_grid(ABLATION, list(ROWS))
+    assert grid.name == "ablation" and grid.models == ["hist_pit"] and grid.seeds == [0, 1, 2]
+    assert (grid.profile["n_epochs"], grid.profile["early_stop"]) == (20, 5)
+    assert {k: v for k, v in grid.profile.items() if k not in ("n_epochs", "early_stop")} == {
+        k: v for k, v in PROFILES["cpu-quick"].items() if k not in ("n_epochs", "early_stop")
+    }
+    assert grid.variants[DEFAULT] == {} and grid.variants["all_five"] == PAPER_OPTIONS
+    singles = {name: kwargs for name, kwargs in grid.variants.items() if name not in (DEFAULT, "all_five")}
+    assert singles == {name: {name: value} for name, value in PAPER_OPTIONS.items()}  # each option alone
+    assert len(grid.runs()) == 21
+
+
+def test_settings_change_the_profile(tmp_path):
+    path = write(
+        tmp_path,
+        "name: small\nmodels: [lightgbm]\nseeds: [3]\nsettings:\n  n_epochs: 2\n  fit: [2016-01-04, 2016-06-30]\n"
+        "  segments: {train: [2016-01-04, 2016-06-30], valid: [2016-07-01, 2016-08-31],\n"
+        "             test: [2016-09-01, 2016-09-30]}\n",
+    )
+    grid = load_grid(path, list(ROWS))
+    assert grid.profile["n_epochs"] == 2 and grid.profile["fit"] == ("2016-01-04", "2016-06-30")
+    assert grid.profile["segments"]["test"] == ("2016-09-01", "2016-09-30")  # YAML dates as strings
+    assert grid.profile_name == "cpu-quick" and PROFILES["cpu-quick"]["n_epochs"] == 8  # the profile is untouched
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nepochs: 3\n", "unknown key(s) ['epochs']"),
+        ("models: [hist_pit]\nseeds: [0]\n", "missing ['name']"),
+        ("name: a b\nmodels: [hist_pit]\nseeds: [0]\n", "name 'a b' is not a name"),
+        ("name: a\nmodels: [hist_pi]\nseeds: [0]\n", "models: 'hist_pi' is not a benchmark row"),
+        ("name: a\nmodels: []\nseeds: [0]\n", "models must be a non-empty list"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0, '1']\n", "seeds must be a non-empty list of integers"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0, 0]\n", "seeds lists a seed twice"),
+        ("name: a\nprofile: gpu\nmodels: [hist_pit]\nseeds: [0]\n", "profile 'gpu' is not one of"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {epochs: 3}\n", "settings.epochs is not a profile"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {n_epochs: 0}\n", "settings.n_epochs must be a positive"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {segments: {train: [a, b]}}\n", "train, valid and test"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {fit: [2016-01-04]}\n", "settings.fit must be [start"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nvariants: {a+b: {}}\n", "variants entry 'a+b' is not a name"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nvariants: {x: 3}\n", "variants.x must be a mapping"),
+        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nvariants: {x: {seed: 1}}\n", "variants.x sets seed"),
+        ("- name\n", "must be a mapping"),
+        ("name: [a\n", "is not YAML"),
+    ],
+)
+def test_bad_grid_files_name_the_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as err:
+        load_grid(path, list(ROWS))
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_grid_file(tmp_path):
+    with pytest.raises(GridError, match="does not exist"):
+        load_grid(tmp_path / "nope.yaml", list(ROWS))
+
+
+def test_bad_grid_on_the_command_line_is_a_usage_error(tmp_path, capsys):
+    from benchmarks.run import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            ["--grid", str(write(tmp_path, "name: a\nmodels: [hist_pi]\nseeds: [0]\n")), "--results-dir", str(tmp_path)]
+        )
+    assert exit_.value.code == 2 and "'hist_pi' is not a benchmark row" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing written
+
+
+def _run(model: str, variant: str, seed: int, ic: float, valid: float) -> dict:
+    return {
+        "model": model,
+        "variant": variant,
+        "seed": seed,
+        "metrics": {"IC": ic},
+        "valid_score": valid,
+        "best_epoch": seed,
+        "fit_seconds": 10.0 * (seed + 1),
+        "epoch_seconds": [1.0, 3.0],
+    }
+
+
+def test_report_rows_per_variant():
+    runs = [
+        _run("hist_pit", "hidden_topk", 0, 0.02, 0.05),
+        _run("lstm", DEFAULT, 0, 0.01, 0.03),
+        _run("hist_pit", DEFAULT, 0, 0.03, 0.04),
+        _run("hist_pit", DEFAULT, 1, 0.05, 0.06),
+    ]
+    assert [row_of(r) for r in runs] == ["hist_pit+hidden_topk", "lstm", "hist_pit", "hist_pit"]
+    assert rows_in_order(runs) == ["hist_pit+hidden_topk", "hist_pit", "lstm"]  # LABELS order, then first seen
+    assert label("hist_pit+hidden_topk") == "HIST (qlib_hist, point-in-time SW concepts), hidden_topk"
+    assert row_of({"model": "gru", "seed": 0}) == "gru"  # result files from before grids have no variant
+    table = summary_table(runs).splitlines()
+    assert table[0].startswith("| Model | Seeds | Valid (best epoch) | Best epoch | Fit s | IC |")
+    default = next(line for line in table if line.startswith("| HIST (qlib_hist, point-in-time SW concepts) |"))
+    assert "| 0, 1 | 0.0500 ± 0.0100 | 0.5 ± 0.5 | 15 | 0.0400 ± 0.0100 |" in default

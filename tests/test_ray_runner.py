@@ -1,0 +1,199 @@
+"""The benchmark runner on Ray (``benchmarks.run`` + ``benchmarks.cluster``), on the synthetic provider.
+
+A local Ray with 2 CPUs runs a grid of 1 model x 2 variants x 2 seeds of tiny one-epoch HISTs (GRU base, hidden
+size 8) on the demo market. While it runs, the worker process of the first task to start is killed (SIGKILL, from
+this test, as the OOM killer or a lost node would): Ray reruns the task and the table still completes. A rerun then
+submits nothing, and one tracking store holds every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from benchmarks.report import summary_table  # noqa: E402
+from benchmarks.run import main  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds Ray's workers through /proc"),
+]
+
+TASK_TITLE = b"ray::run_grid_task"  # the process title Ray gives a worker while it runs the task
+GRID = """
+name: tiny
+profile: cpu-quick
+settings:
+  start: {start}
+  end: 2016-09-30
+  fit: [2016-04-01, 2016-06-30]
+  segments:
+    train: [2016-04-01, 2016-06-30]
+    valid: [2016-07-01, 2016-08-31]
+    test: [2016-09-01, 2016-09-29]
+  n_epochs: 1
+  early_stop: 1
+models: [hist_pit]
+seeds: [0, 1]
+variants:
+  small: {{hidden_size: 8, num_layers: 1, base_model: GRU, GPU: -1}}
+  small_topk: {{hidden_size: 8, num_layers: 1, base_model: GRU, GPU: -1, hidden_topk: 3}}
+"""
+ROWS = {"hist_pit+small", "hist_pit+small_topk"}
+
+
+def run_main(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(args)
+    return code, out.getvalue()
+
+
+def task_workers(mark: str) -> list[int]:
+    """Pids of the processes running a grid task now whose environment holds ``mark`` (this test's Ray only)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(TASK_TITLE):
+                if mark.encode() in (proc / "environ").read_bytes():
+                    pids.append(int(proc.name))
+        except OSError:  # gone, or not ours
+            continue
+    return pids
+
+
+class Killer(threading.Thread):
+    """Kills the first task worker it sees, ``delay`` seconds after it starts the task."""
+
+    def __init__(self, mark: str, delay: float = 3.0, timeout: float = 300.0):
+        super().__init__(daemon=True)
+        self.mark, self.delay, self.timeout = mark, delay, timeout
+        self.killed: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            pids = task_workers(self.mark)
+            if pids:
+                time.sleep(self.delay)
+                try:
+                    os.kill(pids[0], signal.SIGKILL)
+                    self.killed = pids[0]
+                except ProcessLookupError:  # finished within the delay: try the next one
+                    continue
+                return
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def grid_run(demo, tmp_path_factory):
+    """The grid run once (2 CPUs, one worker killed mid-task); its arguments, output, exit code, the killed pid."""
+    root = tmp_path_factory.mktemp("ray_grid")
+    grid = root / "tiny.yaml"
+    grid.write_text(GRID.format(start=demo.start))
+    args = [
+        "--grid",
+        str(grid),
+        "--provider-uri",
+        str(demo.provider_uri),
+        "--market",
+        demo.market,
+        "--benchmark",
+        demo.benchmark,
+        "--membership",
+        str(demo.membership),
+        "--model-path",
+        "",
+        "--cache-dir",
+        str(root / "cache"),
+        "--results-dir",
+        str(root / "results"),
+        "--cpus",
+        "2",
+    ]
+    mark = f"QLIB_HIST_TEST_{uuid.uuid4().hex}"
+    os.environ[mark] = "1"  # the local Ray's workers inherit it: the killer touches no other Ray
+    killer = Killer(mark)
+    killer.start()
+    try:
+        code, out = run_main(args)
+    finally:
+        killer.stop.set()
+        killer.join()
+        del os.environ[mark]
+    return {"args": args, "root": root, "code": code, "out": out, "killed": killer.killed}
+
+
+def test_grid_completes_after_a_worker_is_killed(grid_run):
+    assert grid_run["killed"] is not None, "no task worker was seen to kill"
+    assert grid_run["code"] == 0, grid_run["out"]
+    assert "submitting 4" in grid_run["out"]
+    runs_dir = grid_run["root"] / "results" / "tiny" / "runs"
+    files = sorted(p.name for p in runs_dir.glob("*.json"))
+    assert files == sorted(f"{row}_seed{seed}.json" for row in ROWS for seed in (0, 1))
+    runs = [json.loads((runs_dir / name).read_text()) for name in files]
+    for run in runs:
+        assert "error" not in run, run.get("traceback")
+        assert len(run["metrics"]) == 7  # IC, ICIR, Rank IC, Rank ICIR and the backtest's three
+        assert run["grid"] == "tiny" and run["config"]["kwargs"]["hidden_size"] == 8
+        assert run["best_epoch"] == 0 and run["valid_score"] == run["valid_scores"][0]
+    assert {r["config"]["kwargs"].get("hidden_topk", 1) for r in runs} == {1, 3}
+    table = summary_table(runs)
+    assert table.count("| 0, 1 |") == 2  # both variants, both seeds
+
+
+def test_rerun_submits_nothing(grid_run):
+    import ray
+
+    runs_dir = grid_run["root"] / "results" / "tiny" / "runs"
+    before = {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")}
+    code, out = run_main(grid_run["args"])
+    assert code == 0 and "4 runs, 4 done, submitting 0" in out
+    assert not ray.is_initialized()  # no Ray started for nothing
+    assert {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")} == before
+
+
+def test_one_store_holds_every_run(grid_run):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{grid_run['root'] / 'cache' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("bench_tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    finished = sorted(r.info.run_name for r in runs if r.info.status == "FINISHED")
+    assert finished == sorted(f"{row}_seed{seed}" for row in ROWS for seed in (0, 1))
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}  # a killed attempt is not left RUNNING
+    ic = {r.info.run_name: r.data.metrics["IC"] for r in runs if r.info.status == "FINISHED"}
+    runs_dir = grid_run["root"] / "results" / "tiny" / "runs"
+    for name, value in ic.items():  # the result files hold what the store holds
+        assert json.loads((runs_dir / f"{name}.json").read_text())["metrics"]["IC"] == pytest.approx(value)
+
+
+def test_unknown_variant_argument_stops_the_grid_before_any_run(grid_run, capsys):
+    import ray
+
+    grid = grid_run["root"] / "typo.yaml"
+    grid.write_text(
+        (grid_run["root"] / "tiny.yaml")
+        .read_text()
+        .replace("name: tiny", "name: typo")
+        .replace("hidden_topk", "hiden_topk")
+    )
+    args = list(grid_run["args"])
+    args[args.index("--grid") + 1] = str(grid)
+    with pytest.raises(SystemExit) as exit_:
+        run_main(args)
+    assert exit_.value.code == 2
+    assert "variants.small_topk: ['hiden_topk'] are not HIST arguments" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (grid_run["root"] / "results" / "typo").exists()
