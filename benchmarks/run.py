@@ -469,14 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO)
     import qlib
 
-    from qlib_hist.qlib_edge.handler_cache import cached_handler
+    from qlib_hist.qlib_edge.handler_cache import ensure_cached
 
     qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri))
     try:
         check_configs(ctx, missing)
     except GridError as err:
         parser.error(str(err))
-    cached_handler(ctx.handler(), ctx.provider_uri, ctx.cache_dir)  # built once, here; the workers load it
+    ensure_cached(ctx.handler(), ctx.provider_uri, ctx.cache_dir)  # built once, here; the workers load it
     runs_dir.mkdir(parents=True, exist_ok=True)
     prepare_store(ctx.tracking_uri, ctx.experiment, cache / "mlruns")
 

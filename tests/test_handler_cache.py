@@ -100,3 +100,26 @@ def test_cached_handler_class_in_a_task_config(demo, demo_handler, tmp_path, mon
     pd.testing.assert_frame_equal(
         again.fetch(data_key=DataHandlerLP.DK_L), demo_handler.fetch(data_key=DataHandlerLP.DK_L)
     )
+
+
+def test_ensure_cached_builds_once_and_reads_nothing_back(demo, demo_handler, tmp_path, monkeypatch):
+    """A grid's driver prepares the entry its workers load, without holding the frame itself."""
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    from qlib_hist.qlib_edge import handler_cache
+
+    init_qlib(demo.provider_uri)
+    config = {"class": "Alpha360", "module_path": "qlib.contrib.data.handler", "kwargs": alpha360_kwargs(demo)}
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("ensure_cached read the frame back")
+
+    monkeypatch.setattr(handler_cache, "read_frame", no_read)
+    entry = handler_cache.ensure_cached(config, demo.provider_uri, tmp_path)
+    assert entry.exists() and list(tmp_path.glob("Alpha360_*")) == [entry]
+    monkeypatch.setattr("qlib.utils.init_instance_by_config", no_read)  # present: neither built nor read
+    assert handler_cache.ensure_cached(config, demo.provider_uri, tmp_path) == entry
+    monkeypatch.undo()
+    learn = DataHandlerLP.DK_L
+    loaded = cached_handler(config, demo.provider_uri, tmp_path)
+    pd.testing.assert_frame_equal(loaded.fetch(data_key=learn), demo_handler.fetch(data_key=learn))

@@ -65,18 +65,40 @@ def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: Path
     return DataHandlerLP(**_cached_parts(handler_config, provider_uri, cache_dir))
 
 
+def ensure_cached(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike) -> Path:
+    """Build and cache ``handler_config``'s handler unless an entry exists; its path. Nothing is read back: for a
+    process that prepares the cache for others (the workers of a benchmark grid)."""
+    path = _entry(handler_config, provider_uri, cache_dir)
+    if not path.exists():
+        _build(handler_config, path)
+    return path
+
+
+def _entry(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike) -> Path:
+    name = f"{handler_config.get('class', 'handler')}_{cache_key(handler_config, provider_uri)}"
+    return Path(cache_dir).expanduser() / name
+
+
+def _build(handler_config: dict, path: Path) -> Any:
+    """Build the handler (``qlib.init`` done), write its raw infer frame to ``path``; the frame."""
+    from qlib.utils import init_instance_by_config
+
+    tic = time.perf_counter()
+    handler = init_instance_by_config(copy.deepcopy(handler_config))  # qlib fills processor kwargs in place
+    frame = handler.fetch(col_set=DataHandlerLP.CS_RAW, data_key=DataHandlerLP.DK_I)
+    write_frame(frame, path)
+    logging.getLogger("qlib_hist").info("handler built in %.1fs and cached at %s", time.perf_counter() - tic, path)
+    return frame
+
+
 def _cached_parts(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike) -> dict:
     """``DataHandlerLP`` keyword arguments that rebuild ``handler_config``'s handler from its cached infer frame."""
     from qlib.contrib.data.handler import check_transform_proc
     from qlib.data.dataset.loader import StaticDataLoader
-    from qlib.utils import init_instance_by_config
 
     log = logging.getLogger("qlib_hist")
     kwargs = handler_config.get("kwargs", {})
-    path = (
-        Path(cache_dir).expanduser()
-        / f"{handler_config.get('class', 'handler')}_{cache_key(handler_config, provider_uri)}"
-    )
+    path = _entry(handler_config, provider_uri, cache_dir)
     frame = None
     if path.exists():
         tic = time.perf_counter()
@@ -86,12 +108,7 @@ def _cached_parts(handler_config: dict, provider_uri: PathLike, cache_dir: PathL
         except FrameStoreError as err:
             log.warning("handler cache entry %s is damaged (%s): rebuilding it", path, err)
     if frame is None:
-        tic = time.perf_counter()
-        handler = init_instance_by_config(copy.deepcopy(handler_config))  # qlib fills processor kwargs in place
-        frame = handler.fetch(col_set=DataHandlerLP.CS_RAW, data_key=DataHandlerLP.DK_I)
-        write_frame(frame, path)
-        log.info("handler built in %.1fs and cached at %s", time.perf_counter() - tic, path)
-        del handler
+        frame = _build(handler_config, path)
     learn = check_transform_proc(
         copy.deepcopy(kwargs.get("learn_processors", [])), kwargs.get("fit_start_time"), kwargs.get("fit_end_time")
     )
