@@ -65,6 +65,12 @@ def rows_in_order(runs: list[dict]) -> list[str]:
     return sorted(rows, key=lambda row: models.index(row.partition("+")[0]))
 
 
+def fit_seconds(run: dict) -> float:
+    """A run's training time: the sum of its epochs' seconds (a run resumed from its checkpoint counts the epochs
+    of every attempt), else its ``fit_seconds``."""
+    return float(sum(run["epoch_seconds"])) if run.get("epoch_seconds") else float(run["fit_seconds"])
+
+
 def _mean_std(values: list[float], digits: int) -> str:
     array = np.array(values, dtype=float)
     return f"{array.mean():.{digits}f} ± {array.std(ddof=0):.{digits}f}"
@@ -74,7 +80,7 @@ def summary_table(runs: list[dict]) -> str:
     """Markdown: one row per (model, variant), each metric as mean ± std over its seeds.
 
     Runs of a grid (they record the early-stopping metric) also get the valid score at the best epoch, the best
-    epoch (0-based) and the fit time.
+    epoch (0-based) and the fit time (:func:`fit_seconds`).
     """
     with_valid = any("valid_score" in r for r in runs)
     extra = ["Valid (best epoch)", "Best epoch", "Fit s"] if with_valid else []
@@ -92,7 +98,7 @@ def summary_table(runs: list[dict]) -> str:
         if with_valid:
             cells.append(_mean_std([r.get("valid_score", np.nan) for r in ok], 4))
             cells.append(_mean_std([r.get("best_epoch", np.nan) for r in ok], 1))
-            cells.append(f"{np.mean([r['fit_seconds'] for r in ok]):.0f}")
+            cells.append(f"{np.mean([fit_seconds(r) for r in ok]):.0f}")
         cells += [_mean_std([r["metrics"].get(metric, np.nan) for r in ok], 4) for metric in REPORT_METRICS]
         epochs = [len(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
         seconds = [np.median(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]

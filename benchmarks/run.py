@@ -22,11 +22,13 @@ disk (:mod:`qlib_hist.qlib_edge.handler_cache`); the workers load it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -52,6 +54,7 @@ from benchmarks.config import (
 from benchmarks.grid import Grid, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
 from qlib_hist._io import atomic_write_text
+from qlib_hist.qlib_edge.model import CHECKPOINT_NAME
 
 #: qlib's LightGBM benchmark settings (examples/benchmarks/LightGBM); qlib's fit boosts up to 1000 rounds, early stop 50
 LIGHTGBM = {
@@ -261,8 +264,17 @@ class GridContext:
         config["kwargs"].update(self.grid.variants[key.variant])
         return config
 
+    def checkpoint_dir(self, key: RunKey) -> Path:
+        """Where a qlib_hist run checkpoints every epoch, so that Ray's rerun of a killed task (or a rerun of the
+        grid after a stopped session) resumes at its last epoch. The name holds a digest of everything the run's
+        checkpoint fingerprint covers (model settings, provider, handler, segments): a changed grid file starts
+        afresh in a new folder instead of meeting a checkpoint it must refuse."""
+        what = [self.config(key), self.provider_uri, self.handler(), self.grid.profile["segments"]]
+        digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return Path(self.cache_dir) / "checkpoints" / self.grid.name / f"{key.row}_seed{key.seed}_{digest}"
 
-#: the dataset of each (provider, store, handler) this worker process has loaded: the next task reuses it
+
+#: the dataset this worker process loaded last, by (provider, store, handler, segments): the next task reuses it
 _WORKER_DATASETS: dict = {}
 
 
@@ -273,7 +285,7 @@ def worker_dataset(ctx: GridContext) -> Any:
 
     from qlib_hist.qlib_edge.handler_cache import cached_handler
 
-    key = (ctx.provider_uri, ctx.tracking_uri, json.dumps(ctx.handler(), sort_keys=True))
+    key = json.dumps([ctx.provider_uri, ctx.tracking_uri, ctx.handler(), ctx.grid.profile["segments"]], sort_keys=True)
     if key not in _WORKER_DATASETS:
         _WORKER_DATASETS.clear()
         qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri))
@@ -302,6 +314,9 @@ def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
     }
     config = ctx.config(key)
     result["config"] = recorded_config(config)
+    if config["module_path"] == "qlib_hist":  # not recorded: where to write changes no result (resume is exact)
+        config["kwargs"].setdefault("checkpoint_dir", str(ctx.checkpoint_dir(key)))
+        result["resumed"] = (Path(config["kwargs"]["checkpoint_dir"]) / CHECKPOINT_NAME).exists()
     end_killed_attempts(ctx, f"{key.row}_seed{key.seed}")
     with R.start(experiment_name=ctx.experiment, recorder_name=f"{key.row}_seed{key.seed}"):
         tic = time.perf_counter()
@@ -355,6 +370,7 @@ def run_grid_task(ctx: GridContext, key: RunKey) -> dict:
     torch.set_num_threads(ctx.threads)
     result = run_one(key, worker_dataset(ctx), ctx)
     atomic_write_text(Path(ctx.runs_dir) / key.file_name, json.dumps(result, indent=1, default=str))
+    shutil.rmtree(ctx.checkpoint_dir(key), ignore_errors=True)  # the result file now says the run is done
     return {"metrics": result.get("metrics"), "error": result.get("error"), "fit_seconds": result.get("fit_seconds")}
 
 

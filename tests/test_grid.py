@@ -7,7 +7,7 @@ import pytest
 from benchmarks.config import PAPER_OPTIONS, PROFILES
 from benchmarks.grid import DEFAULT, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import ROOT
-from benchmarks.report import label, row_of, rows_in_order, summary_table
+from benchmarks.report import fit_seconds, label, row_of, rows_in_order, summary_table
 from benchmarks.run import ROWS
 
 ABLATION = ROOT / "benchmarks" / "grids" / "ablation.yaml"
@@ -111,8 +111,8 @@ def _run(model: str, variant: str, seed: int, ic: float, valid: float) -> dict:
         "metrics": {"IC": ic},
         "valid_score": valid,
         "best_epoch": seed,
-        "fit_seconds": 10.0 * (seed + 1),
-        "epoch_seconds": [1.0, 3.0],
+        "fit_seconds": 10.0 * (seed + 1),  # this attempt's: less than the epochs' sum when resumed
+        "epoch_seconds": [1.0, 3.0 + 2 * seed],
     }
 
 
@@ -130,4 +130,6 @@ def test_report_rows_per_variant():
     table = summary_table(runs).splitlines()
     assert table[0].startswith("| Model | Seeds | Valid (best epoch) | Best epoch | Fit s | IC |")
     default = next(line for line in table if line.startswith("| HIST (qlib_hist, point-in-time SW concepts) |"))
-    assert "| 0, 1 | 0.0500 ± 0.0100 | 0.5 ± 0.5 | 15 | 0.0400 ± 0.0100 |" in default
+    assert "| 0, 1 | 0.0500 ± 0.0100 | 0.5 ± 0.5 | 5 | 0.0400 ± 0.0100 |" in default  # fit: mean of 4 and 6
+    lightgbm = {"model": "lightgbm", "seed": 0, "metrics": {"IC": 0.01}, "fit_seconds": 7.0}
+    assert fit_seconds(lightgbm) == 7.0 and fit_seconds(runs[3]) == 6.0

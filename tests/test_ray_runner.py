@@ -1,9 +1,10 @@
 """The benchmark runner on Ray (``benchmarks.run`` + ``benchmarks.cluster``), on the synthetic provider.
 
-A local Ray with 2 CPUs runs a grid of 1 model x 2 variants x 2 seeds of tiny one-epoch HISTs (GRU base, hidden
-size 8) on the demo market. While it runs, the worker process of the first task to start is killed (SIGKILL, from
-this test, as the OOM killer or a lost node would): Ray reruns the task and the table still completes. A rerun then
-submits nothing, and one tracking store holds every run.
+A local Ray with 2 CPUs runs a grid of 1 model x 2 variants x 2 seeds of tiny two-epoch HISTs (GRU base, hidden
+size 8) on the demo market. Once the first run has checkpointed an epoch, the worker processes running tasks are
+killed (SIGKILL, from this test, as the OOM killer or a lost node would): Ray reruns those tasks, the killed run
+resumes from its checkpoint, and the table still completes. A rerun then submits nothing, and one tracking store
+holds every run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ pytest.importorskip("ray")
 
 from benchmarks.report import summary_table  # noqa: E402
 from benchmarks.run import main  # noqa: E402
+from qlib_hist.qlib_edge.model import CHECKPOINT_NAME  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,8 +44,8 @@ settings:
     train: [2016-04-01, 2016-06-30]
     valid: [2016-07-01, 2016-08-31]
     test: [2016-09-01, 2016-09-29]
-  n_epochs: 1
-  early_stop: 1
+  n_epochs: 2
+  early_stop: 2
 models: [hist_pit]
 seeds: [0, 1]
 variants:
@@ -74,32 +76,31 @@ def task_workers(mark: str) -> list[int]:
 
 
 class Killer(threading.Thread):
-    """Kills the first task worker it sees, ``delay`` seconds after it starts the task."""
+    """Once a run has written its first checkpoint, kills every task worker of this test's Ray (SIGKILL)."""
 
-    def __init__(self, mark: str, delay: float = 3.0, timeout: float = 300.0):
+    def __init__(self, mark: str, checkpoints: Path, timeout: float = 300.0):
         super().__init__(daemon=True)
-        self.mark, self.delay, self.timeout = mark, delay, timeout
-        self.killed: int | None = None
+        self.mark, self.checkpoints, self.timeout = mark, checkpoints, timeout
+        self.killed: list[int] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
         while not self.stop.is_set() and time.monotonic() < deadline:
-            pids = task_workers(self.mark)
-            if pids:
-                time.sleep(self.delay)
-                try:
-                    os.kill(pids[0], signal.SIGKILL)
-                    self.killed = pids[0]
-                except ProcessLookupError:  # finished within the delay: try the next one
-                    continue
-                return
-            time.sleep(0.2)
+            if any(self.checkpoints.glob(f"*/*/{CHECKPOINT_NAME}")):
+                for pid in task_workers(self.mark):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed.append(pid)
+                if self.killed:
+                    return
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
 def grid_run(demo, tmp_path_factory):
-    """The grid run once (2 CPUs, one worker killed mid-task); its arguments, output, exit code, the killed pid."""
+    """The grid run once (2 CPUs, the task workers killed once a checkpoint exists); its arguments, output, exit
+    code, the killed pids."""
     root = tmp_path_factory.mktemp("ray_grid")
     grid = root / "tiny.yaml"
     grid.write_text(GRID.format(start=demo.start))
@@ -125,7 +126,7 @@ def grid_run(demo, tmp_path_factory):
     ]
     mark = f"QLIB_HIST_TEST_{uuid.uuid4().hex}"
     os.environ[mark] = "1"  # the local Ray's workers inherit it: the killer touches no other Ray
-    killer = Killer(mark)
+    killer = Killer(mark, root / "cache" / "checkpoints")
     killer.start()
     try:
         code, out = run_main(args)
@@ -137,7 +138,7 @@ def grid_run(demo, tmp_path_factory):
 
 
 def test_grid_completes_after_a_worker_is_killed(grid_run):
-    assert grid_run["killed"] is not None, "no task worker was seen to kill"
+    assert grid_run["killed"], "no task worker was seen to kill"
     assert grid_run["code"] == 0, grid_run["out"]
     assert "submitting 4" in grid_run["out"]
     runs_dir = grid_run["root"] / "results" / "tiny" / "runs"
@@ -148,10 +149,12 @@ def test_grid_completes_after_a_worker_is_killed(grid_run):
         assert "error" not in run, run.get("traceback")
         assert len(run["metrics"]) == 7  # IC, ICIR, Rank IC, Rank ICIR and the backtest's three
         assert run["grid"] == "tiny" and run["config"]["kwargs"]["hidden_size"] == 8
-        assert run["best_epoch"] == 0 and run["valid_score"] == run["valid_scores"][0]
+        assert len(run["epoch_seconds"]) == 2 and run["valid_score"] == max(run["valid_scores"])
     assert {r["config"]["kwargs"].get("hidden_topk", 1) for r in runs} == {1, 3}
     table = summary_table(runs)
     assert table.count("| 0, 1 |") == 2  # both variants, both seeds
+    assert any(run["resumed"] for run in runs)  # a killed run went on from its checkpoint, not from epoch 0
+    assert not list((grid_run["root"] / "cache" / "checkpoints" / "tiny").iterdir())  # done runs leave none
 
 
 def test_rerun_submits_nothing(grid_run):
