@@ -409,6 +409,18 @@ def check_configs(ctx: GridContext, keys: list[RunKey]) -> None:
             ) from None
 
 
+def check_resources(args: argparse.Namespace) -> None:
+    """The command line's numbers and input paths, checked before anything is built (a :class:`GridError` each)."""
+    for name, least in (("threads", 1), ("cpus", 1), ("gpus_per_run", 0), ("max_retries", 0)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise GridError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    if not (Path(args.provider_uri).expanduser() / "calendars").is_dir():
+        raise GridError(f"--provider-uri {args.provider_uri}: not a qlib provider (no calendars/ folder)")
+    if args.membership and not Path(args.membership).expanduser().is_file():
+        raise GridError(f"--membership {args.membership}: no such file")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
     parser = argparse.ArgumentParser(
@@ -448,8 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             grid = load_grid(args.grid, list(ROWS))
         else:
             grid = make_grid(args.profile, args.profile, args.models, args.seeds, list(ROWS))
-        if args.threads < 1:
-            raise GridError(f"--threads must be at least 1, got {args.threads}")
+        check_resources(args)
     except GridError as err:
         parser.error(str(err))
     cache = Path(args.cache_dir).expanduser().resolve()

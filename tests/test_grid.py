@@ -133,3 +133,26 @@ def test_report_rows_per_variant():
     assert "| 0, 1 | 0.0500 ± 0.0100 | 0.5 ± 0.5 | 5 | 0.0400 ± 0.0100 |" in default  # fit: mean of 4 and 6
     lightgbm = {"model": "lightgbm", "seed": 0, "metrics": {"IC": 0.01}, "fit_seconds": 7.0}
     assert fit_seconds(lightgbm) == 7.0 and fit_seconds(runs[3]) == 6.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--cpus", "0"], "--cpus must be at least 1, got 0"),
+        (["--gpus-per-run", "-1"], "--gpus-per-run must be at least 0, got -1.0"),
+        (["--max-retries", "-1"], "--max-retries must be at least 0, got -1"),
+        (["--provider-uri", "no-such-provider"], "--provider-uri no-such-provider: not a qlib provider"),
+        (["--membership", "no-such.csv"], "--membership no-such.csv: no such file"),
+    ],
+)
+def test_bad_command_line_numbers_and_paths(tmp_path, capsys, extra, message):
+    from benchmarks.run import main
+
+    provider = tmp_path / "provider"
+    (provider / "calendars").mkdir(parents=True)
+    args = ["--models", "lightgbm", "--seeds", "0", "--provider-uri", str(provider), "--results-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        main(args + extra)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "cpu-quick").exists()
