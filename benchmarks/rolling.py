@@ -1,7 +1,7 @@
 """Rolling benchmark: HIST retrained on rolling windows (cold and warm) against the static fit and the baselines.
 
     python -m benchmarks.rolling --provider-uri ../shared/data/cn_csi300 --step 252 \
-        --rows hist_warm hist_cold qlib_hist_patched lightgbm --seeds 0 1 2 --threads 1
+        --rows hist_warm hist_cold qlib_hist_patched lightgbm --seeds 0 1 2 --cpus 2 --threads 1
     python -m benchmarks.rolling --report --step 252       # results/rolling_step<N>.md and the monthly-IC plot
 
 The cpu-quick test years (2019-01-01..2022-12-29) are rolled: the first window trains on 2015-2017 and validates on
@@ -14,15 +14,19 @@ Everything runs through :class:`qlib_hist.qlib_edge.rolling.HISTRolling` (qlib's
 handler (processors fitted on its train segment) is built once and shared by every row and seed
 (:class:`~qlib_hist.qlib_edge.handler_cache.CachedHandler`).
 
-Each (row, seed) writes ``benchmarks/results/rolling/runs/<row>_seed<k>_step<N>.json`` when it finishes (merged
-metrics, fit seconds per window, daily IC, the model config; its workflow YAML stays in the cache); a rerun skips
-finished files, and a stopped row resumes at its first unfinished window. The ``static`` row of the report is the
+Each (row, seed) is one Ray task (:mod:`benchmarks.cluster`; ``--cpus``, ``--threads``, ``--address``,
+``--gpus-per-run`` as in :mod:`benchmarks.run`): its windows run in order inside the task, since a warm window
+starts from the previous one's weights. It writes ``benchmarks/results/rolling/runs/<row>_seed<k>_step<N>.json``
+when it finishes (merged metrics, fit seconds per window, daily IC, the model config; its workflow YAML stays in the
+cache); a rerun submits only the (row, seed) without a file, and a stopped or killed one resumes at its first
+unfinished window. The ``static`` row of the report is the
 committed cpu-quick ``hist_pit`` (same test days).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.cluster import Resources, run_tasks
 from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
@@ -56,6 +61,7 @@ ROWS = {
     "lightgbm": ("lightgbm", False),
 }
 RESULTS = HERE / "results" / "rolling"
+STORE = "rolling_mlruns.db"  # in the cache: every (row, seed) logs to this one store
 
 
 def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
@@ -193,42 +199,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
     parser.add_argument("--model-path", default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"))
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of a (row, seed) = its task's CPUs")
+    parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: every core)")
+    parser.add_argument("--address", default=None, help="a Ray cluster: auto, or HOST:PORT of its head")
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each (row, seed) task asks for")
+    parser.add_argument("--max-retries", type=int, default=3, help="reruns of a task whose worker process died")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the result files")
     args = parser.parse_args(argv)
     if args.report:
         print(f"wrote {report(args.step)}")
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()
     args.sw_csv = str(Path(args.sw_csv).expanduser().resolve())
     args.model_path = str(Path(args.model_path).expanduser().resolve()) if args.model_path else None
-    cache = Path(args.cache_dir).resolve()
+    args.cache_dir = str(Path(args.cache_dir).expanduser().resolve())
+    missing = [
+        (row, seed) for seed in args.seeds for row in args.rows if not result_path(row, seed, args.step).exists()
+    ]
+    print(f"rolling step {args.step}: {len(missing)} (row, seed) to run", flush=True)
+    if not missing:
+        return 0
+    cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     (RESULTS / "runs").mkdir(parents=True, exist_ok=True)
-    store = cache / "rolling_mlruns.db"
-    os.chdir(cache)  # mlflow's artifacts beside the store
+    os.chdir(cache)  # mlflow's artifacts beside the store (Ray's local workers start here too)
 
     import qlib
 
     logging.basicConfig(level=logging.INFO)
-    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(store)))
+    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(cache / STORE)))
     models = [ROWS[row][0] for row in args.rows]
     concepts = build_concepts(ROLLING, args.provider_uri, args.market, cache, models, sw_csv=args.sw_csv)
-    for seed in args.seeds:
-        for row in args.rows:
-            path = RESULTS / "runs" / f"{row}_seed{seed}_step{args.step}.json"
-            if path.exists():
-                print(f"skip {path.name} (done)")
-                continue
-            print(f"=== rolling {row} seed {seed} step {args.step}", flush=True)
-            result = run_row(row, seed, concepts, args, store)
-            atomic_write_text(path, json.dumps(result, indent=1))
-            print(f"=== {path.name}: {result['metrics']} fit {result['fit_seconds']:.0f}s", flush=True)
-    return 0
+
+    def done(item: tuple, summary: dict, seconds: float) -> None:
+        print(f"=== rolling {item[0]} seed {item[1]} done after {seconds:.0f} s: {summary}", flush=True)
+
+    resources = Resources(args.address, args.cpus, args.threads, args.gpus_per_run, args.max_retries)
+    task = importlib.import_module("benchmarks.rolling").run_rolling_task  # by name, also under python -m
+    failures = run_tasks(task, missing, resources, args, concepts, on_done=done)
+    for (row, seed), error in failures.items():
+        print(f"=== rolling {row} seed {seed} FAILED: {error}", flush=True)
+    return 1 if failures else 0
+
+
+def result_path(row: str, seed: int, step: int) -> Path:
+    """The result file of one (row, seed) at ``step``."""
+    return RESULTS / "runs" / f"{row}_seed{seed}_step{step}.json"
+
+
+def run_rolling_task(args: argparse.Namespace, concepts: dict, item: tuple) -> dict:
+    """One Ray task: roll one (row, seed) and write its result file; the merged metrics and fit seconds.
+
+    A (row, seed) is one task, not one per window: a warm window starts from the previous one's weights. A rerun
+    of the task (its worker died) resumes at the first window without a finished recorder in the store.
+    """
+    import qlib
+    import torch
+
+    row, seed = item
+    torch.set_num_threads(args.threads)
+    store = Path(args.cache_dir) / STORE
+    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(store)))
+    result = run_row(row, seed, concepts, args, store)
+    atomic_write_text(result_path(row, seed, args.step), json.dumps(result, indent=1))
+    return {"metrics": result["metrics"], "fit_seconds": round(result["fit_seconds"])}
 
 
 if __name__ == "__main__":
