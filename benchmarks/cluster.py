@@ -11,6 +11,7 @@ on. What is done lives in the caller's result files, not here, so a rerun submit
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -45,7 +46,8 @@ def connect(resources: Resources) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {"env_vars": {"PYTHONPATH": path}}
     if resources.address:
         ray.init(address=resources.address, runtime_env=env, logging_level=logging.WARNING)
     else:
