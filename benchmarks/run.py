@@ -365,10 +365,12 @@ def end_killed_attempts(ctx: GridContext, recorder_name: str) -> None:
 
 def run_grid_task(ctx: GridContext, key: RunKey) -> dict:
     """One Ray task: run ``key`` and write its result file; the metrics (or the error) for the driver's log."""
+    import ray
     import torch
 
     torch.set_num_threads(ctx.threads)
     result = run_one(key, worker_dataset(ctx), ctx)
+    result["ray_node"] = ray.get_runtime_context().get_node_id()  # where it ran, on a cluster of several
     atomic_write_text(Path(ctx.runs_dir) / key.file_name, json.dumps(result, indent=1, default=str))
     shutil.rmtree(ctx.checkpoint_dir(key), ignore_errors=True)  # the result file now says the run is done
     return {"metrics": result.get("metrics"), "error": result.get("error"), "fit_seconds": result.get("fit_seconds")}

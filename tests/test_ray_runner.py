@@ -4,7 +4,7 @@ A local Ray with 2 CPUs runs a grid of 1 model x 2 variants x 2 seeds of tiny tw
 size 8) on the demo market. Once the first run has checkpointed an epoch, the worker processes running tasks are
 killed (SIGKILL, from this test, as the OOM killer or a lost node would): Ray reruns those tasks, the killed run
 resumes from its checkpoint, and the table still completes. A rerun then submits nothing, and one tracking store
-holds every run.
+holds every run. Last, the grid runs with ``--address`` on a two-node cluster and spreads over both nodes.
 """
 
 from __future__ import annotations
@@ -200,3 +200,31 @@ def test_unknown_variant_argument_stops_the_grid_before_any_run(grid_run, capsys
     assert exit_.value.code == 2
     assert "variants.small_topk: ['hiden_topk'] are not HIST arguments" in capsys.readouterr().err
     assert not ray.is_initialized() and not (grid_run["root"] / "results" / "typo").exists()
+
+
+def test_the_same_grid_on_a_two_node_cluster(grid_run, tmp_path):
+    """``--address``: the driver joins a running cluster (two nodes of one CPU each, as ``ray start`` makes them)
+    and the runs spread over both; the cluster outlives the grid."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        args = list(grid_run["args"])
+        for flag in ("--results-dir", "--tracking-uri"):
+            if flag in args:
+                i = args.index(flag)
+                del args[i : i + 2]
+        args[args.index("--cpus") : args.index("--cpus") + 2] = ["--address", cluster.address]
+        args += ["--results-dir", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'cluster.db'}"]
+        code, out = run_main(args)
+        assert code == 0, out
+        runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "tiny" / "runs").glob("*.json"))]
+        assert len(runs) == 4 and all(len(r["metrics"]) == 7 for r in runs)
+        assert len({r["ray_node"] for r in runs}) == 2  # both nodes worked
+        assert not ray.is_initialized()  # the driver left; the cluster is still up
+        assert cluster.remaining_processes_alive()  # both nodes, all their processes
+    finally:
+        cluster.shutdown()
