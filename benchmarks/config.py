@@ -150,13 +150,17 @@ def record_configs(profile: dict, benchmark: str) -> list[dict]:
     return records
 
 
-def qlib_init_kwargs(provider_uri: str | Path, tracking_uri: str) -> dict:
+def qlib_init_kwargs(provider_uri: str | Path, tracking_uri: str, kernels: int = 2) -> dict:
     """``qlib.init`` keyword arguments: the provider, the YAML's region, the mlflow store at ``tracking_uri`` (a
-    ``sqlite:///`` file or a tracking server; mlflow 3.x refuses qlib's default ``./mlruns`` file store)."""
+    ``sqlite:///`` file or a tracking server; mlflow 3.x refuses qlib's default ``./mlruns`` file store).
+
+    ``kernels`` is qlib's number of processes for reading expressions (handler builds, the backtest's prices); above
+    1, qlib forks them (joblib's multiprocessing backend). Inside a Ray worker, a process full of Ray's threads,
+    such a fork can hang for ever on a lock one of those threads held: Ray tasks pass ``kernels=1``."""
     return {
         "provider_uri": str(provider_uri),
         "region": WORKFLOW["qlib_init"]["region"],
-        "kernels": 2,
+        "kernels": kernels,
         "exp_manager": {
             "class": "MLflowExpManager",
             "module_path": "qlib.workflow.expm",

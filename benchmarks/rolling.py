@@ -259,7 +259,7 @@ def run_rolling_task(args: argparse.Namespace, concepts: dict, item: tuple) -> d
     row, seed = item
     torch.set_num_threads(args.threads)
     store = Path(args.cache_dir) / STORE
-    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(store)))
+    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(store), kernels=1))  # no fork in a Ray worker
     result = run_row(row, seed, concepts, args, store)
     atomic_write_text(result_path(row, seed, args.step), json.dumps(result, indent=1))
     return {"metrics": result["metrics"], "fit_seconds": round(result["fit_seconds"])}

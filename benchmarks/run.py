@@ -288,7 +288,7 @@ def worker_dataset(ctx: GridContext) -> Any:
     key = json.dumps([ctx.provider_uri, ctx.tracking_uri, ctx.handler(), ctx.grid.profile["segments"]], sort_keys=True)
     if key not in _WORKER_DATASETS:
         _WORKER_DATASETS.clear()
-        qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri))
+        qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri, kernels=1))  # no fork in a Ray worker
         handler = cached_handler(ctx.handler(), ctx.provider_uri, ctx.cache_dir)
         _WORKER_DATASETS[key] = DatasetH(handler, segments=ctx.grid.profile["segments"])
     return _WORKER_DATASETS[key]

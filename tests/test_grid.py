@@ -156,3 +156,27 @@ def test_bad_command_line_numbers_and_paths(tmp_path, capsys, extra, message):
         main(args + extra)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "cpu-quick").exists()
+
+
+def test_ray_workers_start_qlib_without_forking(monkeypatch, tmp_path):
+    """qlib forks its expression readers when ``kernels`` > 1; in a Ray worker (a process full of Ray's threads)
+    such a fork can hang for ever, and did in a backtest here: workers ask for one kernel."""
+    import qlib
+
+    from benchmarks.run import GridContext, worker_dataset
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(qlib, "init", fake_init)
+    grid = make_grid("g", "cpu-quick", ["lightgbm"], [0], list(ROWS))
+    ctx = GridContext(grid, str(tmp_path), "csi300", "SH000300", str(tmp_path), str(tmp_path), "sqlite://", {}, None, 1)
+    with pytest.raises(Stop):
+        worker_dataset(ctx)
+    assert seen["kernels"] == 1 and seen["provider_uri"] == str(tmp_path)
