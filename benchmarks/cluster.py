@@ -61,6 +61,21 @@ def connect(resources: Resources) -> bool:
     return True
 
 
+def check_local_gpus(resources: Resources) -> None:
+    """A :class:`ValueError` when a local Ray could never start a task: each asks for more GPUs than this machine
+    has (Ray would hold such a task as infeasible, for ever). A cluster is not checked: its nodes may hold them."""
+    if resources.address or not resources.gpus_per_task:
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if resources.gpus_per_task > visible:
+        raise ValueError(
+            f"--gpus-per-run {resources.gpus_per_task:g}: this machine has {visible} GPU(s) that torch can use, so a"
+            " local Ray could never start a run; leave --gpus-per-run out, or give --address of a cluster with GPUs"
+        )
+
+
 def describe_failure(err: BaseException) -> str:
     """One line naming what went wrong (the run's own exception, not Ray's wrapper), then Ray's full report (with
     the remote traceback)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.cluster import Resources, run_tasks
+from benchmarks.cluster import Resources, check_local_gpus, run_tasks
 from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(f"wrote {report(args.step)}")
         return 0
+    resources = Resources(args.address, args.cpus, args.threads, args.gpus_per_run, args.max_retries)
+    try:
+        check_local_gpus(resources)
+    except ValueError as err:
+        parser.error(str(err))
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()
     args.sw_csv = str(Path(args.sw_csv).expanduser().resolve())
     args.model_path = str(Path(args.model_path).expanduser().resolve()) if args.model_path else None
@@ -234,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     def done(item: tuple, summary: dict, seconds: float) -> None:
         print(f"=== rolling {item[0]} seed {item[1]} done after {seconds:.0f} s: {summary}", flush=True)
 
-    resources = Resources(args.address, args.cpus, args.threads, args.gpus_per_run, args.max_retries)
     task = importlib.import_module("benchmarks.rolling").run_rolling_task  # by name, also under python -m
     failures = run_tasks(task, missing, resources, args, concepts, on_done=done)
     for (row, seed), error in failures.items():

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.cluster import Resources, run_tasks
+from benchmarks.cluster import Resources, check_local_gpus, run_tasks
 from benchmarks.config import (
     FILE_KWARGS,
     PAPER_OPTIONS,
@@ -205,6 +205,8 @@ def build_concepts(
             concepts["membership"] = Path(membership)
         else:
             concepts["membership"] = cache / "sw_membership.csv"
+            if sw_csv is None:
+                raise GridError("the hist_* rows need a concept table: --sw-csv or --membership")
             if not concepts["membership"].exists():
                 write_membership(from_sw(sw_csv), concepts["membership"])
     if "legacy" in needed:
@@ -371,6 +373,7 @@ def run_grid_task(ctx: GridContext, key: RunKey) -> dict:
     torch.set_num_threads(ctx.threads)
     result = run_one(key, worker_dataset(ctx), ctx)
     result["ray_node"] = ray.get_runtime_context().get_node_id()  # where it ran, on a cluster of several
+    result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"  # Ray's GPU, if any
     atomic_write_text(Path(ctx.runs_dir) / key.file_name, json.dumps(result, indent=1, default=str))
     shutil.rmtree(ctx.checkpoint_dir(key), ignore_errors=True)  # the result file now says the run is done
     return {"metrics": result.get("metrics"), "error": result.get("error"), "fit_seconds": result.get("fit_seconds")}
@@ -421,6 +424,10 @@ def check_resources(args: argparse.Namespace) -> None:
         raise GridError(f"--provider-uri {args.provider_uri}: not a qlib provider (no calendars/ folder)")
     if args.membership and not Path(args.membership).expanduser().is_file():
         raise GridError(f"--membership {args.membership}: no such file")
+    try:
+        check_local_gpus(Resources(args.address, args.cpus, args.threads, args.gpus_per_run))
+    except ValueError as err:
+        raise GridError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from qlib_hist.qlib_edge.handler_cache import ensure_cached
 
-    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri))
+    # the driver builds the handler cache with a process per local CPU (2 at least: qlib's YAML default)
+    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri, kernels=max(2, args.cpus or 0)))
     try:
         check_configs(ctx, missing)
     except GridError as err:

@@ -259,6 +259,18 @@ def test_help_as_a_module(module):
     assert f"python -m {module}" in proc.stdout
 
 
+def test_rolling_benchmark_refuses_gpu_runs_without_gpus(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from benchmarks.rolling import main
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--gpus-per-run", "0.5", "--cache-dir", str(tmp_path), "--provider-uri", str(tmp_path)])
+    assert exit_.value.code == 2 and "--gpus-per-run 0.5: this machine has 0 GPU(s)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before the cache or a result folder
+
+
 def test_rolling_benchmark_windows(shared_data, tmp_path):
     """The rolling profile's windows on the real calendar: quarters of test from 2019-01-02 to 2022-12-29, each after
     three years of train and one of valid, contiguous and disjoint, processors fitted per window (no training)."""

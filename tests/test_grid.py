@@ -158,6 +158,29 @@ def test_bad_command_line_numbers_and_paths(tmp_path, capsys, extra, message):
     assert not (tmp_path / "cpu-quick").exists()
 
 
+def test_gpu_runs_on_a_local_ray_need_the_gpus_here(tmp_path, capsys, monkeypatch):
+    """A local Ray holds a task that asks for more GPUs than the machine has as infeasible, for ever: the command
+    line says so before anything runs; a fraction of one GPU fits where there is one, and a cluster is not checked."""
+    import torch
+
+    from benchmarks.cluster import Resources, check_local_gpus
+    from benchmarks.run import main
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    provider = tmp_path / "provider"
+    (provider / "calendars").mkdir(parents=True)
+    args = ["--models", "hist_pit", "--seeds", "0", "--provider-uri", str(provider), "--results-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--gpus-per-run", "1"])
+    assert exit_.value.code == 2
+    assert "--gpus-per-run 1: this machine has 0 GPU(s) that torch can use" in capsys.readouterr().err
+    check_local_gpus(Resources(address="auto", gpus_per_task=1))  # the cluster's nodes may hold them
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_local_gpus(Resources(gpus_per_task=0.25))  # four runs share the one GPU
+    with pytest.raises(ValueError, match="--gpus-per-run 2: this machine has 1 GPU"):
+        check_local_gpus(Resources(gpus_per_task=2))
+
+
 def test_ray_workers_start_qlib_without_forking(monkeypatch, tmp_path):
     """qlib forks its expression readers when ``kernels`` > 1; in a Ray worker (a process full of Ray's threads)
     such a fork can hang for ever, and did in a backtest here: workers ask for one kernel."""
