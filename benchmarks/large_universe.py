@@ -40,7 +40,7 @@ def measure(impl: str, n: int, device: str, repeats: int) -> dict:
 
         from benchmarks.qlib_patched import cpu_pandas3_patches
     else:
-        from contextlib import nullcontext as cpu_pandas3_patches
+        from contextlib import nullcontext as cpu_pandas3_patches  # type: ignore[assignment]
 
         from qlib_hist.network import HISTModel
     net = HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model="LSTM").to(device)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print("RESULT " + json.dumps(measure(args.one[0], int(args.one[1]), args.device, args.repeats)), flush=True)
         return 0
-    rows = []
+    rows: list[dict] = []
     print(f"{'N':>6} {'qlib s':>9} {'ours s':>9} {'ratio':>6} {'qlib MB':>9} {'ours MB':>9} {'ratio':>6}")
     for n in args.sizes:
         got = {}

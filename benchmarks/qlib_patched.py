@@ -24,7 +24,7 @@ from qlib.contrib.model.pytorch_hist import HIST
 @contextlib.contextmanager
 def cpu_pandas3_patches():
     get_device, load, values = torch.get_device, torch.load, pd.Series.values
-    torch.get_device = lambda t: t.get_device() if t.is_cuda else "cpu"
+    torch.get_device = lambda t: t.get_device() if t.is_cuda else "cpu"  # type: ignore[assignment,return-value]
     torch.load = functools.partial(load, map_location="cpu")
     pd.Series.values = property(lambda s: s.to_numpy(copy=True))
     try:

@@ -112,7 +112,9 @@ def measure(impl: str, args: argparse.Namespace) -> dict:
     profile = dict(PROFILES["cpu-quick"], n_epochs=args.epochs, early_stop=args.epochs + 1)
     handler = handler_config(args.market, SEGMENTS["train"][0], SEGMENTS["test"][1], SEGMENTS["train"])
     dataset = DatasetH(cached_handler(handler, args.provider_uri, args.cache_dir), segments=SEGMENTS)
-    concepts = build_concepts(profile, args, Path(args.cache_dir))
+    concepts = build_concepts(
+        profile, Path(args.provider_uri), args.market, Path(args.cache_dir), ["qlib_hist"], sw_csv=args.sw_csv
+    )
     # no model_path: both start from their own random init
     kwargs = hist_kwargs(
         profile,
