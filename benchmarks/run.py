@@ -507,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from qlib_hist.qlib_edge.handler_cache import ensure_cached
 
-    # the driver builds the handler cache with a process per local CPU (2 at least: qlib's YAML default)
-    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri, kernels=max(2, args.cpus or 0)))
+    # the driver builds the handler cache with a process per CPU of --cpus (default: every core; 2 at least)
+    kernels = max(2, args.cpus or os.cpu_count() or 2)
+    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri, kernels=kernels))
     try:
         check_configs(ctx, missing)
     except GridError as err:

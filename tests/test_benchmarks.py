@@ -237,7 +237,8 @@ def test_recorded_config_names_files_relative_to_the_repository():
 
 def test_committed_results_name_no_absolute_path():
     results = ROOT / "benchmarks" / "results"
-    for path in sorted(p for p in results.glob("*/runs/*.json") if p.parent.parent.name != "rolling"):  # grids
+    grids = [p for p in results.glob("**/runs/*.json") if p.parent.parent.name != "rolling"]  # gpu/<grid>/ too
+    for path in sorted(grids):
         run = json.loads(path.read_text())
         paths = [run["provider_uri"], *(v for k, v in run["config"]["kwargs"].items() if k in FILE_KWARGS)]
         assert not any(Path(p).is_absolute() for p in paths), path.name

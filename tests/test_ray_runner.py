@@ -150,6 +150,7 @@ def test_grid_completes_after_a_worker_is_killed(grid_run):
         assert len(run["metrics"]) == 7  # IC, ICIR, Rank IC, Rank ICIR and the backtest's three
         assert run["grid"] == "tiny" and run["config"]["kwargs"]["hidden_size"] == 8
         assert len(run["epoch_seconds"]) == 2 and run["valid_score"] == max(run["valid_scores"])
+        assert run["device"] == "cpu"  # no --gpus-per-run: Ray hides every GPU from the task
     assert {r["config"]["kwargs"].get("hidden_topk", 1) for r in runs} == {1, 3}
     table = summary_table(runs)
     assert table.count("| 0, 1 |") == 2  # both variants, both seeds
