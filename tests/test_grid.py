@@ -181,6 +181,15 @@ def test_gpu_runs_on_a_local_ray_need_the_gpus_here(tmp_path, capsys, monkeypatc
         check_local_gpus(Resources(gpus_per_task=2))
 
 
+def test_concepts_of_hist_rows_need_a_table(tmp_path):
+    from benchmarks.config import PROFILES
+    from benchmarks.run import build_concepts
+
+    with pytest.raises(GridError, match="--sw-csv or --membership"):
+        build_concepts(PROFILES["cpu-quick"], tmp_path, "csi300", tmp_path, ["hist_pit"], sw_csv=None)
+    assert not any(tmp_path.iterdir())
+
+
 def test_ray_workers_start_qlib_without_forking(monkeypatch, tmp_path):
     """qlib forks its expression readers when ``kernels`` > 1; in a Ray worker (a process full of Ray's threads)
     such a fork can hang for ever, and did in a backtest here: workers ask for one kernel."""
