@@ -19,6 +19,7 @@ import functools
 import pandas as pd
 import torch
 from qlib.contrib.model.pytorch_hist import HIST
+from qlib.data.dataset import DatasetH
 
 
 @contextlib.contextmanager
@@ -36,10 +37,12 @@ def cpu_pandas3_patches():
 class PatchedQlibHIST(HIST):
     """``qlib.contrib.model.pytorch_hist.HIST`` with :func:`cpu_pandas3_patches` around fit and predict."""
 
-    def fit(self, *args, **kwargs):
+    # qlib's own signatures, not ``*args, **kwargs``: qlib's trainers pass keywords through ``auto_filter_kwargs``
+    # (``reweighter=...``), which forwards every keyword to a function that takes ``**kwargs``.
+    def fit(self, dataset: DatasetH, evals_result: dict | None = None, save_path: str | None = None) -> None:
         with cpu_pandas3_patches():
-            return super().fit(*args, **kwargs)
+            return super().fit(dataset, evals_result={} if evals_result is None else evals_result, save_path=save_path)
 
-    def predict(self, *args, **kwargs):
+    def predict(self, dataset: DatasetH, segment: str | slice = "test") -> pd.Series:
         with cpu_pandas3_patches():
-            return super().predict(*args, **kwargs)
+            return super().predict(dataset, segment)

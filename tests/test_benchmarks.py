@@ -190,6 +190,21 @@ def test_qlib_rows_keep_their_settings():
         assert _config(name, None)["kwargs"] == {**RNN_CPU_QUICK, "seed": 1}
 
 
+def test_patched_qlib_hist_takes_qlibs_trainer_keywords(monkeypatch):
+    """qlib's trainers call ``auto_filter_kwargs(model.fit)(dataset, reweighter=...)``: qlib's HIST has no
+    ``reweighter``, so the patched wrapper must not accept (and forward) it."""
+    from qlib.contrib.model.pytorch_hist import HIST as QlibHIST
+    from qlib.utils import auto_filter_kwargs
+
+    from benchmarks.qlib_patched import PatchedQlibHIST
+
+    calls = []
+    monkeypatch.setattr(QlibHIST, "fit", lambda self, dataset, **kwargs: calls.append(kwargs))
+    model = object.__new__(PatchedQlibHIST)  # the wrapper alone: no network is built
+    auto_filter_kwargs(model.fit, warning=False)("dataset", reweighter=None)
+    assert calls == [{"evals_result": {}, "save_path": None}]
+
+
 def test_paper_yaml_differs_from_qlibs_only_by_the_paper_options():
     ours, paper = WORKFLOW["task"]["model"]["kwargs"], PAPER_WORKFLOW["task"]["model"]["kwargs"]
     assert {k: v for k, v in paper.items() if k in ours and k not in FILE_KWARGS} == {
