@@ -110,7 +110,7 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
     atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
     tic = time.perf_counter()
     merged = HISTRolling(config_path, step=args.step, warm=ROWS[row][1], exp_name=f"rolling_{name}").run()
-    windows = sorted((w.list_tags() for w in merged_windows(merged)), key=lambda tags: tags[TEST_START_TAG])
+    windows = sorted(merged_windows(merged), key=lambda w: w.list_tags()[TEST_START_TAG])
     metrics = merged.list_metrics()
     ic = merged.load_object("sig_analysis/ic.pkl")
     return {
@@ -122,8 +122,13 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
         "wall_seconds": time.perf_counter() - tic,
         "fit_seconds": float(metrics["fit_seconds_total"]),
         "windows": [
-            {"test_start": t[TEST_START_TAG], "start": t[START_TAG], "fit_seconds": float(t[FIT_SECONDS_TAG])}
-            for t in windows
+            {
+                "test_start": w.list_tags()[TEST_START_TAG],
+                "start": w.list_tags()[START_TAG],
+                "fit_seconds": float(w.list_tags()[FIT_SECONDS_TAG]),
+                "epochs": window_epochs(w),
+            }
+            for w in windows
         ],
         "metrics": {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics},
         "daily_ic": {str(k.date()): float(v) for k, v in ic.items()},
@@ -141,6 +146,18 @@ def merged_windows(merged) -> list:
     return [R.get_recorder(recorder_id=i, experiment_name=experiment) for i in ids]
 
 
+def window_epochs(window) -> int | None:
+    """Epochs a window recorder's model trained (its ``qlib_hist.epochs`` tag; for a recorder written before that
+    tag, the length of its ``params.pkl``'s history); ``None`` for a model without epochs (LightGBM)."""
+    from qlib_hist.qlib_edge.rolling import EPOCHS_TAG
+
+    tag = window.list_tags().get(EPOCHS_TAG)
+    if tag is not None:
+        return int(tag) if tag else None
+    history = getattr(window.load_object("params.pkl"), "history", None)
+    return len(history) if isinstance(history, list) else None
+
+
 # ---------------------------------------------------------------------------------------------- report
 def report(step: int) -> Path:
     """``results/rolling_step<N>.md`` (mean ± std over seeds per row, the static row from cpu-quick) and the plot."""
@@ -151,7 +168,7 @@ def report(step: int) -> Path:
         runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "runs").glob(f"{row}_seed*_step{step}.json"))]
         if runs:
             rows[f"{row} (step {step})"] = runs
-    header = ["row", "runs", *REPORT_METRICS, "fit s (sum of windows)"]
+    header = ["row", "runs", *REPORT_METRICS, "fit s (sum of windows)", "epochs (sum of windows)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, runs in rows.items():
         cells = [label, str(len(runs))]
@@ -160,11 +177,25 @@ def report(step: int) -> Path:
             cells.append(f"{np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
         fits = np.array([r.get("fit_seconds", np.nan) for r in runs])
         cells.append(f"{np.nanmean(fits):.0f}")
+        cells.append(_epochs_cell(runs))
         lines.append("| " + " | ".join(cells) + " |")
     out = HERE / "results" / f"rolling_step{step}.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     _plot_monthly_ic(rows, HERE / "results" / f"rolling_step{step}_monthly_ic.png")
     return out
+
+
+def _epochs_cell(runs: list[dict]) -> str:
+    """Mean epochs over runs, each the sum over its windows' ``epochs`` (the static row: its ``epoch_seconds``); "n/a"
+    for a model without epochs or a run recorded before windows counted them."""
+    totals = []
+    for run in runs:
+        if "windows" in run:
+            epochs = [w.get("epochs") for w in run["windows"]]
+            totals.append(np.nan if None in epochs else sum(epochs))
+        else:
+            totals.append(len(run["epoch_seconds"]) if run.get("epoch_seconds") else np.nan)
+    return "n/a" if np.isnan(totals).all() else f"{np.nanmean(totals):.1f}"
 
 
 def _plot_monthly_ic(rows: dict, path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from .network import HISTModel, RNNRegressor
 from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
-__version__ = "0.5.1"
+__version__ = "0.5.2"
 __all__ = [
     "HIST",
     "HISTModel",

@@ -287,6 +287,16 @@ def test_rolling_benchmark_refuses_gpu_runs_without_gpus(monkeypatch, capsys, tm
     assert not any(tmp_path.iterdir())  # refused before the cache or a result folder
 
 
+def test_rolling_report_counts_the_epochs_of_every_window():
+    from benchmarks.rolling import _epochs_cell
+
+    warm = lambda *epochs: {"windows": [{"epochs": e} for e in epochs]}  # noqa: E731
+    assert _epochs_cell([warm(8, 5, 4, 4), warm(8, 5, 4, 2)]) == "20.0"  # mean over runs of the sum over windows
+    assert _epochs_cell([{"epoch_seconds": [70.0] * 8}]) == "8.0"  # the static row: its one fit's epochs
+    assert _epochs_cell([warm(None, None)]) == "n/a"  # LightGBM: no epochs
+    assert _epochs_cell([warm(8, 8), {"windows": [{"fit_seconds": 1.0}]}]) == "16.0"  # a file without counts
+
+
 def test_rolling_benchmark_windows(shared_data, tmp_path):
     """The rolling profile's windows on the real calendar: quarters of test from 2019-01-02 to 2022-12-29, each after
     three years of train and one of valid, contiguous and disjoint, processors fitted per window (no training)."""

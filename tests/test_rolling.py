@@ -8,6 +8,8 @@ one-epoch GRU HISTs; the module's runs share the demo provider.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import yaml
 from qlib_hist import HIST
 from qlib_hist.cli import main
 from qlib_hist.qlib_edge.rolling import (
+    EPOCHS_TAG,
     FIT_SECONDS_TAG,
     START_TAG,
     TEST_START_TAG,
@@ -155,6 +158,8 @@ def test_warm_start_begins_from_the_previous_window(warm_run):
     assert first.list_tags()[START_TAG] == "cold" and second.list_tags()[START_TAG] == "warm"
     assert second.list_tags()[WARM_FROM_TAG] == first.info["id"]
     assert same(weights(first), weights(second))  # finetune_lr = 0: nothing moved from the loaded weights
+    # each window tags the epochs it trained itself (the warm one: its finetune's, not the loaded model's too)
+    assert [w.list_tags()[EPOCHS_TAG] for w in warm_run["windows"]] == ["1", "1"]
 
 
 def test_cold_windows_start_from_scratch(cold_run):
@@ -186,6 +191,8 @@ def test_the_merged_signal_holds_each_test_day_once(cold_run):
     assert covered == len(pred)
     metrics = merged.list_metrics()
     assert np.isfinite(metrics["IC"]) and metrics["fit_seconds_total"] > 0
+    assert [w.list_tags()[EPOCHS_TAG] for w in cold_run["windows"]] == ["2", "2"]  # n_epochs=2, no early stop
+    assert metrics["epochs_total"] == 4
     assert all(float(w.list_tags()[FIT_SECONDS_TAG]) > 0 for w in cold_run["windows"])
 
 
@@ -255,6 +262,15 @@ def test_label_lookahead_reads_the_label():
     assert label_lookahead(task(["Ref($close, -2) / Ref($close, -1) - 1"])) == 2
     assert label_lookahead(task((["Ref(Mean($close, 5), -6) / $close - 1"], ["LABEL0"]))) == 6
     assert label_lookahead({"dataset": {"kwargs": {"handler": {"class": "Alpha360"}}}}) == 2
+
+
+def test_a_rolling_run_is_set_up_before_qlib_starts(demo, tmp_path):
+    """``run_rolling`` (``qlib-hist rolling``) checks the workflow before ``qlib.init``: building ``HISTRolling``
+    must not need qlib's calendar (a fresh process, since this one has qlib initialised by the other tests)."""
+    workflow = write_workflow(tmp_path, demo.provider_uri, demo.membership)
+    code = "import sys; from qlib_hist.qlib_edge.rolling import HISTRolling; HISTRolling(sys.argv[1]).basic_task()"
+    done = subprocess.run([sys.executable, "-c", code, str(workflow)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

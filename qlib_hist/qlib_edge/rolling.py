@@ -54,6 +54,7 @@ MODEL_TAG = TAG + "model"  # digest of the task's model config: warm starts only
 START_TAG = TAG + "start"  # "cold" or "warm"
 WARM_FROM_TAG = TAG + "warm_from"  # the recorder id the warm start loaded
 FIT_SECONDS_TAG = TAG + "fit_seconds"
+EPOCHS_TAG = TAG + "epochs"  # epochs the window trained (fit or finetune; "" for a model without a history)
 DEFAULT_LABEL_LOOKAHEAD = 2  # Alpha360 / Alpha158's label: Ref($close, -2) / Ref($close, -1) - 1
 
 
@@ -113,10 +114,17 @@ class _CalendarBound(TimeAdjuster):
         return shifted
 
 
-def hist_rolling_gen(step: int, trunc_days: int, rtype: str = RollingGen.ROLL_SD) -> RollingGen:
-    """qlib's ``RollingGen`` with :func:`move_fit_window`: windows of ``step`` trading days of test each."""
+def check_step(step: Any) -> int:
+    """``step`` as a positive number of trading days, or a :class:`RollingError` naming it."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise RollingError(f"step must be a positive number of trading days, got {step!r}")
+    return step
+
+
+def hist_rolling_gen(step: int, trunc_days: int, rtype: str = RollingGen.ROLL_SD) -> RollingGen:
+    """qlib's ``RollingGen`` with :func:`move_fit_window`: windows of ``step`` trading days of test each.
+    Needs qlib initialised (its ``TimeAdjuster`` reads the calendar)."""
+    check_step(step)
     gen = RollingGen(step=step, rtype=rtype, ds_extra_mod_func=move_fit_window, trunc_days=int(trunc_days))
     gen.ta = _CalendarBound(future=True)
     return gen
@@ -185,6 +193,7 @@ def hist_task_train(
         else:
             auto_filter_kwargs(model.fit)(dataset, reweighter=task_config.get("reweighter"))
         fit_seconds = time.perf_counter() - tic
+        history = getattr(model, "history", None)  # HIST's epochs of this fit or finetune (not the earlier windows')
         R.save_objects(**{"params.pkl": model})
         dataset.config(dump_all=False, recursive=True)
         R.save_objects(**{"dataset": dataset})
@@ -203,6 +212,7 @@ def hist_task_train(
                 START_TAG: "warm" if previous is not None else "cold",
                 WARM_FROM_TAG: previous.info["id"] if previous is not None else "",
                 FIT_SECONDS_TAG: f"{fit_seconds:.3f}",
+                EPOCHS_TAG: str(len(history)) if isinstance(history, list) else "",
             },
         )
         return recorder
@@ -251,7 +261,7 @@ class HISTRolling(Rolling):
         self.logger = get_module_logger("qlib_hist.rolling")
         self.warm = bool(warm)
         self.trunc_days = trunc_days
-        self.rolling_gen = hist_rolling_gen(step, 0)  # checks step now; trunc_days is set once the task is read
+        check_step(step)  # now; the generator needs qlib's calendar and the task's trunc_days (get_task_list)
 
     def basic_task(self, enable_handler_cache: Optional[bool] = False) -> dict:
         """The workflow's task, its dates adjusted (``train_start`` / ``test_end``); the label as written."""
@@ -318,6 +328,7 @@ class HISTRolling(Rolling):
             raise RollingError(f"{len(missing)} windows have no finished recorder in {self.rolling_exp!r}")
         recorders = [done[window_digest(t, self.warm)] for t in self.tasks]
         preds, labels, fit_seconds = {}, {}, 0.0
+        epochs = [recorder.list_tags().get(EPOCHS_TAG, "") for recorder in recorders]
         for task, recorder in zip(self.tasks, recorders):
             test_start, test_end = _segments(task)["test"]  # the last window's end is None past the calendar
             key = str(pd.Timestamp(test_start).date())
@@ -332,6 +343,8 @@ class HISTRolling(Rolling):
             R.log_params(rolling_exp=self.rolling_exp, step=self.step, start="warm" if self.warm else "cold",
                          windows=len(self.tasks), trunc_days=self.trunc_days)  # fmt: skip
             R.log_metrics(fit_seconds_total=fit_seconds)
+            if all(epochs):  # every window a model with a history (HIST): the retraining's cost in epochs
+                R.log_metrics(epochs_total=sum(int(e) for e in epochs))
             R.set_tags(**{TAG + "window_recorders": ",".join(r.info["id"] for r in recorders)})
             R.save_objects(**{"pred.pkl": pred, "label.pkl": label})
             self._rid = R.get_recorder().id
