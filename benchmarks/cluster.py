@@ -61,6 +61,12 @@ def connect(resources: Resources) -> bool:
     return True
 
 
+def driver_kernels(cpus: int | None) -> int:
+    """qlib processes for the driver's handler builds: one per CPU of ``--cpus`` (default: every core; 2 at least).
+    The driver builds what its tasks share before any starts; the tasks themselves read with one (``kernels=1``)."""
+    return max(2, cpus or os.cpu_count() or 2)
+
+
 def check_local_gpus(resources: Resources) -> None:
     """A :class:`ValueError` when a local Ray could never start a task: each asks for more GPUs than this machine
     has (Ray would hold such a task as infeasible, for ever). A cluster is not checked: its nodes may hold them."""

@@ -11,7 +11,8 @@ concepts are the point-in-time SW table (``hist_*``) or its legacy snapshot at t
 (``qlib_hist_patched``, which has no ``finetune`` and so rolls cold), LightGBM takes qlib's settings and rolls cold.
 Everything runs through :class:`qlib_hist.qlib_edge.rolling.HISTRolling` (qlib's ``RollingGen`` / ``TrainerR`` /
 ``Rolling``), one experiment per (row, seed, step) in one sqlite store in the cache. Each window's Alpha360
-handler (processors fitted on its train segment) is built once and shared by every row and seed
+handler (processors fitted on its train segment) is built once, by the driver with one qlib process per CPU of
+``--cpus`` before any task starts, and shared by every row and seed
 (:class:`~qlib_hist.qlib_edge.handler_cache.CachedHandler`).
 
 Each (row, seed) is one Ray task (:mod:`benchmarks.cluster`; ``--cpus``, ``--threads``, ``--address``,
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.cluster import Resources, check_local_gpus, run_tasks
+from benchmarks.cluster import Resources, check_local_gpus, driver_kernels, run_tasks
 from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
@@ -97,17 +98,37 @@ def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, stor
     }
 
 
-def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
-    """Roll one (row, seed) through ``HISTRolling``; the result file's dict."""
+def write_workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> tuple[Path, dict]:
+    """:func:`workflow` written to the cache's ``rolling_configs/`` (absolute paths: not committed); path, config."""
     import yaml
 
+    config = workflow(row, seed, concepts, args, store)
+    path = Path(args.cache_dir).resolve() / "rolling_configs" / f"{row}_seed{seed}_step{args.step}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path, config
+
+
+def prepare_window_handlers(item: tuple, concepts: dict, args: argparse.Namespace, store: Path) -> None:
+    """Build every window's handler here, in the driver, with its qlib processes (:func:`driver_kernels`), so that
+    the tasks (one qlib process each) only load them and no two tasks build the same window at once. The windows
+    and their handlers are the same for every (row, seed): ``item``'s workflow lists them."""
+    from qlib_hist.qlib_edge.handler_cache import CachedHandler
+    from qlib_hist.qlib_edge.rolling import HISTRolling
+
+    row, seed = item
+    path, _ = write_workflow(row, seed, concepts, args, store)
+    for task in HISTRolling(path, step=args.step).get_task_list():
+        handler = task["dataset"]["kwargs"]["handler"]
+        CachedHandler.prepare(**handler["kwargs"])
+
+
+def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
+    """Roll one (row, seed) through ``HISTRolling``; the result file's dict."""
     from qlib_hist.qlib_edge.rolling import FIT_SECONDS_TAG, START_TAG, TEST_START_TAG, HISTRolling
 
     name = f"{row}_seed{seed}_step{args.step}"
-    config = workflow(row, seed, concepts, args, store)
-    config_path = Path(args.cache_dir).resolve() / "rolling_configs" / f"{name}.yaml"  # absolute paths: not committed
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+    config_path, config = write_workflow(row, seed, concepts, args, store)
     tic = time.perf_counter()
     merged = HISTRolling(config_path, step=args.step, warm=ROWS[row][1], exp_name=f"rolling_{name}").run()
     windows = sorted(merged_windows(merged), key=lambda w: w.list_tags()[TEST_START_TAG])
@@ -263,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     import qlib
 
     logging.basicConfig(level=logging.INFO)
-    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(cache / STORE)))
+    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(cache / STORE), kernels=driver_kernels(args.cpus)))
     models = [ROWS[row][0] for row in args.rows]
     concepts = build_concepts(ROLLING, args.provider_uri, args.market, cache, models, sw_csv=args.sw_csv)
+    prepare_window_handlers(missing[0], concepts, args, cache / STORE)
 
     def done(item: tuple, summary: dict, seconds: float) -> None:
         print(f"=== rolling {item[0]} seed {item[1]} done after {seconds:.0f} s: {summary}", flush=True)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.cluster import Resources, check_local_gpus, run_tasks
+from benchmarks.cluster import Resources, check_local_gpus, driver_kernels, run_tasks
 from benchmarks.config import (
     FILE_KWARGS,
     PAPER_OPTIONS,
@@ -507,9 +507,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qlib_hist.qlib_edge.handler_cache import ensure_cached
 
-    # the driver builds the handler cache with a process per CPU of --cpus (default: every core; 2 at least)
-    kernels = max(2, args.cpus or os.cpu_count() or 2)
-    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri, kernels=kernels))
+    qlib.init(**qlib_init_kwargs(ctx.provider_uri, ctx.tracking_uri, kernels=driver_kernels(args.cpus)))
     try:
         check_configs(ctx, missing)
     except GridError as err:

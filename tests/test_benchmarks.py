@@ -297,9 +297,10 @@ def test_rolling_report_counts_the_epochs_of_every_window():
     assert _epochs_cell([warm(8, 8), {"windows": [{"fit_seconds": 1.0}]}]) == "16.0"  # a file without counts
 
 
-def test_rolling_benchmark_windows(shared_data, tmp_path):
+def test_rolling_benchmark_windows(shared_data, tmp_path, monkeypatch):
     """The rolling profile's windows on the real calendar: quarters of test from 2019-01-02 to 2022-12-29, each after
-    three years of train and one of valid, contiguous and disjoint, processors fitted per window (no training)."""
+    three years of train and one of valid, contiguous and disjoint, processors fitted per window (no training); the
+    driver prepares exactly the handlers the windows' tasks load."""
     import types
 
     import pandas as pd
@@ -310,7 +311,13 @@ def test_rolling_benchmark_windows(shared_data, tmp_path):
 
     provider = shared_data / "cn_csi300"
     args = argparse.Namespace(
-        provider_uri=provider, market="csi300", benchmark="SH000300", model_path=None, threads=1, cache_dir=tmp_path
+        provider_uri=provider,
+        market="csi300",
+        benchmark="SH000300",
+        model_path=None,
+        threads=1,
+        cache_dir=tmp_path,
+        step=63,
     )
     concepts = {"membership": "m.csv", "legacy": types.SimpleNamespace(stock2concept="s.npy", stock_index_npy="i.npy")}
     path = tmp_path / "rolling.yaml"
@@ -332,3 +339,10 @@ def test_rolling_benchmark_windows(shared_data, tmp_path):
         handler = task["dataset"]["kwargs"]["handler"]
         assert handler["class"] == "CachedHandler"
         assert (handler["kwargs"]["fit_start_time"], handler["kwargs"]["fit_end_time"]) == seg["train"]
+    from benchmarks.rolling import prepare_window_handlers
+    from qlib_hist.qlib_edge.handler_cache import CachedHandler
+
+    prepared = []
+    monkeypatch.setattr(CachedHandler, "prepare", lambda **kwargs: prepared.append(kwargs))
+    prepare_window_handlers(("hist_cold", 1), concepts, args, tmp_path / "mlruns.db")
+    assert prepared == [t["dataset"]["kwargs"]["handler"]["kwargs"] for t in tasks]  # the same cache keys

@@ -96,6 +96,8 @@ def test_cached_handler_class_in_a_task_config(demo, demo_handler, tmp_path, mon
     monkeypatch.setattr("qlib.utils.init_instance_by_config", no_build)
     from qlib_hist.qlib_edge.handler_cache import CachedHandler
 
+    (entry,) = tmp_path.glob("Alpha360_*")
+    assert CachedHandler.prepare(**config["kwargs"]) == entry  # the entry the handler loaded: nothing to build
     again = CachedHandler(**config["kwargs"])
     pd.testing.assert_frame_equal(
         again.fetch(data_key=DataHandlerLP.DK_L), demo_handler.fetch(data_key=DataHandlerLP.DK_L)
@@ -122,4 +124,24 @@ def test_ensure_cached_builds_once_and_reads_nothing_back(demo, demo_handler, tm
     monkeypatch.undo()
     learn = DataHandlerLP.DK_L
     loaded = cached_handler(config, demo.provider_uri, tmp_path)
+    pd.testing.assert_frame_equal(loaded.fetch(data_key=learn), demo_handler.fetch(data_key=learn))
+
+
+def test_prepare_builds_the_entry_a_cached_handler_loads(demo, demo_handler, tmp_path, monkeypatch):
+    """A rolling benchmark's driver prepares each window's ``CachedHandler`` entry; the tasks only load it."""
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    from qlib_hist.qlib_edge.handler_cache import CachedHandler
+
+    init_qlib(demo.provider_uri)
+    kwargs = {"handler_class": "Alpha360", "handler_module": "qlib.contrib.data.handler", **alpha360_kwargs(demo)}
+    entry = CachedHandler.prepare(cache_dir=str(tmp_path), **kwargs)
+    assert list(tmp_path.glob("Alpha360_*")) == [entry]
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the prepared handler was built again")
+
+    monkeypatch.setattr("qlib.utils.init_instance_by_config", no_build)
+    loaded = CachedHandler(cache_dir=str(tmp_path), **kwargs)
+    learn = DataHandlerLP.DK_L
     pd.testing.assert_frame_equal(loaded.fetch(data_key=learn), demo_handler.fetch(data_key=learn))

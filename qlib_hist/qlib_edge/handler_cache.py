@@ -132,3 +132,12 @@ class CachedHandler(DataHandlerLP):
 
         config = {"class": handler_class, "module_path": handler_module, "kwargs": kwargs}
         super().__init__(**_cached_parts(config, C.dpm.get_data_uri(), cache_dir))
+
+    @staticmethod
+    def prepare(handler_class: str, handler_module: str, cache_dir: PathLike, **kwargs: Any) -> Path:
+        """Build (unless cached) the entry that ``CachedHandler(**the same arguments)`` loads, and read nothing
+        back (:func:`ensure_cached`): for a process that prepares the windows of runs that others train."""
+        from qlib.config import C
+
+        config = {"class": handler_class, "module_path": handler_module, "kwargs": kwargs}
+        return ensure_cached(config, C.dpm.get_data_uri(), cache_dir)
