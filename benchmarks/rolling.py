@@ -131,7 +131,7 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
     config_path, config = write_workflow(row, seed, concepts, args, store)
     tic = time.perf_counter()
     merged = HISTRolling(config_path, step=args.step, warm=ROWS[row][1], exp_name=f"rolling_{name}").run()
-    windows = sorted(merged_windows(merged), key=lambda w: w.list_tags()[TEST_START_TAG])
+    windows = sorted(((w, w.list_tags()) for w in merged_windows(merged)), key=lambda wt: wt[1][TEST_START_TAG])
     metrics = merged.list_metrics()
     ic = merged.load_object("sig_analysis/ic.pkl")
     return {
@@ -144,12 +144,12 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
         "fit_seconds": float(metrics["fit_seconds_total"]),
         "windows": [
             {
-                "test_start": w.list_tags()[TEST_START_TAG],
-                "start": w.list_tags()[START_TAG],
-                "fit_seconds": float(w.list_tags()[FIT_SECONDS_TAG]),
-                "epochs": window_epochs(w),
+                "test_start": tags[TEST_START_TAG],
+                "start": tags[START_TAG],
+                "fit_seconds": float(tags[FIT_SECONDS_TAG]),
+                "epochs": window_epochs(w, tags),
             }
-            for w in windows
+            for w, tags in windows
         ],
         "metrics": {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics},
         "daily_ic": {str(k.date()): float(v) for k, v in ic.items()},
@@ -167,12 +167,12 @@ def merged_windows(merged) -> list:
     return [R.get_recorder(recorder_id=i, experiment_name=experiment) for i in ids]
 
 
-def window_epochs(window) -> int | None:
-    """Epochs a window recorder's model trained (its ``qlib_hist.epochs`` tag; for a recorder written before that
-    tag, the length of its ``params.pkl``'s history); ``None`` for a model without epochs (LightGBM)."""
+def window_epochs(window, tags: dict) -> int | None:
+    """Epochs a window recorder's model trained (its ``qlib_hist.epochs`` tag, from ``tags``; for a recorder written
+    before that tag, the length of its ``params.pkl``'s history); ``None`` for a model without epochs (LightGBM)."""
     from qlib_hist.qlib_edge.rolling import EPOCHS_TAG
 
-    tag = window.list_tags().get(EPOCHS_TAG)
+    tag = tags.get(EPOCHS_TAG)
     if tag is not None:
         return int(tag) if tag else None
     history = getattr(window.load_object("params.pkl"), "history", None)

@@ -128,16 +128,17 @@ class CachedHandler(DataHandlerLP):
     """
 
     def __init__(self, handler_class: str, handler_module: str, cache_dir: PathLike, **kwargs: Any) -> None:
-        from qlib.config import C
-
-        config = {"class": handler_class, "module_path": handler_module, "kwargs": kwargs}
-        super().__init__(**_cached_parts(config, C.dpm.get_data_uri(), cache_dir))
+        super().__init__(**_cached_parts(*_wrapped(handler_class, handler_module, kwargs), cache_dir))
 
     @staticmethod
     def prepare(handler_class: str, handler_module: str, cache_dir: PathLike, **kwargs: Any) -> Path:
         """Build (unless cached) the entry that ``CachedHandler(**the same arguments)`` loads, and read nothing
         back (:func:`ensure_cached`): for a process that prepares the windows of runs that others train."""
-        from qlib.config import C
+        return ensure_cached(*_wrapped(handler_class, handler_module, kwargs), cache_dir)
 
-        config = {"class": handler_class, "module_path": handler_module, "kwargs": kwargs}
-        return ensure_cached(config, C.dpm.get_data_uri(), cache_dir)
+
+def _wrapped(handler_class: str, handler_module: str, kwargs: dict) -> tuple[dict, PathLike]:
+    """The wrapped handler's config and qlib's provider: what :class:`CachedHandler` keys its entry by."""
+    from qlib.config import C
+
+    return {"class": handler_class, "module_path": handler_module, "kwargs": kwargs}, C.dpm.get_data_uri()

@@ -327,15 +327,16 @@ class HISTRolling(Rolling):
         if missing:
             raise RollingError(f"{len(missing)} windows have no finished recorder in {self.rolling_exp!r}")
         recorders = [done[window_digest(t, self.warm)] for t in self.tasks]
-        preds, labels, fit_seconds = {}, {}, 0.0
-        epochs = [recorder.list_tags().get(EPOCHS_TAG, "") for recorder in recorders]
+        preds, labels, fit_seconds, epochs = {}, {}, 0.0, []
         for task, recorder in zip(self.tasks, recorders):
             test_start, test_end = _segments(task)["test"]  # the last window's end is None past the calendar
             key = str(pd.Timestamp(test_start).date())
             days = slice(pd.Timestamp(test_start), None if test_end is None else pd.Timestamp(test_end))
             preds[key] = recorder.load_object("pred.pkl").loc[days]
             labels[key] = recorder.load_object("label.pkl").loc[days]
-            fit_seconds += float(recorder.list_tags().get(FIT_SECONDS_TAG, "nan"))
+            tags = recorder.list_tags()
+            fit_seconds += float(tags.get(FIT_SECONDS_TAG, "nan"))
+            epochs.append(tags.get(EPOCHS_TAG, ""))
         pred, label = RollingEnsemble()(preds).loc[: self.test_end], RollingEnsemble()(labels).loc[: self.test_end]
         if pred.index.duplicated().any():
             raise RollingError("windows' test segments overlap: a test day would be scored twice")
