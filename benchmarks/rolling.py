@@ -1,14 +1,15 @@
 """Rolling benchmark: HIST retrained on rolling windows (cold and warm) against the static fit and the baselines.
 
     python -m benchmarks.rolling --provider-uri ../shared/data/cn_csi300 --step 252 \
-        --rows hist_warm hist_cold qlib_hist_patched lightgbm --seeds 0 1 2 --cpus 2 --threads 1
+        --rows hist_warm hist_cold hist_legacy_cold qlib_hist_patched lightgbm --seeds 0 1 2 --cpus 2 --threads 1
     python -m benchmarks.rolling --report --step 252       # results/rolling_step<N>.md and the monthly-IC plot
 
 The cpu-quick test years (2019-01-01..2022-12-29) are rolled: the first window trains on 2015-2017 and validates on
 2018 (three years and one), every segment then slides ``--step`` trading days (63: a quarter; 252: a year). The
 HIST settings, epochs, early stop, processors, label and backtest are cpu-quick's (:mod:`benchmarks.config`); the
-concepts are the point-in-time SW table (``hist_*``) or its legacy snapshot at the first train end
-(``qlib_hist_patched``, which has no ``finetune`` and so rolls cold), LightGBM takes qlib's settings and rolls cold.
+concepts are the point-in-time SW table (``hist_warm``, ``hist_cold``) or its legacy snapshot at the first train end
+(``qlib_hist_patched``, which has no ``finetune`` and so rolls cold; ``hist_legacy_cold``, ours on those same
+concepts, tells a gap between the two apart into code and concepts), LightGBM takes qlib's settings and rolls cold.
 Everything runs through :class:`qlib_hist.qlib_edge.rolling.HISTRolling` (qlib's ``RollingGen`` / ``TrainerR`` /
 ``Rolling``), one experiment per (row, seed, step) in one sqlite store in the cache. Each window's Alpha360
 handler (processors fitted on its train segment) is built once, by the driver with one qlib process per CPU of
@@ -58,6 +59,7 @@ ROLLING = {
 ROWS = {
     "hist_warm": ("hist_pit", True),
     "hist_cold": ("hist_pit", False),
+    "hist_legacy_cold": ("hist_legacy", False),  # ours on qlib_hist_patched's concepts: code or concepts?
     "qlib_hist_patched": ("qlib_hist_patched", False),
     "lightgbm": ("lightgbm", False),
 }
