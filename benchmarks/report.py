@@ -65,6 +65,20 @@ def rows_in_order(runs: list[dict]) -> list[str]:
     return sorted(rows, key=lambda row: models.index(row.partition("+")[0]))
 
 
+def hosts_line(runs: list[dict]) -> str:
+    """``host: <host>`` when every run names the same machine, else each host with the count of its runs; a run
+    scored on a GPU adds the GPU's name."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        device = run.get("device", "cpu")
+        host = run.get("host", "") + ("" if device == "cpu" else f", {device}")
+        counts[host] = counts.get(host, 0) + 1
+    if len(counts) == 1:
+        return f"host: {next(iter(counts))}"
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    return "hosts: " + "; ".join(f"{host} ({n} run{'s' if n > 1 else ''})" for host, n in ordered)
+
+
 def fit_seconds(run: dict) -> float:
     """A run's training time: the sum of its epochs' seconds (a run resumed from its checkpoint counts the epochs
     of every attempt), else its ``fit_seconds``."""
@@ -182,9 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         raise SystemExit(f"no runs in {results / args.name / 'runs'}")
     pngs = plot(runs, results / args.name)
-    host = runs[0].get("host", "")
     provider = repo_relative(runs[0]["provider_uri"])
-    page = [f"# Benchmark `{args.name}`", "", f"Provider: `{provider}`; host: {host}.", ""]
+    page = [f"# Benchmark `{args.name}`", "", f"Provider: `{provider}`; {hosts_line(runs)}.", ""]
     if args.command:
         page += ["Made by:", "", "```bash", args.command, "```", ""]
     page += [

@@ -7,7 +7,7 @@ import pytest
 from benchmarks.config import PAPER_OPTIONS, PROFILES
 from benchmarks.grid import DEFAULT, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import ROOT
-from benchmarks.report import fit_seconds, label, row_of, rows_in_order, summary_table
+from benchmarks.report import fit_seconds, hosts_line, label, row_of, rows_in_order, summary_table
 from benchmarks.run import ROWS
 
 ABLATION = ROOT / "benchmarks" / "grids" / "ablation.yaml"
@@ -43,6 +43,16 @@ def test_ablation_grid_is_the_issues_design():
     singles = {name: kwargs for name, kwargs in grid.variants.items() if name not in (DEFAULT, "all_five")}
     assert singles == {name: {name: value} for name, value in PAPER_OPTIONS.items()}  # each option alone
     assert len(grid.runs()) == 21
+
+
+def test_device_slice_is_a_subset_of_the_ablation_grid():
+    """The GPU slice writes its results and checkpoints where the full grid's runs would: same name, profile and
+    settings, its runs a subset of the grid's."""
+    full = load_grid(ABLATION, list(ROWS))
+    part = load_grid(ROOT / "benchmarks" / "device" / "ablation_seeds12.yaml", list(ROWS))
+    assert (part.name, part.profile, part.models) == (full.name, full.profile, full.models)
+    assert all(full.variants[name] == kwargs for name, kwargs in part.variants.items())
+    assert set(part.runs()) < set(full.runs()) and len(part.runs()) == 8
 
 
 def test_settings_change_the_profile(tmp_path):
@@ -133,6 +143,12 @@ def test_report_rows_per_variant():
     assert "| 0, 1 | 0.0500 ± 0.0100 | 0.5 ± 0.5 | 5 | 0.0400 ± 0.0100 |" in default  # fit: mean of 4 and 6
     lightgbm = {"model": "lightgbm", "seed": 0, "metrics": {"IC": 0.01}, "fit_seconds": 7.0}
     assert fit_seconds(lightgbm) == 7.0 and fit_seconds(runs[3]) == 6.0
+
+
+def test_report_names_every_host_of_a_mixed_grid():
+    cpu, gpu = {"host": "x86_64 2 cores", "device": "cpu"}, {"host": "x86_64 16 cores", "device": "NVIDIA H200"}
+    assert hosts_line([cpu, cpu]) == "host: x86_64 2 cores"
+    assert hosts_line([gpu, cpu, gpu]) == "hosts: x86_64 16 cores, NVIDIA H200 (2 runs); x86_64 2 cores (1 run)"
 
 
 @pytest.mark.parametrize(
