@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +69,14 @@ def rows_in_order(runs: list[dict]) -> list[str]:
 def hosts_line(runs: list[dict]) -> str:
     """``host: <host>`` when every run names the same machine, else each host with the count of its runs; a run
     scored on a GPU adds the GPU's name."""
-    counts: dict[str, int] = {}
-    for run in runs:
-        device = run.get("device", "cpu")
-        host = run.get("host", "") + ("" if device == "cpu" else f", {device}")
-        counts[host] = counts.get(host, 0) + 1
-    if len(counts) == 1:
-        return f"host: {next(iter(counts))}"
-    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
-    return "hosts: " + "; ".join(f"{host} ({n} run{'s' if n > 1 else ''})" for host, n in ordered)
+    machines = Counter(run.get("host", "") + _gpu_suffix(run.get("device", "cpu")) for run in runs)
+    if len(machines) == 1:
+        return f"host: {next(iter(machines))}"
+    return "hosts: " + "; ".join(f"{host} ({n} run{'s' if n > 1 else ''})" for host, n in machines.most_common())
+
+
+def _gpu_suffix(device: str) -> str:
+    return "" if device == "cpu" else f", {device}"
 
 
 def fit_seconds(run: dict) -> float:
