@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks.config import PAPER_OPTIONS, PROFILES
@@ -53,6 +57,37 @@ def test_device_slice_is_a_subset_of_the_ablation_grid():
     assert (part.name, part.profile, part.models) == (full.name, full.profile, full.models)
     assert all(full.variants[name] == kwargs for name, kwargs in part.variants.items())
     assert set(part.runs()) < set(full.runs()) and len(part.runs()) == 8
+
+
+def _has_commit(rev: str) -> bool:
+    probe = subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _has_commit("eabbb7d"), reason="a checkout without the history of the claim-file runner")
+def test_runner_cost_slice_runs_the_ablation_default_on_both_runners(tmp_path):
+    """benchmarks/runner_cost.sh: its grid is the ablation's default variant with fewer epochs, and the old runner it
+    rebuilds from git gets both edits and starts (``--help``) on today's benchmarks package."""
+    script = ROOT / "benchmarks" / "runner_cost.sh"
+    env = {**os.environ, "WORK": str(tmp_path)}
+    subprocess.run(["bash", str(script), "prepare", "3"], cwd=ROOT, env=env, check=True)
+    full, part = load_grid(ABLATION, list(ROWS)), load_grid(tmp_path / "grid.yaml", list(ROWS))
+    assert part.profile == {**full.profile, "n_epochs": 3, "early_stop": 3}
+    assert part.models == full.models and part.variants == {DEFAULT: full.variants[DEFAULT]} == {DEFAULT: {}}
+    assert [key.seed for key in part.runs()] == [0, 1]
+    claims = (tmp_path / "run_claims.py").read_text()
+    assert "n_epochs=3, early_stop=3" in claims and 'sqlite_uri(cache / f"mlruns_' in claims
+    assert "def claim(path: Path)" in claims  # it is the claim-file runner
+    shown = subprocess.run(
+        [sys.executable, str(tmp_path / "run_claims.py"), "--help"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and "--models" in shown.stdout, shown.stderr[-2000:]
+    wrong = subprocess.run(["bash", str(script), "slurm"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "must be ray, claims or prepare, got 'slurm'" in wrong.stderr
 
 
 def test_settings_change_the_profile(tmp_path):
