@@ -14,6 +14,7 @@ This module imports no qlib.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import warnings
@@ -39,6 +40,7 @@ class Day(NamedTuple):
     label: Optional[torch.Tensor]  # [n] (NaN = unknown)
     sample_weight: Optional[torch.Tensor]  # [n] loss weights (a qlib Reweighter's)
     member_weight: Optional[torch.Tensor]  # [n] weights as members of the predefined concepts (e.g. market value)
+    mask: Optional[torch.Tensor] = None  # [n] bool: False on padding rows (a day padded to a static size)
 
 
 @dataclass
@@ -83,6 +85,25 @@ class DailyBatches:
             take(self.labels),
             take(self.sample_weights),
             take(self.member_weights),
+        )
+
+    def to(self, device: torch.device) -> "DailyBatches":
+        """The segment with its tensors moved to ``device`` once (features, labels, weights, concept rows), so
+        that each day is a view there and an epoch copies nothing from the host. The same object on the CPU."""
+        if self.features.device == torch.device(device):
+            return self
+
+        def move(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if values is None else values.to(device)
+
+        return dataclasses.replace(
+            self,
+            features=self.features.to(device),
+            labels=move(self.labels),
+            sample_weights=move(self.sample_weights),
+            member_weights=move(self.member_weights),
+            concept_matrix=self.concept_matrix.to(device),
+            concept_rows=self.concept_rows.to(device),
         )
 
     def days(self, device: torch.device, order: Optional[np.ndarray] = None) -> Iterator[Tuple[int, Day]]:

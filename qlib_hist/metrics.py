@@ -14,7 +14,7 @@ The metric names live here and only here (:func:`normalize_metric`). numpy and t
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -115,3 +115,102 @@ def masked_mse(
         return err.mean()
     w = weight[keep]
     return (err * w).sum() / w.sum()
+
+
+#: a variance below this counts as zero (constant labels or predictions) in :func:`masked_pearson`
+VARIANCE_FLOOR = 1e-12
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], Optional[torch.Tensor]]
+
+
+def masked_pearson(
+    pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None
+) -> Optional[torch.Tensor]:
+    r"""The day's Pearson correlation of ``pred`` and ``label`` (``[n]``) over finite labels, differentiable.
+
+    .. math:: \rho = \frac{\sum_i w_i (p_i - \bar p)(y_i - \bar y)}
+                         {\sqrt{\sum_i w_i (p_i - \bar p)^2}\,\sqrt{\sum_i w_i (y_i - \bar y)^2}}
+
+    with :math:`w` the normalised ``weight`` (equal weights without it; unweighted it is the ``ic`` of
+    :func:`daily_metrics`). ``None`` when fewer than two labels are finite or they are all equal (no correlation
+    exists); constant predictions give 0 (their variance is floored at :data:`VARIANCE_FLOOR`).
+    """
+    keep = torch.isfinite(label)
+    if int(keep.sum()) < 2:
+        return None
+    p, y = pred[keep], label[keep]
+    w = torch.full_like(y, 1.0 / len(y)) if weight is None else weight[keep] / weight[keep].sum()
+    dp, dy = p - (w * p).sum(), y - (w * y).sum()  # [n]  centred
+    var_y = (w * dy * dy).sum()
+    if float(var_y) <= VARIANCE_FLOOR:
+        return None
+    var_p = (w * dp * dp).sum().clamp_min(VARIANCE_FLOOR)
+    return (w * dp * dy).sum() / (var_p.sqrt() * var_y.sqrt())
+
+
+def static_mse(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`masked_mse` without a data-dependent shape or a host sync (padded days, CUDA graphs): the same value
+    to float rounding where a label is finite; NaN on a day with none (the caller skips those days)."""
+    keep = torch.isfinite(label)  # [n]
+    w = keep.to(pred.dtype) if weight is None else torch.where(keep, weight, 0.0)  # [n]
+    err = (pred - label.nan_to_num()) ** 2  # [n]
+    return (err * w).sum() / w.sum()
+
+
+def static_pearson(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`masked_pearson` without a data-dependent shape or a host sync; 0 where labels are constant (the
+    caller skips, or counts, the days where the correlation does not exist)."""
+    keep = torch.isfinite(label)  # [n]
+    w = keep.to(pred.dtype) if weight is None else torch.where(keep, weight, 0.0)
+    w = w / w.sum()
+    y = label.nan_to_num()
+    dp, dy = pred - (w * pred).sum(), y - (w * y).sum()  # [n]  centred (padding has w = 0)
+    var_p = (w * dp * dp).sum().clamp_min(VARIANCE_FLOOR)
+    var_y = (w * dy * dy).sum().clamp_min(VARIANCE_FLOOR)
+    return (w * dp * dy).sum() / (var_p.sqrt() * var_y.sqrt())
+
+
+class DailyLoss:
+    """The training loss of one day, by name (``TrainSettings.loss``), counting the days it had to skip.
+
+    - ``mse``: :func:`masked_mse` (qlib's);
+    - ``ic``: ``-rho``, minus :func:`masked_pearson`: the metric early stopping and ``SigAnaRecord`` report;
+    - ``mse+ic``: ``mse - ic_weight * rho``.
+
+    A day whose correlation does not exist (under two finite labels, or constant labels) is skipped by ``ic``
+    (``None``: no step) and trained on its ``mse`` alone by ``mse+ic``; either way it is counted in
+    ``skipped_ic_days`` (the trainer logs the count per epoch and resets it). Never NaN from such a day.
+    """
+
+    def __init__(self, name: str = "mse", ic_weight: float = 1.0) -> None:
+        if name not in ("mse", "ic", "mse+ic"):
+            raise ValueError(f"loss must be one of mse, ic, mse+ic, got {name!r}")
+        self.name, self.ic_weight = name, float(ic_weight)
+        self.skipped_ic_days = 0
+
+    def needs_correlation(self) -> bool:
+        """Whether a day without a correlation (see the class docstring) has no loss at all (``ic``)."""
+        return self.name == "ic"
+
+    def static(self, pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loss without a host sync (:func:`static_mse`, :func:`static_pearson`), for padded days: the caller
+        has skipped the days it cannot train on (no finite label; for ``ic``, no correlation)."""
+        if self.name == "mse":
+            return static_mse(pred, label, weight)
+        rho = static_pearson(pred, label, weight)
+        return -rho if self.name == "ic" else static_mse(pred, label, weight) - self.ic_weight * rho
+
+    def __call__(
+        self, pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None
+    ) -> Optional[torch.Tensor]:
+        if self.name == "mse":
+            return masked_mse(pred, label, weight)
+        rho = masked_pearson(pred, label, weight)
+        if rho is None:
+            self.skipped_ic_days += 1
+            return None if self.name == "ic" else masked_mse(pred, label, weight)
+        if self.name == "ic":
+            return -rho
+        mse = masked_mse(pred, label, weight)
+        assert mse is not None  # rho exists, so some label is finite
+        return mse - self.ic_weight * rho

@@ -45,31 +45,39 @@ def encode(
     ``alpha = softmax_t(temporal_att(h_t))``.
     """
     steps, _ = rnn(x.reshape(len(x), d_feat, -1).permute(0, 2, 1))  # [N, T, H]
+    steps = steps.float()  # under bf16 autocast the RNN runs in bf16; what follows starts from fp32 states
     if temporal_att is None:
         return steps[:, -1, :], None
-    alpha = F.softmax(temporal_att(steps).squeeze(-1), dim=1)  # [N, T]
+    alpha = F.softmax(temporal_att(steps).squeeze(-1).float(), dim=1)  # [N, T]
     return (alpha.unsqueeze(-1) * steps).sum(1), alpha
 
 
 def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``cos(x_i, y_j)`` for all pairs, ``[N, H] x [M, H] -> [N, M]``, with qlib's ``+1e-6`` guard."""
-    x_norm = x.norm(dim=1, keepdim=True)  # [N, 1]
-    y_norm = y.norm(dim=1, keepdim=True)  # [M, 1]
-    return x.mm(y.t()) / (x_norm.mm(y_norm.t()) + COS_EPS)
+    """``cos(x_i, y_j)`` for all pairs, ``[N, H] x [M, H] -> [N, M]``, with qlib's ``+1e-6`` guard; fp32 under
+    autocast (the guard is below bf16's resolution)."""
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        x_norm = x.norm(dim=1, keepdim=True)  # [N, 1]
+        y_norm = y.norm(dim=1, keepdim=True)  # [M, 1]
+        return x.mm(y.t()) / (x_norm.mm(y_norm.t()) + COS_EPS)
 
 
 def rowwise_cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``cos(x_i, y_i)`` for matching rows, ``[N, H] x [N, H] -> [N]``."""
+    """``cos(x_i, y_i)`` for matching rows, ``[N, H] x [N, H] -> [N]``; fp32 under autocast."""
+    x, y = x.float(), y.float()
     return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + COS_EPS)
 
 
 @torch.no_grad()
-def closest_peers(u: torch.Tensor, k: int = 1, chunk: int = PEER_SEARCH_CHUNK) -> torch.Tensor:
+def closest_peers(
+    u: torch.Tensor, k: int = 1, chunk: int = PEER_SEARCH_CHUNK, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """For each row ``i`` of ``u`` ``[N, H]``, the ``k`` rows ``j`` of highest ``cos(u_i, u_j)``.
 
     As in qlib the diagonal competes with value 0 (not -inf): a stock whose peers all have negative similarity
     "chooses" itself, and that choice carries no weight. Runs in row chunks, so memory is ``chunk x N``, not
-    ``N x N``. Returns int64 ``[N, min(k, N)]``, most similar first; ``k = 1`` is qlib's argmax.
+    ``N x N``. Returns int64 ``[N, min(k, N)]``, most similar first; ``k = 1`` is qlib's argmax. ``mask [N]``
+    (padded days): rows where it is False are never anyone's peer.
     """
     n = len(u)
     k = min(k, n)
@@ -78,18 +86,38 @@ def closest_peers(u: torch.Tensor, k: int = 1, chunk: int = PEER_SEARCH_CHUNK) -
         sim = cosine_similarity(u[start : start + chunk], u)  # [chunk, N]
         rows = torch.arange(len(sim), device=u.device)
         sim[rows, rows + start] = 0.0  # qlib: the diagonal is zeroed, not excluded
+        if mask is not None:
+            sim = sim.masked_fill(~mask[None, :], float("-inf"))  # padding is nobody's peer
         peers[start : start + chunk] = sim.argmax(1, keepdim=True) if k == 1 else sim.topk(k, dim=1).indices
     return peers
+
+
+def masked_softmax(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``softmax`` over the columns of ``scores [N, M]`` where ``keep [M]``; 0 elsewhere, and all 0 where no column
+    is kept (qlib's empty softmax, whose weighted sum is zero)."""
+    lowest = torch.finfo(scores.dtype).min  # not -inf: a row with no kept column stays finite (and so its gradient)
+    weights = F.softmax(scores.masked_fill(~keep[None, :], lowest), dim=1)
+    return weights.masked_fill(~keep[None, :], 0.0)
 
 
 def check_shapes(x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor], d_feat: int) -> None:
     """Refuse inputs whose shapes do not fit the Shapes section of :class:`HISTModel`, naming the dimension."""
     if x.dim() != 2 or x.shape[1] == 0 or x.shape[1] % d_feat:
         raise ValueError(f"x must be [N, d_feat * T] with d_feat={d_feat}, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x has 0 stocks: a HIST forward pass needs at least one stock (a day with no rows)")
     if c.dim() != 2 or c.shape[0] != x.shape[0]:
         raise ValueError(f"concept_matrix must be [N, C] with N={x.shape[0]} (the rows of x), got {tuple(c.shape)}")
     if w is not None and (w.dim() != 1 or w.shape[0] != x.shape[0]):
         raise ValueError(f"member_weight must be [N] with N={x.shape[0]} (the rows of x), got {tuple(w.shape)}")
+
+
+def residual_of(x: torch.Tensor, backcasts: list) -> torch.Tensor:
+    """``x - b_1 - b_2 ...`` (``[N, H]``), built afresh at each use: qlib subtracts twice rather than reusing
+    ``u_i``, and reusing it would sum the gradients in another order (a last-bit change of the weights)."""
+    for backcast in backcasts:
+        x = x - backcast
+    return x
 
 
 class PredefinedConcepts(NamedTuple):
@@ -163,6 +191,9 @@ class HISTModel(nn.Module):
     Args:
         d_feat, hidden_size, num_layers, dropout, base_model: the encoder (qlib's arguments).
         hidden_topk, concept_refine, temporal_attention: the paper's options (see :class:`NetworkSettings`).
+        predefined_concepts, hidden_concepts, individual: module switches, each on by default (qlib's model); a
+            module switched off adds nothing to the output and removes nothing from the residual; with all three
+            off the output is ``fc_out(x_i)``, the base RNN with its linear head (qlib's LSTMModel layout).
 
     Shapes:
         - **input:** features ``x`` ``[N, d_feat * T]``, concept matrix ``c`` ``[N, C]``,
@@ -180,10 +211,23 @@ class HISTModel(nn.Module):
         hidden_topk: int = 1,
         concept_refine: bool = False,
         temporal_attention: bool = False,
+        predefined_concepts: bool = True,
+        hidden_concepts: bool = True,
+        individual: bool = True,
     ) -> None:
         super().__init__()
         self.settings = NetworkSettings(
-            d_feat, hidden_size, num_layers, dropout, base_model, hidden_topk, concept_refine, temporal_attention
+            d_feat,
+            hidden_size,
+            num_layers,
+            dropout,
+            base_model,
+            hidden_topk,
+            concept_refine,
+            temporal_attention,
+            predefined_concepts,
+            hidden_concepts,
+            individual,
         )
         self.d_feat, self.hidden_size = self.settings.d_feat, self.settings.hidden_size
         self.rnn = make_rnn(self.settings)
@@ -218,12 +262,18 @@ class HISTModel(nn.Module):
         return encode(self.rnn, x, self.d_feat, self.temporal_att)
 
     def predefined_concepts(
-        self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
     ) -> PredefinedConcepts:
-        """``x [N, H]``, concept matrix ``c [N, C]``, member weights ``w [N]`` or None -> the module's outputs."""
+        """``x [N, H]``, concept matrix ``c [N, C]``, member weights ``w [N]`` or None -> the module's outputs.
+
+        With ``mask [N]`` (a padded day: False = padding, whose concept rows are zero) the shapes stay static:
+        memberless concepts are masked out of the softmax instead of dropped, and ``attention`` is ``[N, C]``.
+        """
         cw = c if w is None else c * w[:, None]  # [N, C]   c_ij w_i
         W = cw.sum(0, keepdim=True)  # [1, C]   W_j
         a = cw / (c * W + 1.0)  # [N, C]   a_ij
+        if mask is not None:
+            return self._predefined_masked(x, c, a, mask)
         kept = (c != 0).any(0).nonzero().squeeze(1)  # [C']  qlib drops the day's memberless concepts here
         e = a[:, kept].t().mm(x)  # [C', H]  e_j
         if self.settings.concept_refine:
@@ -233,7 +283,21 @@ class HISTModel(nn.Module):
         s = self.fc_es(p.mm(e))  # [N, H]   s_i
         return PredefinedConcepts(s, self.fc_es_back(s), p, kept)
 
-    def hidden_concepts(self, u: torch.Tensor) -> HiddenConcepts:
+    def _predefined_masked(
+        self, x: torch.Tensor, c: torch.Tensor, a: torch.Tensor, mask: torch.Tensor
+    ) -> PredefinedConcepts:
+        """:meth:`predefined_concepts` on a padded day, without a dynamic shape (no host sync)."""
+        kept = (c != 0).any(0)  # [C]  bool
+        e = a.t().mm(x)  # [C, H]  e_j (zero for a memberless concept)
+        if self.settings.concept_refine:
+            scores = x.mm(e.t())  # [N, C]
+            to_stocks = F.softmax(scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min), dim=0)
+            e = to_stocks.t().mm(x)  # [C, H]
+        p = masked_softmax(cosine_similarity(x, e), kept)  # [N, C]  p_ij, 0 on memberless concepts
+        s = self.fc_es(p.mm(e))  # [N, H]
+        return PredefinedConcepts(s, self.fc_es_back(s), p, torch.arange(len(kept), device=x.device))
+
+    def hidden_concepts(self, u: torch.Tensor, mask: Optional[torch.Tensor] = None) -> HiddenConcepts:
         """Residual ``u [N, H]`` -> :class:`HiddenConcepts`.
 
         Each stock ``i`` joins the hidden concept centred on each of its peers ``k(i)``; the peer search runs
@@ -241,48 +305,92 @@ class HISTModel(nn.Module):
         gives the gradients of differentiating through qlib's masked max without its ``N x N`` buffers.
         """
         n = len(u)
-        peers = closest_peers(u, self.settings.hidden_topk)  # [N, K]   k(i)
+        peers = closest_peers(u, self.settings.hidden_topk, mask=mask)  # [N, K]   k(i)
         j = peers.reshape(-1)  # [N*K]  the peer of each (stock, k) pair
         i = torch.arange(n, device=u.device).repeat_interleave(peers.shape[1])  # [N*K]  its stock
         cos_ij = rowwise_cosine(u[i], u[j])  # [N*K]  with autograd
         cos_ij = torch.where(j == i, torch.zeros((), device=u.device), cos_ij)  # a self-choice carries no weight
+        if mask is not None:
+            cos_ij = cos_ij * mask[i].to(cos_ij.dtype)  # padding chooses no one
         chosen = torch.zeros(n, device=u.device, dtype=u.dtype).index_add(0, j, cos_ij)  # [N]
         self_weight = (chosen != 0).to(u.dtype) * rowwise_cosine(u, u)  # [N]  qlib: a chosen centre joins itself
         h = torch.zeros_like(u).index_add(0, j, cos_ij[:, None] * u[i])  # [N, H]
         h = h + self_weight[:, None] * u  # h_j
+        if mask is not None:  # a padded day: static shapes, centres masked rather than dropped
+            is_centre = (h.sum(1) != 0) & mask  # [N]
+            q = masked_softmax(cosine_similarity(u, h), is_centre)  # [N, N]
+            t = self.fc_is(q.mm(h))  # [N, H]
+            return HiddenConcepts(t, self.fc_is_back(t), q, torch.arange(n, device=u.device))
         centres = (h.sum(1) != 0).nonzero().squeeze(1)  # [N']  qlib keeps rows whose sum is non-zero
         h = h[centres]  # [N', H]
         q = F.softmax(cosine_similarity(u, h), dim=1)  # [N, N']  q_ij
         t = self.fc_is(q.mm(h))  # [N, H]   t_i
         return HiddenConcepts(t, self.fc_is_back(t), q, centres)
 
-    def parts(self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None) -> HISTParts:
-        """Run the network up to the output layer; ``fc_out`` of the sum of the three parts is the prediction."""
+    def parts(
+        self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+    ) -> HISTParts:
+        """Run the network up to the output layer; ``fc_out`` of the sum of the three parts is the prediction.
+
+        A module switched off (``predefined_concepts``, ``hidden_concepts``, ``individual``) contributes a zero part
+        and nothing to the residual, and its attention is empty (``[N, 0]``). With all three off, the ``individual``
+        part is the encoder state itself: ``fc_out(x_i)``, the base RNN with its linear head. ``mask [N]``: a padded
+        day (see :meth:`forward`).
+        """
+        on = self.settings
         x_hidden, time_attention = self.encode(x)  # [N, H]
-        es = self.predefined_concepts(x_hidden, c, w)
-        hs = self.hidden_concepts(x_hidden - es.backcast)
+        n, device = len(x_hidden), x_hidden.device
+        zero = torch.zeros_like(x_hidden)  # [N, H]   a switched-off part
+        none = torch.zeros(n, 0, device=device, dtype=x_hidden.dtype)  # [N, 0]   its attention
+        no_ids = torch.zeros(0, dtype=torch.long, device=device)  # [0]
+        backcasts = []  # what the modules that are on remove from the state, in order
+        concept, concept_attention, kept = zero, none, no_ids
+        if on.predefined_concepts:
+            es = self.predefined_concepts(x_hidden, c, w, mask)
+            concept, concept_attention, kept = F.leaky_relu(self.fc_es_fore(es.shared)), es.attention, es.kept
+            backcasts.append(es.backcast)
+        hidden, hidden_attention, centres = zero, none, no_ids
+        if on.hidden_concepts:
+            hs = self.hidden_concepts(residual_of(x_hidden, backcasts), mask)  # u_i
+            hidden, hidden_attention, centres = F.leaky_relu(self.fc_is_fore(hs.shared)), hs.attention, hs.centres
+            backcasts.append(hs.backcast)
+        if on.individual:
+            individual = F.leaky_relu(self.fc_indi(residual_of(x_hidden, backcasts)))
+        elif on.predefined_concepts or on.hidden_concepts:
+            individual = zero
+        else:  # every module off: the base RNN with the output layer on its state
+            individual = x_hidden
         return HISTParts(
-            concept=F.leaky_relu(self.fc_es_fore(es.shared)),
-            hidden_concept=F.leaky_relu(self.fc_is_fore(hs.shared)),
-            individual=F.leaky_relu(self.fc_indi(x_hidden - es.backcast - hs.backcast)),
-            concept_attention=es.attention,
-            kept_concepts=es.kept,
-            hidden_attention=hs.attention,
-            hidden_concept_stocks=hs.centres,
+            concept=concept,
+            hidden_concept=hidden,
+            individual=individual,
+            concept_attention=concept_attention,
+            kept_concepts=kept,
+            hidden_attention=hidden_attention,
+            hidden_concept_stocks=centres,
             time_attention=time_attention,
         )
 
     def forward(
-        self, x: torch.Tensor, concept_matrix: torch.Tensor, member_weight: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        concept_matrix: torch.Tensor,
+        member_weight: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``x [N, d_feat*T]``, ``concept_matrix [N, C]``, optional ``member_weight [N]`` -> predictions ``[N]``."""
+        """``x [N, d_feat*T]``, ``concept_matrix [N, C]``, optional ``member_weight [N]`` -> predictions ``[N]``.
+
+        ``mask [N]`` (bool) marks a day padded to a static size (``cuda_graphs``): rows where it is False are padding
+        (zero concept rows), which join no concept and are nobody's peer, so the real rows' predictions are those
+        of the unpadded day (to float rounding); nothing in the pass has a data-dependent shape.
+        """
         check_shapes(x, concept_matrix, member_weight, self.d_feat)
-        p = self.parts(x, concept_matrix, member_weight)
+        p = self.parts(x, concept_matrix, member_weight, mask)
         return self.fc_out(p.concept + p.hidden_concept + p.individual).squeeze(-1)
 
     def forward_day(self, day: "Day") -> torch.Tensor:
         """Predictions ``[n]`` for one :class:`~qlib_hist.batches.Day` (what the trainer calls)."""
-        return self(day.x, day.concepts, day.member_weight)
+        return self(day.x, day.concepts, day.member_weight, day.mask)
 
 
 class RNNRegressor(nn.Module):

@@ -34,7 +34,9 @@ RNN_TYPES = ("GRU", "LSTM")
 #: ``"false"`` must never mean True, as ``bool("false")`` would
 YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 OPTIMIZERS = ("adam", "gd")
-LOSSES = ("mse",)
+PRECISIONS = ("fp32", "bf16")
+#: ``mse`` (qlib's), ``ic`` (minus the day's Pearson correlation), ``mse+ic`` (``mse - ic_weight * ic``)
+LOSSES = ("mse", "ic", "mse+ic")
 
 
 class SettingsError(ValueError):
@@ -139,6 +141,11 @@ class NetworkSettings(_Validated):
     hidden_topk: int = setting(1, minimum=1)  # K peers whose hidden concepts a stock joins (qlib: 1)
     concept_refine: bool = setting(False)  # the paper's second pass over each concept's members
     temporal_attention: bool = setting(False)  # attention over the encoder's time steps instead of its last state
+    # module switches (issue 28's ablation); off: the branch adds nothing to the output, removes nothing from the
+    # residual. All three off: the base RNN with the output layer on its state (qlib's LSTMModel/GRUModel layout)
+    predefined_concepts: bool = setting(True)  # the predefined-concept module (s_i)
+    hidden_concepts: bool = setting(True)  # the hidden-concept module (t_i)
+    individual: bool = setting(True)  # the individual branch on the residual
 
 
 @dataclass(frozen=True)
@@ -150,12 +157,15 @@ class TrainSettings(_Validated):
     metric: str = setting("", none_as="")  # early-stopping metric on valid; normalised: ""/None -> "loss"
     early_stop: int = setting(20, minimum=1)  # epochs without a better valid metric before stopping
     loss: str = setting("mse", choices=LOSSES)
+    ic_weight: float = setting(1.0, minimum=0.0)  # mse+ic: the weight of the IC term
     optimizer: str = setting("adam")  # "adam" or "gd" (SGD), any case
+    weight_decay: float = setting(0.0, minimum=0.0)  # decoupled weight decay (adam -> AdamW); 0 = off, as qlib
     seed: Optional[int] = setting(
         None, minimum=0, maximum=2**32 - 1
     )  # numpy's seed range  # weights, day shuffling and dropout
     eval_train: bool = setting(False)  # score train with a separate eval pass each epoch (qlib's way)
     model_path: Optional[str] = setting(None)  # a saved qlib LSTM/GRU to start the encoder from
+    keep_start: bool = setting(False)  # a cold fit scores its starting weights as epoch -1, keeps them if unbeaten
     pretrain_epochs: int = setting(0, minimum=0)  # pretrain the base RNN first (0 = off, as qlib)
     pretrain_save_path: Optional[str] = setting(None, fingerprint=False)
     smooth_steps: int = setting(1, minimum=1)  # keep the mean of the last N epochs' weights (1 = off)
@@ -163,6 +173,8 @@ class TrainSettings(_Validated):
     GPU: Union[int, str] = setting(0, fingerprint=False)  # CUDA index or device string; CPU when absent
     finetune_epochs: int = setting(5, minimum=1, fingerprint=False)  # finetune's epoch cap (rolling warm start)
     finetune_lr: Optional[float] = setting(None, minimum=0.0, fingerprint=False)  # finetune's lr (None: lr)
+    precision: str = setting("fp32", choices=PRECISIONS)  # bf16: autocast the encoder and linear layers (CUDA)
+    cuda_graphs: bool = setting(False)  # CUDA: days padded to STATIC_BUCKET stocks, one captured train step each
 
     def _normalise(self) -> None:
         try:

@@ -32,10 +32,14 @@ from torch import nn
 
 from .batches import DailyBatches, Day
 from .callbacks import Callback, LogEpochs
-from .metrics import daily_metrics, masked_mse, precision_k, score_of
+from .metrics import DailyLoss, LossFn, daily_metrics, precision_k, score_of
 from .settings import SettingsError, TrainSettings
+from .static_steps import StaticSteps
 
 CLIP_VALUE = 3.0  # qlib clips each gradient element to [-3, 3]
+#: train steps between two reads of their losses from the device (the non-finite check): a host sync per step costs
+#: a GPU more than the step's own kernels; a NaN is still reported with the step it first appeared at
+CHECK_EVERY = 32
 
 State = Dict[str, torch.Tensor]
 
@@ -161,6 +165,47 @@ def forward_day(network: nn.Module, day: Day) -> torch.Tensor:
     return cast(Callable[[Day], torch.Tensor], network.forward_day)(day)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 arithmetic
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return {flag for line in info if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse ``precision="bf16"`` where it cannot pay: a CPU without native bf16 (AVX-512 BF16 or AMX)."""
+    if precision != "bf16":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise SettingsError(f"precision='bf16': {torch.cuda.get_device_name(device)} has no bf16; use 'fp32'")
+        return
+    if not set(BF16_CPU_FLAGS) & cpu_flags():
+        raise SettingsError(
+            "precision='bf16' needs a CUDA device or a CPU with avx512_bf16/AMX (this CPU has neither, where bf16 "
+            "runs slower than fp32): use precision='fp32'"
+        )
+
+
+def check_cuda_graphs(cuda_graphs: bool, device: torch.device) -> None:
+    """Refuse ``cuda_graphs`` off CUDA (captured steps are a CUDA feature; the CPU epoch is the LSTM kernel)."""
+    if cuda_graphs and device.type != "cuda":
+        raise SettingsError(f"cuda_graphs needs a CUDA device, and this HIST runs on {device}: set cuda_graphs false")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision="bf16"`` (the encoder and linear layers; softmaxes, cosines and
+    the loss stay fp32), nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _one_intra_op_thread() -> None:
     torch.set_num_threads(1)
 
@@ -175,7 +220,9 @@ def _threads_kept() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device) -> np.ndarray:
+def predict_days(
+    network: nn.Module, batches: DailyBatches, device: torch.device, precision: str = "fp32"
+) -> np.ndarray:
     """Eval-mode predictions ``[rows]`` in the batches' (day-sorted) row order.
 
     Days are independent at inference, so on a CPU they run in parallel, one day per core with one intra-op
@@ -186,9 +233,17 @@ def predict_days(network: nn.Module, batches: DailyBatches, device: torch.device
 
     @torch.no_grad()
     def predict_day(d: int) -> np.ndarray:
-        return forward_day(network, batches.day(d, device)).cpu().numpy()
+        with autocast(device, precision):
+            return forward_day(network, batches.day(d, device)).float().cpu().numpy()
 
-    workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if device.type != "cpu":  # in order, gathered on the device, read back once
+        gathered = torch.empty(batches.n_rows, device=device)
+        with torch.no_grad():
+            for d, day in _progress(batches.days(device), batches.n_days, "predict"):
+                with autocast(device, precision):
+                    gathered[batches.day_slice(d)] = forward_day(network, day).float()
+        return gathered.cpu().numpy()
+    workers = torch.get_num_threads()
     if workers <= 1 or batches.n_days < 2:
         results: Iterator[np.ndarray] = map(predict_day, range(batches.n_days))
         for d, pred in _progress(enumerate(results), batches.n_days, "predict"):
@@ -210,7 +265,8 @@ class Trainer:
         device: where the days' tensors go.
         logger: for the per-epoch lines (default ``logging.getLogger("qlib_hist")``).
         callbacks: called after the built-in :class:`~qlib_hist.callbacks.LogEpochs`, in order.
-        loss_fn: ``(pred [n], label [n], sample_weight [n] or None) -> scalar or None`` (None: no finite label).
+        loss_fn: ``(pred [n], label [n], sample_weight [n] or None) -> scalar or None`` (None: the day is skipped);
+            default: :class:`~qlib_hist.metrics.DailyLoss` named by ``settings.loss``.
     """
 
     def __init__(
@@ -221,7 +277,7 @@ class Trainer:
         device: torch.device,
         logger: Optional[logging.Logger] = None,
         callbacks: Sequence[Callback] = (),
-        loss_fn: Callable = masked_mse,
+        loss_fn: Optional[LossFn] = None,
     ) -> None:
         self.network = network
         self.optimizer = optimizer
@@ -229,13 +285,27 @@ class Trainer:
         self.device = device
         self.logger = logger or logging.getLogger("qlib_hist")
         self.callbacks: List[Callback] = [LogEpochs(self.logger), *callbacks]
-        self.loss_fn = loss_fn
+        self.loss_fn: LossFn = loss_fn or DailyLoss(settings.loss, settings.ic_weight)
+        check_precision(settings.precision, device)
+        self.static_steps: Optional[StaticSteps] = None
+        if settings.cuda_graphs:  # padded days and one captured step per bucket (eager padded steps off CUDA)
+            self.static_steps = StaticSteps(
+                network,
+                optimizer,
+                self._static_loss,
+                CLIP_VALUE,
+                self._forward,
+                capture=device.type == "cuda",
+            )
         self.generator = np.random.default_rng(settings.seed)
         self.stopper = EarlyStopping(settings.early_stop)
         self.averaging = WeightAveraging(settings.smooth_steps)
         self.history = History()
         self.next_epoch = 0
         self.finished = False
+        self.unchecked: List[tuple] = []  # (step, day, stocks, loss on the device) not yet read back
+        self._resident: Dict[int, DailyBatches] = {}  # id(host batches) -> their copy on the device
+        self._trainable: Dict[int, np.ndarray] = {}  # id(host batches) -> the days a padded step trains on
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -309,38 +379,115 @@ class Trainer:
         self.logger.info("starting weights: valid %s %.6f", self.settings.metric, score)
         return score
 
+    def on_device(self, batches: DailyBatches) -> DailyBatches:
+        """``batches`` moved to the training device once (kept for the trainer's life; the same object on a CPU)."""
+        if batches.features.device == self.device:
+            return batches
+        if id(batches) not in self._resident:
+            self._resident[id(batches)] = batches.to(self.device)
+        return self._resident[id(batches)]
+
     def train_epoch(self, batches: DailyBatches) -> np.ndarray:
         """One pass over the days in shuffled order; returns the train-mode predictions ``[rows]`` (NaN on days
-        without a finite label)."""
+        without a finite label).
+
+        The days are views of the segment on the device (:meth:`on_device`); the predictions gather there and
+        the losses are read back every :data:`CHECK_EVERY` steps, not after each.
+        """
         self.network.train()
-        preds = np.full(batches.n_rows, np.nan, dtype=np.float32)
+        preds = torch.full((batches.n_rows,), float("nan"), device=self.device)  # [rows]
         order = self.generator.permutation(batches.n_days)
-        for d, day in _progress(batches.days(self.device, order), batches.n_days, "train"):
-            pred = self.train_step(day)
+        days = self.on_device(batches).days(self.device, order)
+        trainable = self.trainable_days(batches) if self.static_steps is not None else None
+        for step, (d, day) in enumerate(_progress(days, batches.n_days, "train")):
+            if trainable is not None and not trainable[d]:
+                continue
+            pred = self.train_step(day, step, d)
             if pred is not None:
                 preds[batches.day_slice(d)] = pred
-        return preds
+            if len(self.unchecked) >= CHECK_EVERY:
+                self.check_losses()
+        self.check_losses()
+        skipped = getattr(self.loss_fn, "skipped_ic_days", 0)
+        if skipped:
+            self.logger.warning(
+                "epoch %d: the %s loss had no correlation on %d of %d days (under 2 finite labels, or constant "
+                "labels): %s",
+                self.next_epoch,
+                self.settings.loss,
+                skipped,
+                batches.n_days,
+                "skipped" if self.settings.loss == "ic" else "trained on their mse alone",
+            )
+            cast(DailyLoss, self.loss_fn).skipped_ic_days = 0
+        return preds.cpu().numpy()
 
-    def train_step(self, day: Day) -> Optional[np.ndarray]:
-        """One optimizer step on one day; returns its predictions ``[n]``, or None when no label is finite."""
-        pred = forward_day(self.network, day)
+    def train_step(self, day: Day, step: int = 0, day_number: int = -1) -> Optional[torch.Tensor]:
+        """One optimizer step on one day; returns its predictions ``[n]`` (detached, on the device), or None when
+        the loss skips the day. The loss joins :attr:`unchecked` (``step``, ``day_number``: for the message)."""
+        if self.static_steps is not None:
+            pred, loss = self.static_steps.step(day)
+            self.unchecked.append((step, day_number, len(pred), loss))
+            return pred
+        pred = self._forward(self.network, day)
         loss = self.loss_fn(pred, day.label, day.sample_weight)
         if loss is None:
             return None
-        if not bool(torch.isfinite(loss)):  # the weights would turn NaN: stop at the first step that shows it
-            raise TrainingError(
-                f"epoch {self.next_epoch}: the train loss is {float(loss.detach())} on a day of {len(pred)} stocks: "
-                "the network's weights or inputs hold NaN/inf or overflow float32 (check model_path, concept_weight, "
-                "the concept matrix and lr)"
-            )
+        self.unchecked.append((step, day_number, len(pred), loss.detach()))
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_value_(self.network.parameters(), CLIP_VALUE)
         self.optimizer.step()
-        return pred.detach().cpu().numpy()
+        return pred.detach()
+
+    def _forward(self, network: nn.Module, day: Day) -> torch.Tensor:
+        """The network's predictions ``[n]`` for ``day``, in fp32 (under autocast with ``precision="bf16"``)."""
+        with autocast(self.device, self.settings.precision):
+            return forward_day(network, day).float()
+
+    def _static_loss(self, pred: torch.Tensor, day: Day) -> torch.Tensor:
+        loss = self.loss_fn if isinstance(self.loss_fn, DailyLoss) else DailyLoss(self.settings.loss)
+        return loss.static(pred, cast(torch.Tensor, day.label), day.sample_weight)
+
+    def trainable_days(self, batches: DailyBatches) -> np.ndarray:
+        """``[days]`` bool: the days a padded step can train on (a finite label; for the ``ic`` loss, two labels
+        that differ), read from the host's labels once per segment; the days without a correlation are logged."""
+        if id(batches) not in self._trainable:
+            labels = cast(torch.Tensor, batches.labels).numpy()
+            with np.errstate(invalid="ignore"):
+                finite = np.add.reduceat(np.isfinite(labels), batches.day_start)
+                spread = np.fmax.reduceat(labels, batches.day_start) - np.fmin.reduceat(labels, batches.day_start)
+            correlated = (finite >= 2) & (spread > 0)
+            loss = self.loss_fn if isinstance(self.loss_fn, DailyLoss) else DailyLoss(self.settings.loss)
+            if self.settings.loss != "mse" and not correlated.all():
+                self.logger.warning(
+                    "the %s loss has no correlation on %d of %d days (under 2 finite labels, or constant labels): %s",
+                    self.settings.loss,
+                    int((~correlated).sum()),
+                    len(correlated),
+                    "skipped" if loss.needs_correlation() else "trained on their mse alone",
+                )
+            self._trainable[id(batches)] = correlated if loss.needs_correlation() else finite > 0
+        return self._trainable[id(batches)]
+
+    def check_losses(self) -> None:
+        """Read the unchecked steps' losses from the device at once; a non-finite one stops the fit, naming the
+        first step that showed it (the weights turn NaN from there)."""
+        if not self.unchecked:
+            return
+        losses = torch.stack([loss for *_, loss in self.unchecked])
+        bad = (~torch.isfinite(losses)).nonzero()  # one host sync for CHECK_EVERY steps
+        pending, self.unchecked = self.unchecked, []
+        if len(bad):
+            step, day, stocks, loss = pending[int(bad[0])]
+            raise TrainingError(
+                f"epoch {self.next_epoch}: the train loss is {float(loss)} at step {step} (day {day}) on a day of "
+                f"{stocks} stocks: the network's weights or inputs hold NaN/inf or overflow float32 (check model_path, "
+                "concept_weight, the concept matrix and lr)"
+            )
 
     def predict(self, batches: DailyBatches) -> np.ndarray:
-        return predict_days(self.network, batches, self.device)
+        return predict_days(self.network, self.on_device(batches), self.device, self.settings.precision)
 
     def evaluate(self, batches: DailyBatches, preds: Optional[np.ndarray] = None) -> Dict[str, float]:
         """Daily metrics of ``preds`` (default: an eval-mode pass) against the batches' labels."""
@@ -380,12 +527,21 @@ class Trainer:
         self.next_epoch, self.finished = state["next_epoch"], state["finished"]
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "gd": torch.optim.SGD}  # keys: settings.OPTIMIZERS
+def make_optimizer(
+    name: str, network: nn.Module, lr: float, weight_decay: float = 0.0, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """qlib's optimizer choice: ``"adam"`` or ``"gd"`` (plain SGD) over ``network``'s parameters.
 
-
-def make_optimizer(name: str, network: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """qlib's optimizer choice: ``"adam"`` or ``"gd"`` (plain SGD) over ``network``'s parameters."""
-    return OPTIMIZERS[name](network.parameters(), lr=lr)
+    ``weight_decay > 0`` is decoupled for Adam (``torch.optim.AdamW``) and SGD's own decay for ``gd``; at 0 the
+    optimizer is qlib's, unchanged. ``capturable``: Adam/AdamW keep their step counts on the device, so that a
+    CUDA graph can capture ``step()`` (``cuda_graphs``).
+    """
+    params = network.parameters()
+    if name == "adam":
+        adam = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+        extra = {"weight_decay": weight_decay} if weight_decay > 0 else {}
+        return adam(params, lr=lr, capturable=capturable, **extra)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
 def select_device(GPU: Union[int, str, None], logger: logging.Logger) -> torch.device:

@@ -42,7 +42,7 @@ BAD = [  # argument, value, what the message says after "<name> must be "
     ("smooth_steps", 0, ">= 1"),
     ("eval_train", None, "true or false"),
     ("optimizer", "sgd2", "one of ['adam', 'gd']"),
-    ("loss", "mae", "one of ['mse']"),
+    ("loss", "mae", "one of ['mse', 'ic', 'mse+ic']"),
     ("metric", "foo", "one of"),
     ("GPU", 1.5, "a CUDA index or a device string"),
     ("stock2concept", 3, "a string"),

@@ -29,8 +29,16 @@ from ..concepts import ConceptSource, load_concept_source
 from ..explain import explain_batches
 from ..network import HISTModel, RNNRegressor
 from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
-from ..settings import GROUPS, HISTSettings
-from ..training import FitResult, Trainer, make_optimizer, predict_days, select_device
+from ..settings import GROUPS, HISTSettings, SettingsError
+from ..training import (
+    FitResult,
+    Trainer,
+    check_cuda_graphs,
+    check_precision,
+    make_optimizer,
+    predict_days,
+    select_device,
+)
 from .dataset import Segment, segment_batches
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
@@ -104,6 +112,21 @@ class HIST(ModelFT):
     finetune_lr : float, optional
         :meth:`finetune`'s learning rate (default: ``lr``).
 
+    Module switches and the recipe's search options (defaults = qlib's HIST)
+    ----------
+    predefined_concepts, hidden_concepts, individual : bool
+        each HIST module on (default) or off; a module off adds nothing to the output and removes nothing from the
+        residual; all three off leaves the base RNN with its linear output layer (qlib's LSTMModel layout).
+    loss : str
+        ``"mse"``, ``"ic"`` (minus the day's Pearson correlation) or ``"mse+ic"`` (``mse - ic_weight * ic``).
+    ic_weight : float
+        the IC term's weight in ``"mse+ic"`` (default 1).
+    weight_decay : float
+        decoupled weight decay (``adam`` becomes AdamW); 0 = off.
+    keep_start : bool
+        ``fit`` scores the starting weights (``model_path``'s) on valid as epoch -1 and keeps them when no epoch
+        beats them, as :meth:`finetune` does.
+
     Every argument stays readable (and settable, validated again) as an attribute: ``model.n_epochs``.
     """
 
@@ -114,12 +137,14 @@ class HIST(ModelFT):
             self.logger.warning("HIST ignores unknown arguments: %s", ", ".join(sorted(unknown)))
         self.settings = settings
         self.device = select_device(settings.training.GPU, self.logger)
+        check_precision(settings.training.precision, self.device)
+        check_cuda_graphs(settings.training.cuda_graphs, self.device)
         self.logger.info(
             "HIST parameters: %s, device=%s", ", ".join(f"{k}={v!r}" for k, v in settings.flat().items()), self.device
         )
         self._seed_everything()
         self.HIST_model = HISTModel.from_settings(settings.network).to(self.device)
-        self.train_optimizer = make_optimizer(settings.training.optimizer, self.HIST_model, settings.training.lr)
+        self.train_optimizer = self._new_optimizer()  # built again when fit starts, from the settings then
         self.fitted = False
         self._concept_source: Optional[ConceptSource] = None
 
@@ -133,8 +158,17 @@ class HIST(ModelFT):
         return getattr(getattr(settings, owner), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """``model.<argument> = value`` replaces the setting, validated again."""
-        if name in HISTSettings.field_names() and "settings" in self.__dict__:
+        """``model.<argument> = value`` replaces the setting, validated again.
+
+        The network's settings (its shape and modules) are refused: the built network would no longer match them.
+        Training settings reach the next ``fit`` (which builds its optimizer from them).
+        """
+        owner = HISTSettings.field_names().get(name)
+        if owner == "network" and "settings" in self.__dict__:
+            raise SettingsError(
+                f"{name} defines the network, which is already built: make a new model, HIST({name}={value!r}, ...)"
+            )
+        if owner is not None and "settings" in self.__dict__:
             self.__dict__["settings"] = self.settings.replace(**{name: value})
             if name in ("stock2concept", "stock_index", "stock2concept_url"):
                 self.__dict__["_concept_source"] = None
@@ -146,6 +180,12 @@ class HIST(ModelFT):
         return self.device != torch.device("cpu")
 
     # ------------------------------------------------------------------ helpers
+    def _new_optimizer(self, lr: Optional[float] = None) -> torch.optim.Optimizer:
+        """The settings' optimizer over the network (``lr``: the settings' unless given)."""
+        t = self.settings.training
+        capturable = t.cuda_graphs and self.device.type == "cuda"
+        return make_optimizer(t.optimizer, self.HIST_model, t.lr if lr is None else lr, t.weight_decay, capturable)
+
     def _seed_everything(self) -> None:
         seed = self.settings.training.seed
         if seed is not None:
@@ -190,7 +230,8 @@ class HIST(ModelFT):
             "pretraining the base %s for up to %d epochs", self.settings.network.base_model, t.pretrain_epochs
         )
         recipe = dataclasses.replace(t, n_epochs=t.pretrain_epochs, smooth_steps=1)
-        Trainer(base, make_optimizer(t.optimizer, base, t.lr), recipe, self.device, self.logger).fit(train, valid)
+        optimizer = make_optimizer(t.optimizer, base, t.lr, t.weight_decay)
+        Trainer(base, optimizer, recipe, self.device, self.logger).fit(train, valid)
         state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
         if t.pretrain_save_path:
             self.logger.info("saved the pretrained base model to %s", save_state_dict(state, t.pretrain_save_path))
@@ -226,8 +267,9 @@ class HIST(ModelFT):
         elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
             self._pretrain_base(train, valid)
         own = [] if checkpoint is None else [checkpoint]
+        self.train_optimizer = self._new_optimizer()
         trainer = Trainer(self.HIST_model, self.train_optimizer, t, self.device, self.logger, [*own, *callbacks])
-        self._keep_result(trainer.fit(train, valid, evals_result))
+        self._keep_result(trainer.fit(train, valid, evals_result, keep_start=t.keep_start))
         if save_path:
             save_state_dict(self.HIST_model.state_dict(), save_path)
 
@@ -255,7 +297,7 @@ class HIST(ModelFT):
         lr = t.lr if t.finetune_lr is None else t.finetune_lr
         recipe = dataclasses.replace(t, n_epochs=t.finetune_epochs, lr=lr)
         self.logger.info("fine-tuning for up to %d epochs at lr=%g from the current weights", recipe.n_epochs, lr)
-        self.train_optimizer = make_optimizer(t.optimizer, self.HIST_model, lr)
+        self.train_optimizer = self._new_optimizer(lr)
         trainer = Trainer(self.HIST_model, self.train_optimizer, recipe, self.device, self.logger, list(callbacks))
         self._keep_result(trainer.fit(train, valid, evals_result, keep_start=True))
 
@@ -279,7 +321,7 @@ class HIST(ModelFT):
         if not self.fitted:
             raise ValueError("model is not fitted yet!")
         batches = self._batches(dataset, segment, with_label=False)
-        preds = predict_days(self.HIST_model, batches, self.device)
+        preds = predict_days(self.HIST_model, batches.to(self.device), self.device, self.settings.training.precision)
         return batches.in_dataset_order(pd.Series(preds, index=batches.index, name="score"))
 
     def explain(self, dataset: DatasetH, segment: Union[Text, slice] = "test", top: int = 3) -> pd.DataFrame:
@@ -325,7 +367,7 @@ class HIST(ModelFT):
         self.HIST_model = HISTModel.from_settings(settings.network)
         load_state_dict_strict(self.HIST_model, weights, "the pickled HIST")
         self.HIST_model.to(self.device)
-        self.train_optimizer = make_optimizer(settings.training.optimizer, self.HIST_model, settings.training.lr)
+        self.train_optimizer = self._new_optimizer()
 
 
 def _signature() -> inspect.Signature:
