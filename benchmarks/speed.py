@@ -1,14 +1,20 @@
 """Speed and memory: qlib's HIST (patched to run) vs qlib_hist's HIST on the same handler, kwargs and device.
 
     python -m benchmarks.speed --provider-uri ../shared/data/cn_csi300 [--device cpu|cuda] [--epochs 3]
+    python -m benchmarks.speed --device cuda --precision fp32 bf16 --shared 8     # the GPU table (issue 29)
 
-Each implementation runs in its own subprocess (so peak memory is its own) and reports:
+Rows (:data:`ROWS`): ``qlib``; ``ours``. With ``--device cuda`` also ``ours_plain`` (ours with the loop as it was
+before 0.6: each day copied from the host, each step's loss read back at once), ``ours_graphs`` (``cuda_graphs``)
+and, for ``bf16`` in ``--precision``, ``ours_bf16`` (``precision: bf16`` with ``cuda_graphs``); ``--shared N`` runs
+N copies of the fastest of ours side by side on the one GPU. Each row runs in its own subprocess (so peak memory is
+its own) and reports:
 
 - median seconds per training epoch, each as its own ``fit`` runs one: qlib = train pass + its eval pass over
   train + eval over valid; ours = train pass + eval over valid (``eval_train=False``, the default). The train pass
   alone is reported too;
 - seconds for ``predict`` over the test segment;
-- peak RSS during ``fit`` above the RSS before it (psutil sampled every 5 ms), in MB.
+- peak RSS during ``fit`` above the RSS before it (psutil sampled every 5 ms), in MB; on CUDA the peak GPU memory
+  (``torch.cuda.max_memory_allocated``), in MB.
 
 Prints each figure and the ratio ours / qlib, and writes ``benchmarks/results/speed_<device>.json`` (the provider
 as a path relative to the repository). Run from the repository root.
@@ -39,6 +45,33 @@ SEGMENTS = {
     "valid": ("2017-01-01", "2017-12-31"),
     "test": ("2018-01-01", "2018-12-31"),
 }
+
+#: row -> HIST kwargs it adds (``qlib`` is qlib's HIST); ``ours_plain`` also restores the per-day host loop
+ROWS: dict[str, dict | None] = {
+    "qlib": None,
+    "ours_plain": {},
+    "ours": {},
+    "ours_graphs": {"cuda_graphs": True},
+    "ours_bf16": {"cuda_graphs": True, "precision": "bf16"},
+}
+
+
+def rows_for(device: str, precisions: list[str]) -> list[str]:
+    """The rows a run measures: qlib and ours on a CPU; on CUDA the fp32 paths and, with bf16, the bf16 one."""
+    if device == "cpu":
+        return ["qlib", "ours"]
+    rows = ["qlib", "ours_plain", "ours", "ours_graphs"] if "fp32" in precisions else ["qlib"]
+    return rows + (["ours_bf16"] if "bf16" in precisions else [])
+
+
+def plain_loop() -> None:
+    """``ours_plain``: the loop before 0.6, in this process: days copied from the host at each step, and each
+    step's loss read back before the next (the per-step host sync)."""
+    import qlib_hist.training as training
+
+    training.CHECK_EVERY = 1
+    training.Trainer.on_device = lambda self, batches: batches  # type: ignore[method-assign]
+
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -131,8 +164,12 @@ def measure(impl: str, args: argparse.Namespace) -> dict:
     else:
         from qlib_hist import HIST
 
-        model = HIST(**kwargs)
+        if impl == "ours_plain":
+            plain_loop()
+        model = HIST(**kwargs, **(ROWS[impl] or {}))
     torch.manual_seed(0)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
         tic = time.perf_counter()
         model.fit(dataset)
@@ -162,7 +199,28 @@ def measure(impl: str, args: argparse.Namespace) -> dict:
         "pred_rows": len(pred),
         "pred_finite": bool(np.isfinite(pred.to_numpy()).all()),
         "torch_threads": torch.get_num_threads(),
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
     }
+
+
+FIGURES = [
+    ("median epoch s", "median_epoch_seconds"),
+    ("median train pass s", "median_train_pass_seconds"),
+    ("predict s (test)", "predict_seconds"),
+    ("fit extra peak RSS MB", "fit_extra_peak_mb"),
+    ("peak GPU memory MB", "gpu_peak_mb"),
+]
+
+
+def print_table(results: dict) -> None:
+    """Each figure of each row, and its ratio to qlib's (``x0.20`` = a fifth of qlib's)."""
+    for label, key in FIGURES:
+        if results["qlib"].get(key) is None:
+            continue
+        base = results["qlib"][key]
+        cells = [f"{row} {r[key]:.2f} (x{r[key] / base:.2f})" for row, r in results.items() if row != "qlib"]
+        print(f"{label:<22} qlib {base:.2f} | " + " | ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
     parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
-    parser.add_argument("--impl", choices=("ours", "qlib"), help=argparse.SUPPRESS)  # subprocess mode
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
+    parser.add_argument("--shared", type=int, default=0, help="also run N copies of ours side by side (CUDA)")
+    parser.add_argument("--impl", choices=tuple(ROWS), help=argparse.SUPPRESS)  # subprocess mode
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()
@@ -187,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(measure(args.impl, args)), flush=True)
         return 0
 
-    results = {}
-    for impl in ("qlib", "ours"):
-        cmd = [
+    if args.device == "cpu" and (args.precision != ["fp32"] or args.shared):
+        parser.error("--precision bf16 and --shared are CUDA rows: use them with --device cuda")
+
+    def command(impl: str) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "benchmarks.speed",
@@ -208,22 +270,35 @@ def main(argv: list[str] | None = None) -> int:
             "--sw-csv",
             args.sw_csv,
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+
+    def finished(impl: str, proc: subprocess.CompletedProcess) -> dict:
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"{impl} failed (exit {proc.returncode})")
-        results[impl] = json.loads(line[0][len("RESULT ") :])
-    rows = [
-        ("median epoch seconds", "median_epoch_seconds"),
-        ("median train-pass seconds", "median_train_pass_seconds"),
-        ("predict seconds (test)", "predict_seconds"),
-        ("fit extra peak RSS (MB)", "fit_extra_peak_mb"),
-    ]
-    print(f"{'figure':<28}{'qlib':>10}{'ours':>10}{'ours/qlib':>11}")
-    for label, key in rows:
-        q, o = results["qlib"][key], results["ours"][key]
-        print(f"{label:<28}{q:>10.2f}{o:>10.2f}{o / q:>11.2f}")
+        return json.loads(line[0][len("RESULT ") :])
+
+    results: dict = {}
+    for impl in rows_for(args.device, args.precision):
+        results[impl] = finished(impl, subprocess.run(command(impl), capture_output=True, text=True, cwd=ROOT))
+    if args.shared:
+        fastest = min((r for r in results if r.startswith("ours")), key=lambda r: results[r]["median_epoch_seconds"])
+        procs = [
+            subprocess.Popen(command(fastest), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            for _ in range(args.shared)
+        ]
+        outputs = [p.communicate() for p in procs]  # reads both pipes to the end (no deadlock on a full pipe)
+        runs = [
+            finished(fastest, subprocess.CompletedProcess(p.args, p.returncode, *out)) for p, out in zip(procs, outputs)
+        ]
+        results[f"{fastest} x{args.shared} shared"] = {
+            **runs[0],
+            "median_epoch_seconds": statistics.median(r["median_epoch_seconds"] for r in runs),
+            "median_train_pass_seconds": statistics.median(r["median_train_pass_seconds"] for r in runs),
+            "predict_seconds": statistics.median(r["predict_seconds"] for r in runs),
+            "runs": len(runs),
+        }
+    print_table(results)
     results["host"] = f"{platform.machine()}, {os.cpu_count()} cores"
     results["segments"] = SEGMENTS
     results["provider_uri"] = repo_relative(args.provider_uri)

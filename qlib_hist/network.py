@@ -24,6 +24,11 @@ COS_EPS = 1e-6  # qlib's guard in its cosine similarity's denominator (kept: it 
 PEER_SEARCH_CHUNK = 1024  # rows of the N x N similarity held at once during the peer search
 
 
+def full_precision(values: torch.Tensor) -> torch.Tensor:
+    """``values`` in fp32 when autocast made them bf16/fp16; unchanged otherwise (fp32 stays the same tensor)."""
+    return values.float() if values.dtype in (torch.bfloat16, torch.float16) else values
+
+
 def make_rnn(settings: NetworkSettings) -> nn.Module:
     """The encoder: ``nn.GRU`` or ``nn.LSTM`` with ``batch_first=True``, as in qlib."""
     return RNN_TYPES[settings.base_model](
@@ -45,10 +50,10 @@ def encode(
     ``alpha = softmax_t(temporal_att(h_t))``.
     """
     steps, _ = rnn(x.reshape(len(x), d_feat, -1).permute(0, 2, 1))  # [N, T, H]
-    steps = steps.float()  # under bf16 autocast the RNN runs in bf16; what follows starts from fp32 states
+    steps = full_precision(steps)  # under bf16 autocast the RNN runs in bf16; what follows starts from fp32
     if temporal_att is None:
         return steps[:, -1, :], None
-    alpha = F.softmax(temporal_att(steps).squeeze(-1).float(), dim=1)  # [N, T]
+    alpha = F.softmax(full_precision(temporal_att(steps).squeeze(-1)), dim=1)  # [N, T]
     return (alpha.unsqueeze(-1) * steps).sum(1), alpha
 
 
@@ -56,7 +61,7 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``cos(x_i, y_j)`` for all pairs, ``[N, H] x [M, H] -> [N, M]``, with qlib's ``+1e-6`` guard; fp32 under
     autocast (the guard is below bf16's resolution)."""
     with torch.autocast(x.device.type, enabled=False):
-        x, y = x.float(), y.float()
+        x, y = full_precision(x), full_precision(y)
         x_norm = x.norm(dim=1, keepdim=True)  # [N, 1]
         y_norm = y.norm(dim=1, keepdim=True)  # [M, 1]
         return x.mm(y.t()) / (x_norm.mm(y_norm.t()) + COS_EPS)
@@ -64,7 +69,7 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def rowwise_cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``cos(x_i, y_i)`` for matching rows, ``[N, H] x [N, H] -> [N]``; fp32 under autocast."""
-    x, y = x.float(), y.float()
+    x, y = full_precision(x), full_precision(y)
     return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + COS_EPS)
 
 

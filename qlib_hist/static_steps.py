@@ -130,7 +130,7 @@ class StaticSteps:
         return pred.detach(), loss.detach()
 
     def _capture(self, padded: Day) -> Captured:
-        inputs = Day(*(None if t is None else t.clone() for t in padded))
+        inputs = Day._make(None if t is None else t.clone() for t in padded)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):  # its own pool: buckets replay in any order

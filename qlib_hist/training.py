@@ -33,6 +33,7 @@ from torch import nn
 from .batches import DailyBatches, Day
 from .callbacks import Callback, LogEpochs
 from .metrics import DailyLoss, LossFn, daily_metrics, precision_k, score_of
+from .network import full_precision
 from .settings import SettingsError, TrainSettings
 from .static_steps import StaticSteps
 
@@ -234,14 +235,14 @@ def predict_days(
     @torch.no_grad()
     def predict_day(d: int) -> np.ndarray:
         with autocast(device, precision):
-            return forward_day(network, batches.day(d, device)).float().cpu().numpy()
+            return full_precision(forward_day(network, batches.day(d, device))).cpu().numpy()
 
     if device.type != "cpu":  # in order, gathered on the device, read back once
         gathered = torch.empty(batches.n_rows, device=device)
         with torch.no_grad():
             for d, day in _progress(batches.days(device), batches.n_days, "predict"):
                 with autocast(device, precision):
-                    gathered[batches.day_slice(d)] = forward_day(network, day).float()
+                    gathered[batches.day_slice(d)] = full_precision(forward_day(network, day))
         return gathered.cpu().numpy()
     workers = torch.get_num_threads()
     if workers <= 1 or batches.n_days < 2:
@@ -430,9 +431,10 @@ class Trainer:
             self.unchecked.append((step, day_number, len(pred), loss))
             return pred
         pred = self._forward(self.network, day)
-        loss = self.loss_fn(pred, day.label, day.sample_weight)
-        if loss is None:
+        maybe_loss = self.loss_fn(pred, cast(torch.Tensor, day.label), day.sample_weight)
+        if maybe_loss is None:
             return None
+        loss = maybe_loss
         self.unchecked.append((step, day_number, len(pred), loss.detach()))
         self.optimizer.zero_grad()
         loss.backward()
@@ -443,7 +445,7 @@ class Trainer:
     def _forward(self, network: nn.Module, day: Day) -> torch.Tensor:
         """The network's predictions ``[n]`` for ``day``, in fp32 (under autocast with ``precision="bf16"``)."""
         with autocast(self.device, self.settings.precision):
-            return forward_day(network, day).float()
+            return full_precision(forward_day(network, day))
 
     def _static_loss(self, pred: torch.Tensor, day: Day) -> torch.Tensor:
         loss = self.loss_fn if isinstance(self.loss_fn, DailyLoss) else DailyLoss(self.settings.loss)
@@ -537,10 +539,10 @@ def make_optimizer(
     CUDA graph can capture ``step()`` (``cuda_graphs``).
     """
     params = network.parameters()
+    if name == "adam" and weight_decay > 0:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, capturable=capturable)
     if name == "adam":
-        adam = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
-        extra = {"weight_decay": weight_decay} if weight_decay > 0 else {}
-        return adam(params, lr=lr, capturable=capturable, **extra)
+        return torch.optim.Adam(params, lr=lr, capturable=capturable)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 

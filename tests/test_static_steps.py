@@ -1,0 +1,225 @@
+"""Issue 29's GPU paths, checked on the CPU where they can be: padded days (static shapes) against unpadded ones,
+the deferred non-finite check, segments resident on the device, and the refusals of bf16 / cuda_graphs where they
+cannot run. The captured CUDA graphs and bf16 on a GPU are checked where CUDA is present (marked ``gpu``)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from qlib_hist.batches import Day
+from qlib_hist.metrics import DailyLoss
+from qlib_hist.network import HISTModel
+from qlib_hist.settings import SettingsError, TrainSettings
+from qlib_hist.static_steps import BUCKET, StaticSteps, bucket_size, pad_day
+from qlib_hist.training import CLIP_VALUE, Trainer, TrainingError, make_optimizer
+
+from conftest import small_hist
+
+CPU = torch.device("cpu")
+D_FEAT, T = 6, 10
+NETWORKS = {
+    "qlib": {},
+    "refine_topk": {"concept_refine": True, "hidden_topk": 2},
+    "no_predefined": {"predefined_concepts": False},
+    "base_rnn": {"predefined_concepts": False, "hidden_concepts": False, "individual": False},
+    "lstm_temporal": {"base_model": "LSTM", "temporal_attention": True},
+}
+
+
+def _day(n: int = 37, n_concepts: int = 9, seed: int = 0, weights: bool = False, nan_labels: int = 3) -> Day:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D_FEAT * T, generator=g)
+    concepts = (torch.rand(n, n_concepts, generator=g) < 0.3).float()
+    concepts[:, -1] = 0.0  # a concept without members that day
+    label = torch.randn(n, generator=g)
+    label[:nan_labels] = float("nan")
+    member = torch.rand(n, generator=g) + 0.5 if weights else None
+    sample = torch.rand(n, generator=g) + 0.5 if weights else None
+    return Day(x, concepts, label, sample, member)
+
+
+def _net(**options) -> HISTModel:
+    torch.manual_seed(0)
+    return HISTModel(d_feat=D_FEAT, hidden_size=8, num_layers=1, **options)
+
+
+def test_bucket_sizes():
+    assert [bucket_size(n) for n in (1, 64, 65, 300)] == [64, 64, 128, 320]
+    padded = pad_day(_day(n=37), 64)
+    assert padded.x.shape == (64, D_FEAT * T) and padded.mask is not None and int(padded.mask.sum()) == 37
+    assert torch.isnan(padded.label[37:]).all() and (padded.concepts[37:] == 0).all()
+    with pytest.raises(ValueError, match="cannot pad a day of 37 stocks to 10"):
+        pad_day(_day(n=37), 10)
+
+
+@pytest.mark.parametrize("weights", [False, True], ids=["plain", "weighted"])
+@pytest.mark.parametrize("loss_name", ["mse", "ic", "mse+ic"])
+@pytest.mark.parametrize("options", NETWORKS.values(), ids=NETWORKS.keys())
+def test_padded_and_unpadded_days_agree_in_loss_gradients_and_predictions(options, loss_name, weights):
+    # in float64, so that 1e-6 measures the padding and not float32's rounding (the ic loss's gradient along the
+    # output bias is 0 in exact arithmetic: in float32 it is rounding noise of 1e-6 either way)
+    day = Day(*(None if t is None else t.double() for t in _day(weights=weights)))
+    padded = pad_day(day, bucket_size(len(day.x)))
+    plain, masked = _net(**options).double(), _net(**options).double()
+    loss = DailyLoss(loss_name, ic_weight=0.5)
+
+    pred = plain.forward_day(day)
+    want = loss(pred, day.label, day.sample_weight)
+    pred_padded = masked.forward_day(padded)
+    got = loss.static(pred_padded, padded.label, padded.sample_weight)
+    assert want is not None
+    torch.testing.assert_close(pred_padded[: len(day.x)], pred, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    want.backward()
+    got.backward()
+    for (name, p), (_, q) in zip(plain.named_parameters(), masked.named_parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_padding_is_nobodys_peer_and_joins_no_concept():
+    """The padded rows' features are garbage on purpose: the real rows must not notice."""
+    day = _day()
+    padded = pad_day(day, 128)
+    noisy = padded._replace(x=torch.cat([day.x, 100 * torch.randn(128 - len(day.x), D_FEAT * T)]))
+    net = _net(hidden_topk=3).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_day(noisy)[: len(day.x)], net.forward_day(day), atol=1e-6, rtol=1e-6)
+
+
+def test_a_day_without_any_concept_stays_finite_when_padded():
+    day = _day()
+    day = day._replace(concepts=torch.zeros_like(day.concepts))
+    net = _net()
+    pred = net.forward_day(pad_day(day, 64))
+    torch.testing.assert_close(pred[: len(day.x)], net.forward_day(day), atol=1e-6, rtol=1e-6)
+    pred.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def _trainer(net: HISTModel, **settings) -> Trainer:
+    recipe = TrainSettings(**{"n_epochs": 2, "early_stop": 5, "lr": 1e-3, "metric": "ic", "seed": 0, **settings})
+    return Trainer(net, make_optimizer("adam", net, 1e-3), recipe, CPU)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ic"])
+def test_a_padded_fit_follows_the_unpadded_one(synthetic_batches, loss):
+    """cuda_graphs on a CPU: the trainer's padded (eager) steps; the same fit to float rounding."""
+    train, valid = synthetic_batches
+    plain, padded = _trainer(_net(), loss=loss), _trainer(_net(), loss=loss, cuda_graphs=True)
+    assert padded.static_steps is not None and not padded.static_steps.capture
+    a, b = plain.fit(train, valid), padded.fit(train, valid)
+    assert a.best_epoch == b.best_epoch
+    got, want = padded.predict(valid), plain.predict(valid)
+    if loss == "mse":
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    else:  # the ic loss leaves the output's offset and scale free, and Adam walks them on rounding noise: a 1e-7
+        # nudge of the output bias moves this fit's valid IC by 0.003, so the step-level test above is the exact one
+        assert np.corrcoef(got, want)[0, 1] > 0.99
+        assert padded.evaluate(valid)["ic"] == pytest.approx(plain.evaluate(valid)["ic"], abs=0.02)
+    assert padded.static_steps.eager_steps[bucket_size(24)] == 2 * train.n_days
+
+
+def test_static_steps_step_returns_the_days_rows_only():
+    net = _net()
+    steps = StaticSteps(
+        net,
+        make_optimizer("adam", net, 1e-3),
+        lambda p, d: DailyLoss("mse").static(p, d.label),
+        CLIP_VALUE,
+        lambda m, d: m.forward_day(d),
+        capture=False,
+    )
+    pred, loss = steps.step(_day(n=70))
+    assert pred.shape == (70,) and loss.dim() == 0 and steps.eager_steps == {2 * BUCKET: 1}
+
+
+# ----------------------------------------------------------------------------- deferred non-finite check
+def test_the_deferred_check_stops_the_fit_and_names_the_first_bad_step(synthetic_batches):
+    train, valid = synthetic_batches
+    train = copy.copy(train)
+    bad_day = 5
+    features = train.features.clone()
+    features[train.day_slice(bad_day)] = float("inf")  # what an overflowing input does, on one day only
+    train.features = features
+    trainer = _trainer(_net())
+    step = int(np.flatnonzero(np.random.default_rng(0).permutation(train.n_days) == bad_day)[0])
+    with pytest.raises(TrainingError, match=rf"epoch 0: the train loss is nan at step {step} \(day {bad_day}\)"):
+        trainer.fit(train, valid)
+    assert trainer.history == [] and trainer.unchecked == []
+
+
+def test_losses_are_read_back_every_check_every_steps(synthetic_batches, monkeypatch):
+    import qlib_hist.training as training
+
+    monkeypatch.setattr(training, "CHECK_EVERY", 4)
+    train, valid = synthetic_batches
+    trainer = _trainer(_net(), n_epochs=1)
+    reads = []
+    original = trainer.check_losses
+    monkeypatch.setattr(trainer, "check_losses", lambda: (reads.append(len(trainer.unchecked)), original())[1])
+    trainer.fit(train, valid)
+    assert reads[:4] == [4, 4, 4, 4] and sum(reads) == train.n_days
+
+
+def test_resident_batches_are_the_same_object_on_the_cpu(synthetic_batches):
+    train, _ = synthetic_batches
+    assert train.to(CPU) is train
+    assert _trainer(_net()).on_device(train) is train
+
+
+# ----------------------------------------------------------------------------- refusals
+def test_bf16_on_a_cpu_without_bf16_is_refused_at_construction(demo, monkeypatch):
+    import qlib_hist.training as training
+
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(SettingsError, match=r"^precision='bf16' needs a CUDA device or a CPU with avx512_bf16/AMX"):
+        small_hist(demo, precision="bf16")
+
+
+def test_bf16_runs_where_the_cpu_reports_it(demo, demo_dataset, monkeypatch):
+    import qlib_hist.training as training
+
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512_bf16"})
+    model = small_hist(demo, precision="bf16", n_epochs=1)
+    model.fit(demo_dataset)
+    pred = model.predict(demo_dataset, "test")
+    fp32 = small_hist(demo, n_epochs=1)
+    fp32.fit(demo_dataset)
+    want = fp32.predict(demo_dataset, "test")
+    assert np.isfinite(pred.to_numpy()).all() and pred.dtype == np.float32
+    assert np.corrcoef(pred.to_numpy(), want.to_numpy())[0, 1] > 0.9  # bf16 rounding, not another model
+
+
+def test_cuda_graphs_off_cuda_is_refused_at_construction(demo):
+    with pytest.raises(SettingsError, match="cuda_graphs needs a CUDA device"):
+        small_hist(demo, cuda_graphs=True)
+
+
+# ----------------------------------------------------------------------------- CUDA (skipped without a GPU)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_captured_steps_match_eager_padded_steps_on_cuda():
+    cuda = torch.device("cuda")
+    days = [Day(*(None if t is None else t.to(cuda) for t in _day(n=n, seed=n))) for n in (37, 50, 40, 61, 33, 45)]
+
+    def run(capture: bool) -> list:
+        net = _net().to(cuda)
+        steps = StaticSteps(
+            net,
+            make_optimizer("adam", net, 1e-3, capturable=True),
+            lambda p, d: DailyLoss("mse").static(p, d.label),
+            CLIP_VALUE,
+            lambda m, d: m.forward_day(d),
+            capture=capture,
+        )
+        return [steps.step(day)[1].item() for day in days] + [net.fc_out.weight.detach().cpu()]
+
+    eager, captured = run(False), run(True)
+    np.testing.assert_allclose(captured[:-1], eager[:-1], rtol=1e-4)
+    torch.testing.assert_close(captured[-1], eager[-1], atol=1e-5, rtol=1e-4)
