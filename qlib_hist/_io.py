@@ -1,4 +1,5 @@
-"""Atomic file output: every file the package writes appears whole or not at all."""
+"""Atomic file output: every file the package writes appears whole or not at all; a write that fails names the file
+the caller asked for, never the temporary file beside it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Iterator, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,6 +44,26 @@ def remove_stale_temps(path: Path) -> List[Path]:
     return removed
 
 
+def _naming(err: OSError, path: Union[Path, str]) -> OSError:
+    """``err`` (about the temporary file, or naming no file) as the same error naming ``path``."""
+    if err.errno is None or not err.strerror:
+        return type(err)(f"cannot write {path}: {err}")
+    return type(err)(err.errno, err.strerror, str(path))
+
+
+def _in_temp(err: OSError, tmp: Path, path: Path) -> Optional[str]:
+    """What ``err`` names inside the temporary ``tmp`` (the file, or a file of the folder), said of ``path``;
+    None when it names no such file (an error about an input, say, is left as it is)."""
+    for name in (err.filename, err.filename2):
+        if isinstance(name, (str, os.PathLike)):
+            text = os.fspath(name)
+            if text == str(tmp):
+                return str(path)
+            if text.startswith(str(tmp) + os.sep):
+                return str(path) + text[len(str(tmp)) :]
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -51,17 +72,32 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left untouched. Its name,
     ``.<name>.<pid>.<random>.tmp``, says whose it is: temporary files of ``path`` left by a writer that was killed
     (its process is gone) are removed by the next write to ``path``.
+
+    An ``OSError`` about the temporary file (it cannot be made, written or renamed) is raised as the same error
+    naming ``path``: ``[Errno 13] Permission denied: '/x/out.csv'``, not ``'/x/.out.csv.123.ab.tmp'``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+        except OSError as err:
+            named = _in_temp(err, tmp_path, path)
+            if named is None:
+                raise
+            raise _naming(err, named) from None
+        try:
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+            os.replace(tmp_path, path)
+        except OSError as err:
+            raise _naming(err, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -74,12 +110,24 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise _naming(err, path) from None
+    try:
+        try:
+            yield tmp
+        except OSError as err:
+            named = _in_temp(err, tmp, path)
+            if named is None:
+                raise
+            raise _naming(err, named) from None
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            shutil.rmtree(path)  # its errors name the destination's own files
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _naming(err, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

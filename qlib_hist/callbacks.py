@@ -7,6 +7,7 @@ and when ``fit`` ends. Built in: :class:`LogEpochs` (always first) and :class:`C
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Union
@@ -77,7 +78,14 @@ class Checkpoint(Callback):
         if not self.path.exists():
             return
         state = self.read()
-        trainer.load_state_dict(state)
+        before = trainer.state_dict()
+        self._check_contents(state, before, trainer)
+        try:
+            trainer.load_state_dict(state)
+        except Exception as err:  # torch and numpy raise several types for a state that does not fit
+            with contextlib.suppress(Exception):
+                trainer.load_state_dict(before)  # as it was: a damaged file changes nothing
+            raise self._damaged(f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from None
         trainer.logger.info(
             "resumed from checkpoint %s at epoch %d%s",
             self.path,
@@ -89,12 +97,40 @@ class Checkpoint(Callback):
         with atomic_path(self.path) as tmp:
             torch.save({"fingerprint": self.fingerprint, **trainer.state_dict()}, tmp)
 
+    def _damaged(self, what: str) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {self.path} is damaged ({what}); delete it to start this fit over from epoch 0"
+        )
+
+    def _check_contents(self, state: Dict[str, Any], expected: Dict[str, Any], trainer: "Trainer") -> None:
+        """Every entry :meth:`Trainer.state_dict` writes, and the network's weights with its names and shapes."""
+        missing = [key for key in expected if key not in state]
+        if missing:
+            raise self._damaged(f"no {', '.join(map(repr, missing))}")
+        model = state["model"]
+        if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+            raise self._damaged(f"'model' is a {type(model).__name__}, not the network's weights")
+        own = trainer.network.state_dict()
+        absent, unknown = sorted(set(own) - set(model)), sorted(set(model) - set(own))
+        if absent or unknown:
+            raise self._damaged(f"the weights lack {absent[:3] or 'none'} and have unknown {unknown[:3] or 'none'}")
+        for name, value in model.items():
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise self._damaged(
+                    f"weight {name!r} has shape {tuple(value.shape)}, the network's is {tuple(own[name].shape)}"
+                )
+
     def read(self) -> Dict[str, Any]:
         """The checkpoint's content, checked to belong to this fit."""
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for a bad file
-            raise CheckpointError(f"checkpoint {self.path} cannot be read ({type(err).__name__}: {err})") from None
+            raise CheckpointError(
+                f"checkpoint {self.path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+                "delete it to start this fit over from epoch 0"
+            ) from None
+        if not isinstance(state, dict):
+            raise self._damaged(f"it holds a {type(state).__name__}, not a checkpoint's dict")
         if state.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {self.path} was written with other settings or another dataset (fingerprint "

@@ -37,9 +37,20 @@ def _top(weights: torch.Tensor, labels: np.ndarray, top: int):
     return names, values
 
 
+def check_top(top: Any) -> int:
+    """``top`` (how many concepts, peers and days to list per prediction) as an int >= 0, or a ``ValueError``
+    naming it."""
+    if isinstance(top, (bool, np.bool_)) or not isinstance(top, (int, np.integer)) or top < 0:
+        raise ValueError(
+            f"top must be a whole number >= 0 (the concepts, peers and days to list per prediction), got {top!r}"
+        )
+    return int(top)
+
+
 @torch.no_grad()
 def explain_batches(network: HISTModel, batches: DailyBatches, device: torch.device, top: int = 3) -> pd.DataFrame:
     """The explanation table (see :meth:`qlib_hist.HIST.explain`) in the batches' day-sorted row order."""
+    top = check_top(top)
     network.eval()
     w_out, bias = network.fc_out.weight[0], float(network.fc_out.bias[0])
     n_concepts = batches.concept_matrix.shape[1]

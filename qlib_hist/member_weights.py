@@ -21,12 +21,23 @@ import pandas as pd
 
 from .batches import DataError
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
 
 def read_weight_table(path: Path) -> pd.Series:
-    """Raw values of a weight table, on a (datetime, instrument) index."""
+    """Raw values of a weight table (``.csv`` or ``.parquet``), on a (datetime, instrument) index."""
     if not path.exists():
         raise DataError(f"concept_weight table {path} does not exist")
-    table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(
+            f"concept_weight table {path}: a weight table is a .csv or .parquet file, not {path.suffix or '(none)'!r}"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"concept_weight table {path}: the file is empty (0 bytes)")
+    try:
+        table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+        raise DataError(f"concept_weight table {path}: cannot be read ({' '.join(str(err).split())})") from None
     missing = {"instrument", "datetime", "value"} - set(table.columns)
     if missing:
         raise DataError(f"concept_weight table {path}: missing columns {sorted(missing)} (has {list(table.columns)})")
@@ -34,6 +45,13 @@ def read_weight_table(path: Path) -> pd.Series:
         dates = pd.to_datetime(table["datetime"], format="ISO8601")
     except (ValueError, TypeError) as err:
         raise DataError(f"concept_weight table {path}: column 'datetime' has unparsable dates ({err})") from None
+    outside = ((dates < pd.Timestamp.min.ceil("D")) | (dates > pd.Timestamp.max)).to_numpy(dtype=bool)
+    if outside.any():  # 0001-01-01: the segment's nanosecond index cannot hold it
+        raise DataError(
+            f"concept_weight table {path}: column 'datetime' has {int(outside.sum())} date(s) outside the dates "
+            f"pandas can hold ({pd.Timestamp.min.ceil('D').date()} .. {pd.Timestamp.max.date()}), first "
+            f"{table['datetime'].iloc[int(outside.argmax())]!r}"
+        )
     values = pd.to_numeric(table["value"], errors="coerce")
     return pd.Series(
         values.to_numpy(),

@@ -2,9 +2,11 @@
 
 ``load_concept_source`` picks the source from the ``stock2concept`` argument:
 
-- ``*.csv`` / ``*.parquet``: a membership table, point in time (:mod:`.membership`);
-- anything else (``*.npy``): qlib's legacy static matrix with its ``stock_index`` (:mod:`.legacy`),
-  downloaded from ``stock2concept_url`` when the file is missing.
+- ``*.csv`` / ``*.parquet`` (``*.pq``): a membership table, point in time (:mod:`.membership`);
+- ``*.npy`` (or a file in numpy's format under another name): qlib's legacy static matrix with its
+  ``stock_index`` (:mod:`.legacy`), downloaded from ``stock2concept_url`` when a ``.npy`` is missing.
+
+Any other file (``.xlsx``, ``.tsv``, ...) is refused with the suffixes that work, rather than read as a matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from .base import ConceptError, ConceptSource, SegmentConcepts
 from .download import QLIB_STOCK2CONCEPT_URL, download_stock2concept
 from .legacy import LegacyConcepts
 
-TABLE_SUFFIXES = (".csv", ".parquet")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+LEGACY_SUFFIX = ".npy"
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _is_npy(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError:
+        return False
+
 
 __all__ = [
     "ConceptError",
@@ -42,10 +55,17 @@ def load_concept_source(
             "stock2concept .npy together with stock_index"
         )
     path = Path(stock2concept).expanduser()
-    if path.suffix.lower() in TABLE_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
         from .membership import MembershipConcepts
 
         return MembershipConcepts.from_path(path)
+    if suffix != LEGACY_SUFFIX and not (path.is_file() and _is_npy(path)):
+        found = "does not exist" if not path.exists() else "is not a .npy array"
+        raise ConceptError(
+            f"stock2concept {path} {found}: its suffix {path.suffix or '(none)'!r} is neither a membership "
+            "table's (.csv, .parquet) nor qlib's legacy matrix's (.npy with stock_index)"
+        )
     if stock_index is None:
         raise ConceptError(f"stock2concept {path} is a legacy matrix: stock_index (.npy or .json) must be given too")
     if not path.exists():

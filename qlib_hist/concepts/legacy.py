@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -72,6 +73,8 @@ def load_stock_index(path: PathLike) -> Dict[str, int]:
     path = Path(path)
     if not path.exists():
         raise ConceptError(f"stock_index file not found: {path}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConceptError(f"stock_index {path}: the file is empty (0 bytes)")
     try:
         if path.suffix.lower() == ".json":
             mapping = json.loads(path.read_text())
@@ -85,21 +88,67 @@ def load_stock_index(path: PathLike) -> Dict[str, int]:
         ) from None
     if not isinstance(mapping, dict) or not mapping:
         raise ConceptError(f"stock_index {path}: expected a non-empty dict {{instrument: row}}")
-    try:
-        return {str(k): int(v) for k, v in mapping.items()}
-    except (TypeError, ValueError):
-        raise ConceptError(f"stock_index {path}: every value must be an integer row of stock2concept") from None
+    rows = {}
+    for key, value in mapping.items():
+        row = _row_number(value)
+        if row is None:
+            raise ConceptError(
+                f"stock_index {path}: {key!r} maps to {value!r}; every value must be a whole row number of "
+                "stock2concept (0, 1, 2, ...)"
+            )
+        rows[str(key)] = row
+    _warn_misspelt_keys(rows, path)
+    return rows
+
+
+def _row_number(value: Any) -> Optional[int]:
+    """``value`` as a row number: an integer, an integral float (``3.0``) or its text; None for anything else
+    (``3.5``, ``True``, ``"a"``)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if np.isfinite(value) and float(value).is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _warn_misspelt_keys(rows: Dict[str, int], path: Path) -> None:
+    """Log a warning when stock_index keys are A-shares spelt another way than qlib's (``600000.SH``, ``sh600000``):
+    their rows would never meet a stock of a qlib dataset (``SH600000``)."""
+    from .membership import suggest_instrument
+
+    misspelt = [(key, fix) for key in rows if (fix := suggest_instrument(key)) is not None and fix != key]
+    if misspelt:
+        key, fix = misspelt[0]
+        logging.getLogger("qlib_hist").warning(
+            "stock_index %s: %d of %d keys are not spelt as qlib spells instruments (e.g. %r, which qlib spells %r): "
+            "those stocks will get no predefined concept; rewrite the keys as %r",
+            path, len(misspelt), len(rows), key, fix, fix,
+        )  # fmt: skip
 
 
 def load_stock2concept(path: PathLike) -> np.ndarray:
-    """Read the legacy matrix; float32 ``[n_stocks, n_concepts]``, finite."""
+    """Read the legacy matrix; float32 ``[n_stocks, n_concepts]``, finite, not negative, with some member."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConceptError(f"stock2concept {path}: the file is empty (0 bytes); write or download it again")
     try:
         matrix = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, EOFError) as err:
         raise ConceptError(f"stock2concept {path}: not a readable .npy array ({err})") from None
     if matrix.ndim != 2:
         raise ConceptError(f"stock2concept {path}: expected a 2-D [stocks, concepts] array, got shape {matrix.shape}")
+    if 0 in matrix.shape:
+        raise ConceptError(
+            f"stock2concept {path}: shape {matrix.shape} has no "
+            f"{'stock rows' if matrix.shape[0] == 0 else 'concept columns'}: no stock would get a concept"
+        )
     if not (
         np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating) or matrix.dtype == bool
     ):
@@ -111,6 +160,17 @@ def load_stock2concept(path: PathLike) -> np.ndarray:
         raise ConceptError(
             f"stock2concept {path}: contains NaN or inf (or a value beyond float32's range), first at row {row} "
             f"column {col}"
+        )
+    if (matrix < 0).any():
+        row, col = np.argwhere(matrix < 0)[0]
+        raise ConceptError(
+            f"stock2concept {path}: {int((matrix < 0).sum())} negative entries, first {matrix[row, col]:g} at row "
+            f"{row} column {col}: a legacy matrix holds 0 (not a member) or a positive weight (1 = member)"
+        )
+    if not matrix.any():
+        raise ConceptError(
+            f"stock2concept {path}: every entry is 0, so no stock belongs to any concept (1 = member); "
+            "rebuild it, e.g. with `qlib-hist concepts to-legacy`"
         )
     return matrix
 
@@ -189,3 +249,20 @@ class LegacyConcepts:
 
     def describe(self) -> str:
         return f"legacy stock2concept {self.path} ({self.matrix.shape[0]} stocks x {self.matrix.shape[1]} concepts)"
+
+    def why_no_concepts(self, instruments: np.ndarray) -> str:
+        """Why none of ``instruments`` gets a concept (for an error that a segment has no concept at all)."""
+        from .membership import suggest_instrument
+
+        known = [s for s in map(str, instruments) if s in self.stock_index]
+        if known:
+            return f"the rows of its {len(known)} stocks in stock_index are all 0"
+        key = next(iter(self.stock_index))
+        fix = suggest_instrument(key)
+        example = str(instruments[0]) if len(instruments) else "SH600000"
+        if fix is not None and fix != key:
+            return (
+                f"no stock_index key is one of its stocks: the keys are spelt like {key!r}, qlib spells it {fix!r} "
+                f"(the segment's stocks: {example!r}, ...); rewrite stock_index with qlib's spelling"
+            )
+        return f"none of its stocks (e.g. {example!r}) is a key of stock_index (its keys: {key!r}, ...)"

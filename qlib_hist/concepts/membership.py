@@ -67,6 +67,7 @@ def read_csv_with_lines(path: Path, required: Sequence[str]) -> Tuple[pd.DataFra
 
     Raises :class:`ConceptError` naming the file when it is missing/unreadable or lacks ``required`` columns.
     """
+    check_not_empty(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -77,6 +78,12 @@ def read_csv_with_lines(path: Path, required: Sequence[str]) -> Tuple[pd.DataFra
     blank = (df.astype(str).apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
     df = df.loc[~blank].reset_index(drop=True)
     return df, _Locator(str(path), lines[~blank])
+
+
+def check_not_empty(path: Path) -> None:
+    """A 0-byte file (an interrupted copy or download) is named as such, not as a parser's complaint."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConceptError(f"{path}: the file is empty (0 bytes); write or copy it again")
 
 
 def require_columns(df: pd.DataFrame, required: Sequence[str], source: str) -> None:
@@ -133,6 +140,7 @@ def check_instruments(values: pd.Series, loc: _Locator, column: str = "instrumen
 
 
 OPEN_YEAR = 2262  # end dates from this year on (9999-12-31, ...) mean "still a member"; ns timestamps end in 2262
+FIRST_DAY = pd.Timestamp.min.ceil("D")  # 1677-09-22: ns timestamps begin in 1677
 
 
 def parse_dates(values: pd.Series, loc: _Locator, column: str, allow_empty: bool) -> pd.Series:
@@ -153,6 +161,14 @@ def parse_dates(values: pd.Series, loc: _Locator, column: str, allow_empty: bool
         raise loc.fail(int(np.flatnonzero(empty)[0]), f"column {column!r}: empty date")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_localize(None)
+    early = (parsed < FIRST_DAY).fillna(False).to_numpy(dtype=bool)  # 0001-01-01: before ns timestamps begin
+    if early.any():
+        pos = int(np.flatnonzero(early)[0])
+        raise loc.fail(
+            pos,
+            f"column {column!r}: date {str(values.iloc[pos])!r} is before {FIRST_DAY.date()}, the first day pandas can "
+            f"hold ({int(early.sum())} such date(s) in all)",
+        )
     far = (parsed.dt.year >= OPEN_YEAR).fillna(False).to_numpy(dtype=bool)  # "9999-12-31": a common "still open"
     if far.any():
         if not allow_empty:
@@ -249,6 +265,7 @@ def load_membership(path: PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ConceptError(f"{path}: membership file not found")
+    check_not_empty(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
             df = pd.read_parquet(path)
@@ -434,6 +451,22 @@ class MembershipConcepts:
             sc.matrix[sc.row_index],
             index=pd.Index(inst, name="instrument"),
             columns=pd.Index(self.names, name="concept"),
+        )
+
+    def why_no_concepts(self, instruments: np.ndarray) -> str:
+        """Why none of ``instruments`` gets a concept (for an error that a segment has no concept at all)."""
+        known = self._inst_index.isin(np.asarray(instruments, dtype=str))
+        example = str(instruments[0]) if len(instruments) else "SH600000"
+        if not known.any():
+            return (
+                f"none of its stocks (e.g. {example!r}) is in the table, which lists {self.instruments[0]!r}, ...: "
+                "a table of another market?"
+            )
+        t = self.table
+        last = "open" if t["end_date"].isna().any() else str(t["end_date"].max())[:10]
+        return (
+            f"no membership of its {int(known.sum())} stocks in the table holds on the segment's days (the table "
+            f"spans {str(t['start_date'].min())[:10]} .. {last})"
         )
 
     def describe(self) -> str:

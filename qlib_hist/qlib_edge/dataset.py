@@ -79,6 +79,17 @@ def member_weights(spec: str, index: pd.MultiIndex, name: str) -> pd.Series:
     return normalize_member_weights(raw, index, spec, name)
 
 
+def no_concept_message(batches: DailyBatches, concepts: ConceptSource, name: str) -> str:
+    """The error when no row of a segment has a predefined concept: the count, the source, and why."""
+    instruments = np.asarray(pd.unique(batches.index.get_level_values(1)), dtype=str)
+    why = getattr(concepts, "why_no_concepts", None)
+    reason = why(instruments) if callable(why) else ""
+    return (
+        f"segment {name}: none of its {len(instruments)} stocks ({batches.n_rows} stock-days) has a predefined "
+        f"concept in {concepts.describe()}" + (f": {reason}" if reason else "")
+    )
+
+
 def segment_batches(
     dataset: DatasetH,
     segment: Segment,
@@ -103,6 +114,11 @@ def segment_batches(
     weights = None if concept_weight is None or empty else member_weights(concept_weight, df.index, name)
     batches = build_daily_batches(df, concepts, name, d_feat, with_label, sample_weights, weights)
     c = batches.concepts
+    if batches.n_rows and not (c.matrix != 0).any(axis=1)[c.row_index].any():
+        message = no_concept_message(batches, concepts, name)
+        if with_label:  # training on it would fit a HIST whose concept module never sees a concept
+            raise DataError(message)
+        (logger or logging.getLogger("qlib_hist")).warning(message)
     if c.n_unknown and logger is not None:
         shown = ", ".join(c.unknown_instruments[:5]) + (", ..." if len(c.unknown_instruments) > 5 else "")
         logger.info(
