@@ -13,11 +13,11 @@ The files are read as qrun reads them (ruamel.yaml, ``typ="safe"``, YAML 1.2), n
 from __future__ import annotations
 
 import copy
-import datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.paths import ROOT
+from qlib_hist._io import as_timestamp, config_dates
 
 WORKFLOW_YAML = ROOT / "workflow_config_hist_Alpha360.yaml"
 PAPER_YAML = ROOT / "workflow_config_hist_paper.yaml"
@@ -32,22 +32,26 @@ FILE_KWARGS = ("model_path", "stock2concept", "stock_index")
 NOT_PAPER_OPTIONS = ("seed", "checkpoint_dir")
 
 
-def _iso_dates(node: Any) -> Any:
-    """``node`` with every ``datetime.date`` replaced by its ``YYYY-MM-DD`` string (dicts and lists rebuilt)."""
-    if isinstance(node, dict):
-        return {key: _iso_dates(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_iso_dates(value) for value in node]
-    if isinstance(node, datetime.date):
-        return node.isoformat()
-    return node
+def _iso(value: Any, key: str) -> str | None:
+    """A date of the YAML (checked by :func:`qlib_hist._io.as_timestamp`: one line naming its key when it is not
+    a date pandas can hold) as its ``YYYY-MM-DD`` string (with the time when it has one)."""
+    stamp = as_timestamp(value, key)
+    if stamp is None:
+        return None
+    return stamp.date().isoformat() if stamp == stamp.normalize() else stamp.isoformat()
+
+
+def _iso_dates(node: Any, source: str = "") -> Any:
+    """``node`` with every ``datetime.date`` (anywhere) and every date string of a handler's, a backtest's or a
+    segment's (:func:`qlib_hist._io.config_dates`) as its ``YYYY-MM-DD`` string; dicts and lists rebuilt."""
+    return config_dates(node, source=source, convert=_iso)
 
 
 def load_workflow(path: str | Path) -> dict:
     """A qrun workflow YAML as qrun reads it (anchors resolved), dates as ``YYYY-MM-DD`` strings."""
     from ruamel.yaml import YAML
 
-    return _iso_dates(YAML(typ="safe", pure=True).load(Path(path).read_text()))
+    return _iso_dates(YAML(typ="safe", pure=True).load(Path(path).read_text()), source=str(path))
 
 
 WORKFLOW = load_workflow(WORKFLOW_YAML)

@@ -32,14 +32,17 @@ def _levels(text: str) -> tuple:
 
 
 def _date(option: str) -> Callable[[str], str]:
-    """An argparse type for ``YYYY-MM-DD`` dates whose error names ``option``."""
+    """An argparse type for ``YYYY-MM-DD`` dates whose error names ``option`` (a date pandas cannot hold, such as
+    0001-01-01, is named as such)."""
 
     def parse(text: str) -> str:
-        import pandas as pd
+        from ._io import ConfigDateError, DateOutOfRange, as_timestamp
 
         try:
-            return str(pd.Timestamp(text).date())
-        except (ValueError, TypeError):
+            return str(as_timestamp(text, option).date())
+        except DateOutOfRange as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        except ConfigDateError:
             raise argparse.ArgumentTypeError(f"{option} takes a date YYYY-MM-DD, got {text!r}") from None
 
     return parse
@@ -132,9 +135,17 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
+    from ._io import config_dates, unreadable_yaml
     from .explain_report import write_explanation
-    from .qlib_edge.recorders import explain_recorded_model
+    from .qlib_edge.recorders import explain_recorded_model, read_workflow
 
+    try:
+        config = read_workflow(args.workflow)
+    except ValueError as err:
+        if str(args.workflow) in str(err):
+            raise
+        raise unreadable_yaml(args.workflow, err) from None
+    config_dates(config, source=str(args.workflow))  # a bad date: one line naming its key
     table = explain_recorded_model(args.workflow, args.experiment, args.recorder_id, args.segment, args.day)
     for path in write_explanation(table, args.out, args.day):
         print(f"wrote {path}")

@@ -11,7 +11,7 @@ from typing import List, Optional, Union
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_path
+from ._io import as_timestamp, atomic_path
 from ._plotting import new_figure, save_png
 from .explain import PARTS
 
@@ -63,7 +63,7 @@ def write_explanation(
     """Save ``explanations.pkl`` and the two plots (for ``day``, default the last day) in ``out_dir``."""
     out_dir = Path(out_dir)
     days = table.index.get_level_values(0)
-    when = pd.Timestamp(days.max() if day is None else day)
+    when = pd.Timestamp(days.max()) if day is None else as_timestamp(day, "day")
     if when not in set(days):
         raise ValueError(
             f"day {when.date()} is not a day of the explanation ({days.min().date()} .. {days.max().date()})"

@@ -3,6 +3,7 @@ their concepts, as views of the handler's own frame where qlib allows it."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -13,6 +14,7 @@ from qlib.data.dataset import DatasetH
 from qlib.data.dataset.handler import DataHandlerLP
 from qlib.data.dataset.utils import fetch_df_by_index
 
+from .._io import as_timestamp
 from ..batches import DailyBatches, DataError, build_daily_batches
 from ..concepts import ConceptSource
 from ..member_weights import is_expression, normalize_member_weights, read_weight_table
@@ -22,13 +24,21 @@ from .expressions import expression_values
 Segment = Union[str, slice]
 
 
-def _as_date_slice(segment: Any) -> Optional[slice]:
-    """A dataset segment (``(start, end)`` or a slice) as a step-less slice; None for anything else."""
-    if isinstance(segment, slice):
-        return segment if segment.step is None else None
+def _as_date_slice(segment: Any, name: str = "segment") -> Optional[slice]:
+    """A dataset segment (``(start, end)`` or a slice) as a step-less slice; None for anything else.
+
+    A ``datetime.date`` bound (a YAML's unquoted ``2017-01-01``, as qrun reads it) becomes a ``pd.Timestamp``:
+    pandas 3 refuses a ``date`` against the datetime level. Strings stay strings, for qlib reads a partial date
+    (``"2017-03"``) as the whole month."""
     if isinstance(segment, (tuple, list)) and len(segment) == 2:
-        return slice(*segment)
-    return None
+        segment = slice(*segment)
+    if not isinstance(segment, slice) or segment.step is not None:
+        return None
+
+    def bound(value: Any, key: str) -> Any:
+        return as_timestamp(value, key) if isinstance(value, datetime.date) else value
+
+    return slice(bound(segment.start, f"{name} start"), bound(segment.stop, f"{name} end"))
 
 
 def segment_frame(dataset: DatasetH, segment: Segment, with_label: bool) -> pd.DataFrame:
@@ -45,7 +55,8 @@ def segment_frame(dataset: DatasetH, segment: Segment, with_label: bool) -> pd.D
     """
     data_key = DataHandlerLP.DK_L if with_label else DataHandlerLP.DK_I
     groups = ["feature", "label"] if with_label else ["feature"]
-    selector = _as_date_slice(dataset.segments.get(segment) if isinstance(segment, str) else segment)
+    name = f"segment {segment_name(segment)}"
+    selector = _as_date_slice(dataset.segments.get(segment) if isinstance(segment, str) else segment, name)
     handler = getattr(dataset, "handler", None)
     plain = (
         type(dataset) is DatasetH
@@ -65,6 +76,8 @@ def segment_frame(dataset: DatasetH, segment: Segment, with_label: bool) -> pd.D
             if len(rows) and (np.diff(rows) == 1).all():
                 return full.iloc[rows[0] : rows[-1] + 1]  # a view
             return full.iloc[rows]
+    if isinstance(segment, slice) and selector is not None:
+        segment = selector  # its dates as Timestamps
     return dataset.prepare(segment, col_set=groups if with_label else "feature", data_key=data_key)
 
 

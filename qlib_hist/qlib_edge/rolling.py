@@ -22,11 +22,17 @@ of ``test``; each next window slides every segment by ``step`` trading days (``R
 valid end ``trunc_days`` trading days before their window's test start, so that no label of a fitted day looks at
 a price on or after the test start (``trunc_days`` = the label's look-ahead + 1; 3 for Alpha360's
 ``Ref($close, -2) / Ref($close, -1) - 1``, as qlib's ``TimeAdjuster.truncate`` documents).
+
+Dates: the YAML is read as qrun reads it, where an unquoted ``2017-01-01`` is a ``datetime.date``; every date of
+the workflow (segments, handler and backtest times, ``train_start`` / ``test_end``) becomes a ``pd.Timestamp`` as
+it is read (:func:`qlib_hist._io.config_dates`), and a window's name (:func:`window_digest`) does not depend on
+how its dates were written.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import hashlib
 import json
@@ -47,6 +53,8 @@ from qlib.workflow.record_temp import SigAnaRecord, SignalRecord
 from qlib.workflow.task.gen import RollingGen, handler_mod, task_generator
 from qlib.workflow.task.utils import TimeAdjuster
 
+from .._io import as_timestamp, config_dates, date_span, unreadable_yaml
+
 TAG = "qlib_hist."  # prefix of the tags this module sets on recorders
 WINDOW_TAG = TAG + "window"  # digest of (task, start mode): which window a recorder holds
 TEST_START_TAG = TAG + "test_start"
@@ -63,7 +71,10 @@ class RollingError(ValueError):
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """16 hex digits naming ``value``; a ``datetime.date`` counts as its ``pd.Timestamp`` (a rerun that reads the
+    same YAML with its dates normalised names the same windows)."""
+    canonical = config_dates(value, convert=lambda v, key: pd.Timestamp(v) if isinstance(v, datetime.date) else v)
+    return hashlib.sha1(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _segments(task: dict) -> Dict[str, Any]:
@@ -251,8 +262,8 @@ class HISTRolling(Rolling):
             exp_name=exp_name,
             horizon=1,  # qlib's Rolling rewrites the label from it; basic_task here keeps the YAML's label
             step=step,
-            train_start=train_start,
-            test_end=test_end,
+            train_start=as_timestamp(train_start, "train_start"),
+            test_end=as_timestamp(test_end, "test_end"),
             task_ext_conf=task_ext_conf,
         )
         # set here, not through qlib's argument, which warns that a named experiment must be deleted by hand
@@ -262,6 +273,16 @@ class HISTRolling(Rolling):
         self.warm = bool(warm)
         self.trunc_days = trunc_days
         check_step(step)  # now; the generator needs qlib's calendar and the task's trunc_days (get_task_list)
+
+    def _raw_conf(self) -> dict:
+        """The workflow as qrun reads it, every date a ``pd.Timestamp`` (a bad one: an error naming its key)."""
+        from ruamel.yaml.error import YAMLError
+
+        try:
+            raw = super()._raw_conf()
+        except (ValueError, YAMLError) as err:
+            raise unreadable_yaml(self.conf_path, err) from None
+        return config_dates(raw, source=str(self.conf_path))
 
     def basic_task(self, enable_handler_cache: Optional[bool] = False) -> dict:
         """The workflow's task, its dates adjusted (``train_start`` / ``test_end``); the label as written."""
@@ -273,7 +294,9 @@ class HISTRolling(Rolling):
         missing = [k for k in ("train", "valid", "test") if k not in segments]
         if missing:
             raise RollingError(f"{self.conf_path}: task.dataset.kwargs.segments has no {', '.join(missing)}")
-        task["dataset"]["kwargs"]["segments"] = {k: tuple(v) for k, v in segments.items()}
+        task["dataset"]["kwargs"]["segments"] = {
+            k: date_span(v, f"{self.conf_path}: task.dataset.kwargs.segments.{k}") for k, v in segments.items()
+        }
         task = self._update_start_end_time(task)
         if self.task_ext_conf is not None:
             from qlib.utils.data import update_config
@@ -388,10 +411,11 @@ def online_manager(
     from qlib.workflow.online.manager import OnlineManager
     from qlib.workflow.online.strategy import RollingStrategy
 
+    task = config_dates(task, where="task")
     trunc = label_lookahead(task) + 1 if trunc_days is None else trunc_days
     strategy = RollingStrategy(name, task, hist_rolling_gen(step, trunc))
     trainer = TrainerR(experiment_name=name, train_func=functools.partial(hist_task_train, warm=warm))
-    return OnlineManager(strategy, trainer=trainer, begin_time=begin_time)
+    return OnlineManager(strategy, trainer=trainer, begin_time=as_timestamp(begin_time, "begin_time"))
 
 
 def run_rolling(workflow: Union[str, Path], **options: Any) -> Any:
@@ -401,8 +425,8 @@ def run_rolling(workflow: Union[str, Path], **options: Any) -> Any:
 
     from .recorders import read_workflow
 
-    config = read_workflow(workflow)
     rolling = HISTRolling(workflow, **options)
-    rolling.basic_task()  # the task's errors before qlib starts
+    rolling.basic_task()  # the task's errors (and its dates') before qlib starts
+    config = read_workflow(workflow)
     qlib.init(**config["qlib_init"])
     return rolling.run()
