@@ -8,7 +8,7 @@ pretrain the encoder.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -426,3 +426,38 @@ class RNNRegressor(nn.Module):
 
     def forward_day(self, day: "Day") -> torch.Tensor:
         return self(day.x)
+
+
+def standardise(scores: torch.Tensor) -> torch.Tensor:
+    """One day's scores ``[n]`` as z-scores (mean 0, std 1 over the day; all 0 where the day's scores are equal)."""
+    centred = scores - scores.mean()
+    std = centred.pow(2).mean().sqrt()
+    return centred / std if float(std) > 0 else torch.zeros_like(scores)
+
+
+class SeedEnsemble(nn.Module):
+    r"""``K`` networks of the same settings trained from seeds ``seed .. seed+K-1`` (``ensemble: K``); a day's
+    prediction is the mean of the members' per-day standardised scores:
+
+    .. math:: \hat y_i = \frac{1}{K}\sum_k \frac{y^{(k)}_i - \mathrm{mean}_j\, y^{(k)}_j}{\mathrm{std}_j\, y^{(k)}_j}
+
+    Standardising first keeps one member with a larger output scale from outvoting the others; the day's ranking
+    (what IC, Rank IC and a top-k strategy read) is what is averaged. Parameters are ``members.<k>.<name>``.
+
+    Shapes:
+        - **input:** a :class:`~qlib_hist.batches.Day` of ``n`` stocks
+        - **output:** ``[n]``
+    """
+
+    def __init__(self, members: "Sequence[HISTModel]") -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward_day(self, day: "Day") -> torch.Tensor:
+        return torch.stack([standardise(member.forward_day(day)) for member in self.networks()]).mean(0)
+
+    def networks(self) -> "list[HISTModel]":
+        """The members, typed."""
+        return [cast(HISTModel, member) for member in self.members]

@@ -173,6 +173,7 @@ class TrainSettings(_Validated):
     GPU: Union[int, str] = setting(0, fingerprint=False)  # CUDA index or device string; CPU when absent
     finetune_epochs: int = setting(5, minimum=1, fingerprint=False)  # finetune's epoch cap (rolling warm start)
     finetune_lr: Optional[float] = setting(None, minimum=0.0, fingerprint=False)  # finetune's lr (None: lr)
+    ensemble: int = setting(1, minimum=1)  # K members from seeds seed..seed+K-1; predicts their mean z-score
     precision: str = setting("fp32", choices=PRECISIONS)  # bf16: autocast the encoder and linear layers (CUDA)
     cuda_graphs: bool = setting(False)  # CUDA: days padded to STATIC_BUCKET stocks, one captured train step each
 

@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Text, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Text, Tuple, Union, cast
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,9 @@ from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
 from ..concepts import ConceptSource, load_concept_source
 from ..explain import explain_batches
-from ..network import HISTModel, RNNRegressor
+from ..network import HISTModel, RNNRegressor, SeedEnsemble
 from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
-from ..settings import GROUPS, HISTSettings, SettingsError
+from ..settings import GROUPS, HISTSettings, SettingsError, TrainSettings
 from ..training import (
     FitResult,
     Trainer,
@@ -43,6 +43,7 @@ from .dataset import Segment, segment_batches
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
 PICKLE_FORMAT = 2  # 1: qlib-hist 0.1.0 (flat attributes); 2: {"settings": {...}, "HIST_model": state dict, ...}
+EXPLAIN_PARTS = ["score", "concept", "hidden_concept", "individual", "bias"]  # averaged over an ensemble's members
 RESULT_ATTRIBUTES = ("fitted", "best_epoch", "best_score", "history")  # kept in pickles beside the settings
 
 
@@ -142,8 +143,7 @@ class HIST(ModelFT):
         self.logger.info(
             "HIST parameters: %s, device=%s", ", ".join(f"{k}={v!r}" for k, v in settings.flat().items()), self.device
         )
-        self._seed_everything()
-        self.HIST_model = HISTModel.from_settings(settings.network).to(self.device)
+        self.HIST_model = self._build_network().to(self.device)
         self.train_optimizer = self._new_optimizer()  # built again when fit starts, from the settings then
         self.fitted = False
         self._concept_source: Optional[ConceptSource] = None
@@ -180,17 +180,40 @@ class HIST(ModelFT):
         return self.device != torch.device("cpu")
 
     # ------------------------------------------------------------------ helpers
-    def _new_optimizer(self, lr: Optional[float] = None) -> torch.optim.Optimizer:
-        """The settings' optimizer over the network (``lr``: the settings' unless given)."""
+    def _new_optimizer(
+        self, lr: Optional[float] = None, network: Optional[torch.nn.Module] = None
+    ) -> torch.optim.Optimizer:
+        """The settings' optimizer over ``network`` (default ``HIST_model``; ``lr``: the settings' unless given)."""
         t = self.settings.training
         capturable = t.cuda_graphs and self.device.type == "cuda"
-        return make_optimizer(t.optimizer, self.HIST_model, t.lr if lr is None else lr, t.weight_decay, capturable)
+        network = self.HIST_model if network is None else network
+        return make_optimizer(t.optimizer, network, t.lr if lr is None else lr, t.weight_decay, capturable)
 
-    def _seed_everything(self) -> None:
+    def _seed_everything(self, member: int = 0) -> None:
         seed = self.settings.training.seed
         if seed is not None:
-            np.random.seed(seed)
-            torch.manual_seed(seed)
+            np.random.seed(seed + member)
+            torch.manual_seed(seed + member)
+
+    def _build_network(self, seeded: bool = True) -> torch.nn.Module:
+        """The network of the settings, its weights drawn from the seed (member ``k`` of an ensemble: ``seed+k``);
+        ``seeded=False`` (unpickling, whose weights are loaded next) leaves the global RNGs alone."""
+        members = []
+        for member in range(self.settings.training.ensemble):
+            if seeded:
+                self._seed_everything(member)
+            members.append(HISTModel.from_settings(self.settings.network))
+        return members[0] if len(members) == 1 else SeedEnsemble(members)
+
+    def members(self) -> List[HISTModel]:
+        """The networks that train: ``[HIST_model]``, or the ensemble's members."""
+        network = self.HIST_model
+        return network.networks() if isinstance(network, SeedEnsemble) else [cast(HISTModel, network)]
+
+    def _member_recipe(self, member: int, recipe: Optional[TrainSettings] = None) -> TrainSettings:
+        """The training settings of member ``member``: its seed is ``seed + member``."""
+        recipe = recipe or self.settings.training
+        return recipe if recipe.seed is None or member == 0 else dataclasses.replace(recipe, seed=recipe.seed + member)
 
     def concept_source(self) -> ConceptSource:
         """The concept source named by ``stock2concept`` / ``stock_index``, loaded once per model object."""
@@ -213,16 +236,20 @@ class HIST(ModelFT):
             self.logger,
         )
 
-    def _checkpoint(self, train: DailyBatches, valid: DailyBatches) -> Optional[Checkpoint]:
-        """The checkpoint callback for ``checkpoint_dir``, fingerprinted by the settings and the data."""
+    def _checkpoint(self, train: DailyBatches, valid: DailyBatches, member: int = 0) -> Optional[Checkpoint]:
+        """The checkpoint callback for ``checkpoint_dir``, fingerprinted by the settings and the data; an
+        ensemble's member ``k`` checkpoints in ``member<k>/`` (members resume one by one)."""
         if not self.settings.training.checkpoint_dir:
             return None
         digest = hashlib.sha1(json.dumps(self.settings.fingerprint_fields(), sort_keys=True, default=str).encode())
         digest.update(f"{train.fingerprint()}|{valid.fingerprint()}".encode())
-        path = Path(self.settings.training.checkpoint_dir).expanduser() / CHECKPOINT_NAME
-        return Checkpoint(path, digest.hexdigest()[:16])
+        folder = Path(self.settings.training.checkpoint_dir).expanduser()
+        if self.settings.training.ensemble > 1:
+            folder = folder / f"member{member}"
+            digest.update(f"|member{member}".encode())
+        return Checkpoint(folder / CHECKPOINT_NAME, digest.hexdigest()[:16])
 
-    def _pretrain_base(self, train: DailyBatches, valid: DailyBatches) -> None:
+    def _pretrain_base(self, network: HISTModel, train: DailyBatches, valid: DailyBatches) -> None:
         """Train the base RNN with a linear head, then start HIST's ``rnn.*``/``fc_out.*`` from it."""
         t = self.settings.training
         base = RNNRegressor.from_settings(self.settings.network).to(self.device)
@@ -235,8 +262,8 @@ class HIST(ModelFT):
         state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
         if t.pretrain_save_path:
             self.logger.info("saved the pretrained base model to %s", save_state_dict(state, t.pretrain_save_path))
-        own = self.HIST_model.state_dict()
-        self.HIST_model.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
+        own = network.state_dict()
+        network.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
 
     # ------------------------------------------------------------------ qlib API
     def fit(
@@ -260,16 +287,20 @@ class HIST(ModelFT):
             if path:
                 check_writable(path, what, folder)
         train, valid = self._train_valid(dataset, reweighter)
-        self._seed_everything()
-        checkpoint = self._checkpoint(train, valid)
-        if t.model_path is not None:
-            load_pretrained(self.HIST_model, t.model_path, self.logger)
-        elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
-            self._pretrain_base(train, valid)
-        own = [] if checkpoint is None else [checkpoint]
-        self.train_optimizer = self._new_optimizer()
-        trainer = Trainer(self.HIST_model, self.train_optimizer, t, self.device, self.logger, [*own, *callbacks])
-        self._keep_result(trainer.fit(train, valid, evals_result, keep_start=t.keep_start))
+        results = []
+        for member, network in enumerate(self.members()):
+            self._seed_everything(member)
+            checkpoint = self._checkpoint(train, valid, member)
+            if t.model_path is not None:
+                load_pretrained(network, t.model_path, self.logger)
+            elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
+                self._pretrain_base(network, train, valid)
+            own = [] if checkpoint is None else [checkpoint]
+            self.train_optimizer = self._new_optimizer(network=network)
+            recipe = self._member_recipe(member)
+            trainer = Trainer(network, self.train_optimizer, recipe, self.device, self.logger, [*own, *callbacks])
+            results.append(trainer.fit(train, valid, evals_result, keep_start=t.keep_start))
+        self._keep_result(results)
         if save_path:
             save_state_dict(self.HIST_model.state_dict(), save_path)
 
@@ -293,13 +324,18 @@ class HIST(ModelFT):
             raise ValueError("finetune needs a fitted HIST (call fit first, or load one from a recorder)")
         t = self.settings.training
         train, valid = self._train_valid(dataset, reweighter)
-        self._seed_everything()
         lr = t.lr if t.finetune_lr is None else t.finetune_lr
         recipe = dataclasses.replace(t, n_epochs=t.finetune_epochs, lr=lr)
         self.logger.info("fine-tuning for up to %d epochs at lr=%g from the current weights", recipe.n_epochs, lr)
-        self.train_optimizer = self._new_optimizer(lr)
-        trainer = Trainer(self.HIST_model, self.train_optimizer, recipe, self.device, self.logger, list(callbacks))
-        self._keep_result(trainer.fit(train, valid, evals_result, keep_start=True))
+        results = []
+        for member, network in enumerate(self.members()):
+            self._seed_everything(member)
+            self.train_optimizer = self._new_optimizer(lr, network)
+            trainer = Trainer(
+                network, self.train_optimizer, self._member_recipe(member, recipe), self.device, self.logger, callbacks
+            )
+            results.append(trainer.fit(train, valid, evals_result, keep_start=True))
+        self._keep_result(results)
 
     def _train_valid(self, dataset: DatasetH, reweighter: Any) -> Tuple[DailyBatches, DailyBatches]:
         """The ``train`` and ``valid`` batches, their labels checked."""
@@ -312,9 +348,27 @@ class HIST(ModelFT):
         )
         return train, valid
 
-    def _keep_result(self, result: FitResult) -> None:
+    def _keep_result(self, results: List[FitResult]) -> None:
+        """One member: its best epoch, score and history (qlib's). An ensemble: ``best_epoch`` per member, the
+        members' mean ``best_score``, and every member's epochs in ``history`` (each record has ``member``), which
+        is what the ensemble cost: K fits."""
         self.fitted = True
-        self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
+        if len(results) == 1:
+            result = results[0]
+            self.best_epoch, self.best_score, self.history = result.best_epoch, result.best_score, result.history
+            return
+        self.best_epoch = [r.best_epoch for r in results]  # type: ignore[assignment]
+        self.best_score = float(np.mean([r.best_score for r in results]))
+        self.history = [dict(record, member=k) for k, r in enumerate(results) for record in r.history]
+        seconds = sum(record["seconds"] for record in self.history)
+        self.logger.info(
+            "ensemble of %d: best epochs %s, mean best valid score %.6f, %d epochs in %.0f s (K fits)",
+            len(results),
+            self.best_epoch,
+            self.best_score,
+            len(self.history),
+            seconds,
+        )
 
     def predict(self, dataset: DatasetH, segment: Union[Text, slice] = "test") -> pd.Series:
         """Predictions for ``segment`` as a ``pd.Series`` on the dataset's (datetime, instrument) index."""
@@ -334,11 +388,19 @@ class HIST(ModelFT):
         ``peer_1..top`` (the instruments whose hidden concepts got the most attention) with ``peer_k_weight``; and,
         with ``temporal_attention``, ``step_1..top``: the days back (0 = the last day of the window) that the
         encoder weighted most, with ``step_k_weight``.
+
+        An ensemble (``ensemble: K``) reports its members' mean parts (each member's own scale: their sum is the
+        members' mean raw score, not the ensemble's standardised one) and the first member's attention lists.
         """
         if not self.fitted:
             raise ValueError("model is not fitted yet!")
         batches = self._batches(dataset, segment, with_label=False)
-        return batches.in_dataset_order(explain_batches(self.HIST_model, batches, self.device, top))
+        frames = [explain_batches(network, batches, self.device, top) for network in self.members()]
+        table = frames[0]
+        if len(frames) > 1:
+            table = table.copy()
+            table[EXPLAIN_PARTS] = sum(frame[EXPLAIN_PARTS] for frame in frames) / len(frames)
+        return batches.in_dataset_order(table)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> Dict[str, Any]:
@@ -364,7 +426,7 @@ class HIST(ModelFT):
         self.__dict__.update({k: state[k] for k in RESULT_ATTRIBUTES if k in state})
         self.device = select_device(settings.training.GPU, self.logger)
         weights = state["HIST_model"] if isinstance(state["HIST_model"], dict) else state["HIST_model"].state_dict()
-        self.HIST_model = HISTModel.from_settings(settings.network)
+        self.HIST_model = self._build_network(seeded=False)
         load_state_dict_strict(self.HIST_model, weights, "the pickled HIST")
         self.HIST_model.to(self.device)
         self.train_optimizer = self._new_optimizer()

@@ -1,0 +1,312 @@
+"""The recipe search (issue 28): Ray Tune with Optuna's TPE and ASHA early stopping, on the valid segment only.
+
+    python -m benchmarks.search --provider-uri ../shared/data/cn_csi300 --trials 40 --cpus 2     # runs or resumes
+    python -m benchmarks.search --report      # results/search.md: the trial table, Optuna's importances, the choice
+
+Each trial fits ``hist_pit`` (cpu-quick, point-in-time SW concepts, qlib's pretrained LSTM as ``model_path``) with
+the settings of :data:`SPACE` on a dataset of **train and valid only** — the test segment is not in it, so no trial
+can read it — and reports its valid IC after every epoch (:class:`ReportValidIC`, a trainer callback). ASHA stops the
+trials that trail at epochs 4, 8 and 16; Optuna's TPE proposes the next settings from the finished ones. The trials
+run as Ray tasks (``--cpus``, ``--threads``, ``--address`` as in :mod:`benchmarks.run`); the experiment lives in
+``benchmarks/cache/search_ray`` and a rerun of the same command restores it (``Tuner.restore``: finished trials
+stay, unfinished ones start again, and the HIST checkpoint of each trial resumes it at its last epoch).
+
+``--report`` writes the table and the choice — the trial of the highest valid IC (its best epoch) — to
+``benchmarks/results/search.md`` and ``search_choice.json`` **before** any test score exists; the chosen settings
+are then scored once, on test, by the final grid (:mod:`benchmarks.run` with ``benchmarks/grids/best.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.config import PROFILES, handler_config, hist_kwargs, qlib_init_kwargs, sqlite_uri
+from benchmarks.paths import HERE, SHARED, repo_relative
+from qlib_hist._io import atomic_write_text
+from qlib_hist.callbacks import Callback
+
+NAME = "search"
+METRIC = "valid_ic"
+MAX_EPOCHS = 20  # the modules grid's budget; ASHA cuts the trailing trials at its rungs
+ASHA = {"grace_period": 4, "reduction_factor": 2}  # rungs at epochs 4, 8, 16
+TRAIN_STARTS = ("2010-01-01", "2012-01-01", "2014-01-01")  # the data begins in 2010
+CONCEPT_WEIGHT = "$close * $volume"
+PRETRAINED_HIDDEN = 64  # qlib's pretrained LSTM file is 64 wide: other widths train from scratch
+
+
+def space() -> dict:
+    """The search space, as Optuna distributions (OptunaSearch takes them, and the importances need them)."""
+    from optuna.distributions import CategoricalDistribution as Choice
+    from optuna.distributions import FloatDistribution
+
+    return {
+        "lr": FloatDistribution(2e-5, 2e-3, log=True),
+        "loss": Choice(["mse", "ic", "mse+ic"]),
+        "weight_decay": Choice([0.0, 1e-4, 1e-3, 1e-2]),
+        "dropout": Choice([0.0, 0.1, 0.2, 0.3]),
+        "hidden_size": Choice([64, 128]),
+        "concept_weight": Choice([False, True]),
+        "hidden_topk": Choice([1, 3]),
+        "predefined_concepts": Choice([True, False]),
+        "hidden_concepts": Choice([True, False]),
+        "individual": Choice([True, False]),
+        "train_start": Choice(list(TRAIN_STARTS)),
+        "early_stop": Choice([3, 5, 8]),
+        "keep_start": Choice([False, True]),
+    }
+
+
+def trial_profile(params: dict) -> dict:
+    """cpu-quick with the trial's train start: the handler starts (and its processors are fitted) there, and the
+    segments are train and valid only."""
+    profile = dict(PROFILES["cpu-quick"])
+    train_end = profile["segments"]["train"][1]
+    profile.update(
+        start=params["train_start"],
+        fit=(params["train_start"], train_end),
+        segments={"train": (params["train_start"], train_end), "valid": profile["segments"]["valid"]},
+        end=profile["segments"]["valid"][1],
+        n_epochs=MAX_EPOCHS,
+        early_stop=params["early_stop"],
+    )
+    return profile
+
+
+def trial_kwargs(params: dict, membership: str, model_path: str | None) -> dict:
+    """HIST's kwargs for a trial's ``params`` (the hist_pit row's, with the searched settings)."""
+    kwargs = hist_kwargs(
+        trial_profile(params),
+        model_path if params["hidden_size"] == PRETRAINED_HIDDEN else None,
+        stock2concept=membership,
+    )
+    kwargs.update(
+        {key: params[key] for key in ("lr", "loss", "weight_decay", "dropout", "hidden_size", "hidden_topk")},
+        predefined_concepts=params["predefined_concepts"],
+        hidden_concepts=params["hidden_concepts"],
+        individual=params["individual"],
+        keep_start=params["keep_start"],
+        concept_weight=CONCEPT_WEIGHT if params["concept_weight"] else None,
+        metric="ic",
+        seed=0,
+    )
+    return kwargs
+
+
+class ReportValidIC(Callback):
+    """Reports each epoch's valid IC to Ray Tune (ASHA reads it; a stopped trial's ``report`` does not return)."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+        self.report(
+            {METRIC: record["valid_ic"], "epoch": record["epoch"] + 1, "valid_rank_ic": record["valid_rank_ic"]}
+        )
+
+
+def run_trial(config: dict) -> None:
+    """One trial, inside a Ray worker: fit on train, early-stop on valid, report every epoch; test is never built."""
+    import qlib
+    import torch
+    from qlib.data.dataset import DatasetH
+    from ray import tune
+
+    from qlib_hist import HIST
+    from qlib_hist.qlib_edge.handler_cache import cached_handler
+
+    params, ctx = config["params"], config["ctx"]
+    torch.set_num_threads(ctx["threads"])
+    qlib.init(**qlib_init_kwargs(ctx["provider_uri"], ctx["tracking_uri"], kernels=1))
+    profile = trial_profile(params)
+    handler = handler_config(ctx["market"], profile["start"], profile["end"], profile["fit"])
+    dataset = DatasetH(cached_handler(handler, ctx["provider_uri"], ctx["cache_dir"]), segments=profile["segments"])
+    kwargs = trial_kwargs(params, ctx["membership"], ctx["model_path"])
+    trial = tune.get_context().get_trial_id()
+    kwargs["checkpoint_dir"] = str(Path(ctx["cache_dir"]) / "checkpoints" / NAME / trial)
+    HIST(**kwargs).fit(dataset, callbacks=[ReportValidIC(tune.report)])
+
+
+def tuner(args: argparse.Namespace, ctx: dict) -> Any:
+    """A new Tuner, or the stored experiment restored (finished trials kept, unfinished and errored ones rerun)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = str(Path(args.cache_dir).resolve() / "search_ray")
+    trainable = tune.with_resources(run_trial, {"cpu": args.threads})
+    path = str(Path(storage) / NAME)
+    if tune.Tuner.can_restore(path):
+        print(f"restoring {path}", flush=True)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    searcher = OptunaSearch(
+        space={f"params/{k}": v for k, v in space().items()}, metric=METRIC, mode="max", seed=args.seed
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={"ctx": ctx},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=ASHAScheduler(
+                time_attr="epoch",
+                max_t=MAX_EPOCHS,
+                metric=METRIC,
+                mode="max",
+                grace_period=ASHA["grace_period"],
+                reduction_factor=ASHA["reduction_factor"],
+            ),
+            num_samples=args.trials,
+            max_concurrent_trials=args.concurrent,
+        ),
+        run_config=tune.RunConfig(name=NAME, storage_path=storage),
+    )
+
+
+def trial_table(results: Any) -> list[dict]:
+    """One row per trial: its settings, best valid IC (and the epoch of it), epochs run, status."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or METRIC not in history:
+            continue
+        best = history[METRIC].idxmax()
+        params = {k.split("/", 1)[1]: v for k, v in result.config.items() if k.startswith("params/")}
+        if not params:
+            params = dict(result.config.get("params", {}))
+        rows.append(
+            {
+                **params,
+                METRIC: float(history[METRIC].max()),
+                "best_epoch": int(history["epoch"][best]),
+                "epochs": int(history["epoch"].max()),
+                "trial": str(result.metrics.get("trial_id", "")),
+            }
+        )
+    return sorted(rows, key=lambda row: -row[METRIC])
+
+
+def importances(rows: list[dict]) -> dict:
+    """Optuna's importances (fANOVA, seeded) of the settings for the trials' best valid IC."""
+    import optuna
+
+    dists = space()
+    study = optuna.create_study(direction="maximize")
+    for row in rows:
+        params = {k: row[k] for k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row[METRIC]))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+
+
+def write_report(rows: list[dict], weights: dict, out: Path) -> dict:
+    """``search.md`` (the choice first, then the importances and the trial table) and ``search_choice.json``."""
+    choice = rows[0]
+    keys = list(space())
+    lines = [
+        "# Recipe search (valid segment only)",
+        "",
+        f"{len(rows)} trials; Optuna TPE with ASHA (rungs at epochs {ASHA['grace_period']}, ..., max {MAX_EPOCHS}), "
+        "cpu-quick train (from the trial's start) and valid 2017-2018. The test segment was not in any trial's "
+        "dataset. Made by `python -m benchmarks.search --report`.",
+        "",
+        "## The choice (highest valid IC), fixed before any test score",
+        "",
+        "```json",
+        json.dumps({k: choice[k] for k in keys + [METRIC, "best_epoch"]}, indent=1),
+        "```",
+        "",
+        "## Importances (Optuna, for valid IC)",
+        "",
+        "| setting | importance |",
+        "|---|---|",
+        *[f"| {k} | {v:.3f} |" for k, v in weights.items()],
+        "",
+        "## Trials",
+        "",
+        "| " + " | ".join(keys + [METRIC, "best_epoch", "epochs"]) + " |",
+        "|" + "---|" * (len(keys) + 3),
+        *["| " + " | ".join(_cell(row[k]) for k in keys + [METRIC, "best_epoch", "epochs"]) + " |" for row in rows],
+        "",
+    ]
+    atomic_write_text(out / "search.md", "\n".join(lines))
+    atomic_write_text(out / "search_choice.json", json.dumps(choice, indent=1))
+    return choice
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--provider-uri", default=str(SHARED / "cn_csi300"))
+    parser.add_argument("--market", default="csi300")
+    parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
+    parser.add_argument("--model-path", default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"))
+    parser.add_argument("--cache-dir", default=str(HERE / "cache"))
+    parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at once (TPE learns from finished ones)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cpus", type=int, default=None)
+    parser.add_argument("--address", default=None, help="a Ray cluster: auto, or HOST:PORT of its head")
+    parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    parser.add_argument("--report", action="store_true", help="write the table and the choice, run nothing")
+    args = parser.parse_args(argv)
+    import ray
+    from ray import tune
+
+    path = Path(args.cache_dir).resolve() / "search_ray" / NAME
+    if args.report:
+        if not tune.Tuner.can_restore(str(path)):
+            parser.error(f"no search experiment at {path}: run the search first")
+        rows = trial_table(tune.Tuner.restore(str(path), run_trial).get_results())
+        if not rows:
+            parser.error("the search has no trial with a reported epoch yet")
+        choice = write_report(rows, importances(rows), Path(args.results_dir))
+        print(f"{len(rows)} trials; chosen (valid IC {choice[METRIC]:.4f}): {choice['trial']}")
+        return 0
+    from benchmarks.run import build_concepts
+
+    cache = Path(args.cache_dir).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    concepts = build_concepts(
+        PROFILES["cpu-quick"], Path(args.provider_uri).resolve(), args.market, cache, ["hist_pit"], sw_csv=args.sw_csv
+    )
+    model_path = Path(args.model_path).resolve()
+    ctx = {
+        "provider_uri": str(Path(args.provider_uri).resolve()),
+        "market": args.market,
+        "cache_dir": str(cache),
+        "tracking_uri": sqlite_uri(cache / "mlruns.db"),
+        "membership": str(concepts["membership"]),
+        "model_path": str(model_path) if model_path.exists() else None,
+        "threads": args.threads,
+    }
+    import qlib
+
+    from qlib_hist.qlib_edge.handler_cache import ensure_cached
+
+    qlib.init(**qlib_init_kwargs(ctx["provider_uri"], ctx["tracking_uri"], kernels=args.cpus or 2))
+    for start in TRAIN_STARTS:  # each train start's handler built once, here, before any trial loads it
+        profile = trial_profile({"train_start": start, "early_stop": 5})
+        ensure_cached(
+            handler_config(args.market, profile["start"], profile["end"], profile["fit"]),
+            ctx["provider_uri"],
+            str(cache),
+        )
+    ray.init(address=args.address, num_cpus=None if args.address else args.cpus, include_dashboard=False)
+    results = tuner(args, ctx).fit()
+    rows = trial_table(results)
+    print(f"search: {len(rows)} trials with a reported epoch; best valid IC {rows[0][METRIC]:.4f}" if rows else "")
+    print(f"provider {repo_relative(ctx['provider_uri'])}; write the choice with --report")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
