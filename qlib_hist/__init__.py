@@ -2,10 +2,12 @@
 
 Use ``module_path: qlib_hist`` and ``class: HIST`` in a qlib workflow YAML. ``import qlib_hist`` stays light:
 qlib loads only when ``HIST`` is asked for (everything that imports qlib is in :mod:`qlib_hist.qlib_edge`).
+Every error the package raises about its user's input is a :class:`QlibHistError` (a ``ValueError``).
 """
 
 from typing import Any
 
+from .errors import QlibHistError
 from .network import HISTModel, RNNRegressor
 from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
@@ -18,6 +20,7 @@ __all__ = [
     "NetworkSettings",
     "TrainSettings",
     "ConceptSettings",
+    "QlibHistError",
     "__version__",
 ]
 

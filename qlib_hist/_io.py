@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
+from .errors import QlibHistError
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -182,7 +184,11 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 DATE_KEYS = ("start_time", "end_time", "fit_start_time", "fit_end_time")
 
 
-class ConfigDateError(ValueError):
+class ConfigError(QlibHistError):
+    """A config (a workflow YAML, a task) cannot be read or lacks what it needs; the message names the file or key."""
+
+
+class ConfigDateError(ConfigError):
     """A date in a config (a YAML, a task, an argument) is not a date pandas can hold; the message names its key."""
 
 
@@ -230,12 +236,12 @@ def as_timestamp(value: Any, key: str) -> Any:
     return stamp
 
 
-def unreadable_yaml(path: PathLike, err: Exception) -> ValueError:
+def unreadable_yaml(path: PathLike, err: Exception) -> ConfigError:
     """The error for a YAML that its reader cannot read; PyYAML and ruamel both raise a bare ``ValueError`` (``day
     is out of range for month``, no file, no line) for an unquoted date that does not exist, such as 2017-02-30."""
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     hint = " (an unquoted date that does not exist?)" if "out of range" in reason else ""
-    return ValueError(f"{path}: not a readable YAML: {reason}{hint}")
+    return ConfigError(f"{path}: not a readable YAML: {reason}{hint}")
 
 
 DateConverter = Callable[[Any, str], Any]

@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 
 from .concepts import ConceptSource, SegmentConcepts
+from .errors import QlibHistError
 
 
-class DataError(ValueError):
+class DataError(QlibHistError):
     """The dataset segment cannot be used by HIST; the message names the segment and the problem."""
 
 

@@ -3,6 +3,11 @@
 A callback sees the trainer when ``fit`` begins, after every finished epoch (with that epoch's history record)
 and when ``fit`` ends. Built in: :class:`LogEpochs` (always first) and :class:`Checkpoint` (with
 ``checkpoint_dir``). Tests interrupt and observe training with their own.
+
+What a callback may use of the trainer and of the fit's result is written here as two protocols,
+:class:`TrainerState` and :class:`FitSummary` (:class:`~qlib_hist.training.Trainer` and
+:class:`~qlib_hist.training.FitResult` are them), so that this module does not import the training loop that
+imports it.
 """
 
 from __future__ import annotations
@@ -10,31 +15,87 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Union
+from typing import Any, Dict, Protocol, Sequence, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._io import atomic_path
+from .errors import QlibHistError
+from .settings import TrainSettings
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .training import FitResult, Trainer
+
+class StopperState(Protocol):
+    """Early stopping as a callback sees it (:class:`~qlib_hist.training.EarlyStopping`)."""
+
+    @property
+    def patience(self) -> int: ...
+
+    @property
+    def bad_epochs(self) -> int: ...
+
+    @property
+    def best_epoch(self) -> int: ...
+
+    @property
+    def best_score(self) -> float: ...
 
 
-class CheckpointError(ValueError):
+class TrainerState(Protocol):
+    """The trainer as a callback sees it (:class:`~qlib_hist.training.Trainer`): its settings, network, logger,
+    early stopping, history and epoch counter, and its state for checkpoints."""
+
+    @property
+    def settings(self) -> TrainSettings: ...
+
+    @property
+    def network(self) -> nn.Module: ...
+
+    @property
+    def logger(self) -> logging.Logger: ...
+
+    @property
+    def stopper(self) -> StopperState: ...
+
+    @property
+    def history(self) -> Sequence[Dict[str, float]]: ...
+
+    @property
+    def next_epoch(self) -> int: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+class FitSummary(Protocol):
+    """What ``fit`` returns, as ``on_fit_end`` sees it (:class:`~qlib_hist.training.FitResult`)."""
+
+    @property
+    def best_epoch(self) -> int: ...
+
+    @property
+    def best_score(self) -> float: ...
+
+
+class CheckpointError(QlibHistError):
     """A checkpoint cannot be resumed here (other settings, another dataset, or an unreadable file)."""
 
 
 class Callback:
     """Base class: override the hooks you need."""
 
-    def on_fit_begin(self, trainer: "Trainer") -> None:
+    def on_fit_begin(self, trainer: TrainerState) -> None:
         pass
 
-    def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerState, record: Dict[str, float]) -> None:
         pass
 
-    def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
+    def on_fit_end(self, trainer: TrainerState, result: FitSummary) -> None:
         pass
 
 
@@ -44,7 +105,7 @@ class LogEpochs(Callback):
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
 
-    def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerState, record: Dict[str, float]) -> None:
         epoch, metric = record["epoch"], trainer.settings.metric
         valid = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_") and k != "valid_score")
         self.logger.info(
@@ -57,7 +118,7 @@ class LogEpochs(Callback):
                 "early stop at epoch %d (no better valid %s for %d epochs)", epoch, metric, trainer.settings.early_stop
             )
 
-    def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
+    def on_fit_end(self, trainer: TrainerState, result: FitSummary) -> None:
         self.logger.info(
             "best valid %s: %.6f @ epoch %d", trainer.settings.metric, result.best_score, result.best_epoch
         )
@@ -74,7 +135,7 @@ class Checkpoint(Callback):
         self.path = Path(path)
         self.fingerprint = fingerprint
 
-    def on_fit_begin(self, trainer: "Trainer") -> None:
+    def on_fit_begin(self, trainer: TrainerState) -> None:
         if not self.path.exists():
             return
         state = self.read()
@@ -93,7 +154,7 @@ class Checkpoint(Callback):
             " (finished)" if trainer.finished else "",
         )
 
-    def on_epoch_end(self, trainer: "Trainer", record: Dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerState, record: Dict[str, float]) -> None:
         with atomic_path(self.path) as tmp:
             torch.save({"fingerprint": self.fingerprint, **trainer.state_dict()}, tmp)
 
@@ -102,7 +163,7 @@ class Checkpoint(Callback):
             f"checkpoint {self.path} is damaged ({what}); delete it to start this fit over from epoch 0"
         )
 
-    def _check_contents(self, state: Dict[str, Any], expected: Dict[str, Any], trainer: "Trainer") -> None:
+    def _check_contents(self, state: Dict[str, Any], expected: Dict[str, Any], trainer: TrainerState) -> None:
         """Every entry :meth:`Trainer.state_dict` writes, and the network's weights with its names and shapes."""
         missing = [key for key in expected if key not in state]
         if missing:

@@ -11,7 +11,8 @@
     qlib-hist rolling WORKFLOW.yaml [--step 63] [--cold] [--experiment NAME] [--windows-experiment NAME]
         [--trunc-days N] [--test-end DATE]
 
-Errors in the inputs end with one line ``qlib-hist: error: ...`` and exit status 2.
+Errors in the inputs (:class:`~qlib_hist.errors.QlibHistError`) and in reading or writing files (``OSError``) end
+with one line ``qlib-hist: error: ...`` and exit status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import argparse
 import sys
 from typing import Callable, List, Optional
 
-from .batches import DataError
-from .concepts import ConceptError
+from .errors import QlibHistError
 
 
 def _levels(text: str) -> tuple:
@@ -55,7 +55,7 @@ def _refuse_overwriting_input(output: str, *inputs: str) -> None:
     out = Path(output).expanduser().resolve()
     for given in inputs:
         if Path(given).expanduser().resolve() == out:
-            raise ValueError(f"output {output} is the input file {given}: choose another output path")
+            raise QlibHistError(f"output {output} is the input file {given}: choose another output path")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -111,7 +111,7 @@ def cmd_to_legacy(args: argparse.Namespace) -> None:
 
     calendar = read_calendar(args.provider_uri)
     if not calendar[0] <= pd.Timestamp(args.as_of) <= calendar[-1]:
-        raise ValueError(
+        raise QlibHistError(
             f"--as-of {args.as_of} is outside the provider's calendar ({calendar[0].date()} .. {calendar[-1].date()})"
         )
     window = (args.as_of, args.as_of) if args.universe == "as-of" else (None, None)
@@ -127,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.png:
         _refuse_overwriting_input(args.png, args.membership)
         if not args.png.lower().endswith(".png"):
-            raise ValueError(f"--png {args.png}: the plot is written as a PNG: give a .png path")
+            raise QlibHistError(f"--png {args.png}: the plot is written as a PNG: give a .png path")
     table = coverage_report(args.membership, args.provider_uri, args.market)
     print(format_report(table))
     if args.png:
@@ -135,17 +135,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from ._io import config_dates, unreadable_yaml
+    from ._io import config_dates
     from .explain_report import write_explanation
     from .qlib_edge.recorders import explain_recorded_model, read_workflow
 
-    try:
-        config = read_workflow(args.workflow)
-    except ValueError as err:
-        if str(args.workflow) in str(err):
-            raise
-        raise unreadable_yaml(args.workflow, err) from None
-    config_dates(config, source=str(args.workflow))  # a bad date: one line naming its key
+    config_dates(read_workflow(args.workflow), source=str(args.workflow))  # a bad date: one line, before qlib starts
     table = explain_recorded_model(args.workflow, args.experiment, args.recorder_id, args.segment, args.day)
     for path in write_explanation(table, args.out, args.day):
         print(f"wrote {path}")
@@ -266,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConceptError, DataError, ValueError, OSError) as err:  # user errors; anything else is a bug: traceback
+    except (QlibHistError, OSError) as err:  # the user's input or files; anything else is a bug: its traceback
         print(f"qlib-hist: error: {err}", file=sys.stderr)
         return 2
     return 0

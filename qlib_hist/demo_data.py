@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ._io import atomic_write_bytes, atomic_write_text, npy_bytes
+from .errors import QlibHistError
 
 PathLike = Union[str, os.PathLike]
 
@@ -268,25 +269,25 @@ def _write_provider(root: Path, m: _Market, rng: np.random.Generator) -> None:
 
 
 def _check_args(out_dir: Path, n_stocks: int, n_concepts: int, n_days: int, seed: int, start: str) -> None:
-    """Raise ``ValueError`` naming the first bad argument."""
+    """Raise a :class:`~qlib_hist.errors.QlibHistError` naming the first bad argument."""
     if not 10 <= n_stocks <= 5000:
-        raise ValueError(f"n_stocks must be in [10, 5000], got {n_stocks}")
+        raise QlibHistError(f"n_stocks must be in [10, 5000], got {n_stocks}")
     if not 1 <= n_concepts <= n_stocks // 2:
-        raise ValueError(f"n_concepts must be in [1, n_stocks // 2] (>= 2 stocks each), got {n_concepts}")
+        raise QlibHistError(f"n_concepts must be in [1, n_stocks // 2] (>= 2 stocks each), got {n_concepts}")
     if not 120 <= n_days <= 20000:
-        raise ValueError(f"n_days must be in [120, 20000] (the model needs a 60-day window), got {n_days}")
+        raise QlibHistError(f"n_days must be in [120, 20000] (the model needs a 60-day window), got {n_days}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise QlibHistError(f"seed must be >= 0, got {seed}")
     try:
         ok = not pd.isna(pd.Timestamp(start))
     except (ValueError, TypeError):
         ok = False
     if not ok:
-        raise ValueError(f"start must be a date 'YYYY-MM-DD', got {start!r}")
+        raise QlibHistError(f"start must be a date 'YYYY-MM-DD', got {start!r}")
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir {out_dir} exists and is not a directory")
+        raise QlibHistError(f"out_dir {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
-        raise ValueError(f"out_dir {out_dir} is non-empty and not an earlier demo output (no {MARKER})")
+        raise QlibHistError(f"out_dir {out_dir} is non-empty and not an earlier demo output (no {MARKER})")
 
 
 def write_demo_provider(

@@ -7,7 +7,10 @@ the days of the window the encoder weighted most.
 
 This module is the maths only (no qlib, no plotting): the plots and files are in :mod:`qlib_hist.explain_report`,
 ``HIST.explain`` (the qlib face) is in :mod:`qlib_hist.qlib_edge.model`. :class:`HISTExplainRecord`, the qrun
-record, lives in :mod:`qlib_hist.qlib_edge.record` and is importable from here, where YAMLs name it.
+record, lives in :mod:`qlib_hist.qlib_edge.record`; YAMLs name it here (``module_path: qlib_hist.explain``), and
+this module hands it over on first use (a module ``__getattr__``): importing it loads neither qlib nor the edge,
+and the record's module does not import this one (it imports :mod:`qlib_hist.explain_report`, which takes the
+parts' names from :mod:`qlib_hist.network`), so no import circle runs through here.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import pandas as pd
 import torch
 
 from .batches import DailyBatches
-from .network import HISTModel
+from .explain_report import check_top
+from .network import OUTPUT_PARTS, HISTModel
 
-PARTS = ("concept", "hidden_concept", "individual")
+PARTS = OUTPUT_PARTS  # the prediction's additive parts, each a column of the table
 
 
 def _top(weights: torch.Tensor, labels: np.ndarray, top: int):
@@ -35,16 +39,6 @@ def _top(weights: torch.Tensor, labels: np.ndarray, top: int):
         names[:, :k] = labels[idx.cpu().numpy()]
         values[:, :k] = w.cpu().numpy()
     return names, values
-
-
-def check_top(top: Any) -> int:
-    """``top`` (how many concepts, peers and days to list per prediction) as an int >= 0, or a ``ValueError``
-    naming it."""
-    if isinstance(top, (bool, np.bool_)) or not isinstance(top, (int, np.integer)) or top < 0:
-        raise ValueError(
-            f"top must be a whole number >= 0 (the concepts, peers and days to list per prediction), got {top!r}"
-        )
-    return int(top)
 
 
 @torch.no_grad()

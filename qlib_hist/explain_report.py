@@ -1,4 +1,5 @@
-"""Plots and files made from an explanation table (:func:`qlib_hist.explain.explain_batches`).
+"""Plots and files made from an explanation table (:func:`qlib_hist.explain.explain_batches`), and the check of its
+``top`` (:func:`check_top`, shared with the qrun record).
 
 Drawn with matplotlib's ``Figure`` API (no pyplot: a notebook's backend is left alone). No qlib.
 """
@@ -6,18 +7,29 @@ Drawn with matplotlib's ``Figure`` API (no pyplot: a notebook's backend is left 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import numpy as np
 import pandas as pd
 
 from ._io import as_timestamp, atomic_path
 from ._plotting import new_figure, save_png
-from .explain import PARTS
+from .errors import QlibHistError
+from .network import OUTPUT_PARTS as PARTS
 
 PathLike = Union[str, Path]
 COLOURS = {"concept": "tab:blue", "hidden_concept": "tab:orange", "individual": "tab:green", "bias": "tab:grey"}
 DPI = 110
+
+
+def check_top(top: Any) -> int:
+    """``top`` (how many concepts, peers and days to list per prediction) as an int >= 0, or a
+    :class:`~qlib_hist.errors.QlibHistError` naming it."""
+    if isinstance(top, (bool, np.bool_)) or not isinstance(top, (int, np.integer)) or top < 0:
+        raise QlibHistError(
+            f"top must be a whole number >= 0 (the concepts, peers and days to list per prediction), got {top!r}"
+        )
+    return int(top)
 
 
 def plot_day(table: pd.DataFrame, day: Union[str, pd.Timestamp], png_path: PathLike, n: int = 20) -> Path:
@@ -65,7 +77,7 @@ def write_explanation(
     days = table.index.get_level_values(0)
     when = pd.Timestamp(days.max()) if day is None else as_timestamp(day, "day")
     if when not in set(days):
-        raise ValueError(
+        raise QlibHistError(
             f"day {when.date()} is not a day of the explanation ({days.min().date()} .. {days.max().date()})"
         )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from ._io import PathLike, atomic_dir
+from .errors import QlibHistError
 
 FORMAT = "qlib-hist-frame/1"
 
 
-class FrameStoreError(ValueError):
+class FrameStoreError(QlibHistError):
     """A stored frame is missing, incomplete or does not match its metadata."""
 
 

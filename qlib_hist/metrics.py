@@ -19,7 +19,12 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from .errors import QlibHistError
+
 METRICS = ("ic", "rank_ic", "loss", "precision@<k>")
+#: :class:`DailyLoss`'s names: ``mse`` (qlib's), ``ic`` (minus the day's Pearson correlation), ``mse+ic``
+#: (``mse - ic_weight * ic``)
+LOSSES = ("mse", "ic", "mse+ic")
 METRIC_ALIASES = {"": "loss", "mse": "loss", "ic": "ic", "rank_ic": "rank_ic", "loss": "loss"}
 PRECISION = re.compile(r"^precision@(\d+)$")
 DEFAULT_PRECISION_K = 30
@@ -32,7 +37,7 @@ def normalize_metric(metric: Optional[str]) -> str:
     if match and int(match.group(1)) > 0:
         return key
     if key not in METRIC_ALIASES:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)} (or '' for loss), got {metric!r}")
+        raise QlibHistError(f"metric must be one of {', '.join(METRICS)} (or '' for loss), got {metric!r}")
     return METRIC_ALIASES[key]
 
 
@@ -183,8 +188,8 @@ class DailyLoss:
     """
 
     def __init__(self, name: str = "mse", ic_weight: float = 1.0) -> None:
-        if name not in ("mse", "ic", "mse+ic"):
-            raise ValueError(f"loss must be one of mse, ic, mse+ic, got {name!r}")
+        if name not in LOSSES:
+            raise QlibHistError(f"loss must be one of {list(LOSSES)}, got {name!r}")
         self.name, self.ic_weight = name, float(ic_weight)
         self.skipped_ic_days = 0
 

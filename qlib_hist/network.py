@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import QlibHistError
 from .settings import NetworkSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,13 +109,13 @@ def masked_softmax(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def check_shapes(x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor], d_feat: int) -> None:
     """Refuse inputs whose shapes do not fit the Shapes section of :class:`HISTModel`, naming the dimension."""
     if x.dim() != 2 or x.shape[1] == 0 or x.shape[1] % d_feat:
-        raise ValueError(f"x must be [N, d_feat * T] with d_feat={d_feat}, got shape {tuple(x.shape)}")
+        raise QlibHistError(f"x must be [N, d_feat * T] with d_feat={d_feat}, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError("x has 0 stocks: a HIST forward pass needs at least one stock (a day with no rows)")
+        raise QlibHistError("x has 0 stocks: a HIST forward pass needs at least one stock (a day with no rows)")
     if c.dim() != 2 or c.shape[0] != x.shape[0]:
-        raise ValueError(f"concept_matrix must be [N, C] with N={x.shape[0]} (the rows of x), got {tuple(c.shape)}")
+        raise QlibHistError(f"concept_matrix must be [N, C] with N={x.shape[0]} (the rows of x), got {tuple(c.shape)}")
     if w is not None and (w.dim() != 1 or w.shape[0] != x.shape[0]):
-        raise ValueError(f"member_weight must be [N] with N={x.shape[0]} (the rows of x), got {tuple(w.shape)}")
+        raise QlibHistError(f"member_weight must be [N] with N={x.shape[0]} (the rows of x), got {tuple(w.shape)}")
 
 
 def residual_of(x: torch.Tensor, backcasts: list) -> torch.Tensor:
@@ -154,6 +155,11 @@ class HISTParts(NamedTuple):
     hidden_attention: torch.Tensor  # [N, N'] each stock's softmax over the day's hidden concepts
     hidden_concept_stocks: torch.Tensor  # [N'] the stock (row) each hidden concept is centred on
     time_attention: Optional[torch.Tensor] = None  # [N, T] softmax over time steps, with temporal_attention
+
+
+#: the three additive parts of a prediction (:class:`HISTParts`' first fields): ``w . (concept + hidden_concept +
+#: individual) + b``; the columns an explanation splits a score into (:mod:`qlib_hist.explain`)
+OUTPUT_PARTS: Tuple[str, ...] = HISTParts._fields[:3]
 
 
 class HISTModel(nn.Module):

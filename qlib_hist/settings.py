@@ -24,7 +24,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .metrics import normalize_metric
+from .errors import QlibHistError
+from .metrics import LOSSES, normalize_metric
 
 #: Where qlib's HIST downloads its CSI300 concept matrix from (the default of ``stock2concept_url``).
 QLIB_STOCK2CONCEPT_URL = "https://github.com/SunsetWolf/qlib_dataset/releases/download/v0/qlib_csi300_stock2concept.npy"
@@ -35,11 +36,9 @@ RNN_TYPES = ("GRU", "LSTM")
 YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 OPTIMIZERS = ("adam", "gd")
 PRECISIONS = ("fp32", "bf16")
-#: ``mse`` (qlib's), ``ic`` (minus the day's Pearson correlation), ``mse+ic`` (``mse - ic_weight * ic``)
-LOSSES = ("mse", "ic", "mse+ic")
 
 
-class SettingsError(ValueError):
+class SettingsError(QlibHistError):
     """A setting has a wrong type or value; the message names the argument."""
 
 

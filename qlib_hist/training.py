@@ -32,6 +32,7 @@ from torch import nn
 
 from .batches import DailyBatches, Day
 from .callbacks import Callback, LogEpochs
+from .errors import QlibHistError
 from .metrics import DailyLoss, LossFn, daily_metrics, precision_k, score_of
 from .network import full_precision
 from .settings import SettingsError, TrainSettings
@@ -45,8 +46,9 @@ CHECK_EVERY = 32
 State = Dict[str, torch.Tensor]
 
 
-class TrainingError(ValueError):
-    """Training cannot succeed (a non-finite loss, no epoch with a finite valid score); the message says why."""
+class TrainingError(QlibHistError):
+    """Training cannot succeed (a non-finite loss, no epoch with a finite valid score), or a model that has not been
+    trained is asked to predict or fine-tune; the message says why."""
 
 
 def copy_state(network: nn.Module) -> State:

@@ -303,11 +303,28 @@ def test_explain_top_is_named(synthetic_batches, top):
     assert list(table.columns) == ["score", "concept", "hidden_concept", "individual", "bias"]
 
 
-def test_hist_explain_top_is_named(demo, demo_dataset):
+def test_hist_explain_top_is_named_before_the_segment_is_read(demo, demo_dataset, monkeypatch):
+    from qlib_hist import QlibHistError
+
     model = small_hist(demo)
     model.fitted = True
-    with pytest.raises(ValueError, match="top must be a whole number >= 0"):
+
+    def no_batches(*args, **kwargs):
+        raise AssertionError("the segment was read before top was checked")
+
+    monkeypatch.setattr(model, "_batches", no_batches)
+    with pytest.raises(QlibHistError, match="top must be a whole number >= 0"):
         model.explain(demo_dataset, "test", top=-1)
+
+
+@pytest.mark.parametrize("top", [-1, 1.5])
+def test_the_explain_record_checks_top_when_it_is_made(top):
+    from qlib_hist import QlibHistError
+    from qlib_hist.qlib_edge.record import HISTExplainRecord
+
+    with pytest.raises(QlibHistError, match=rf"top must be a whole number >= 0 .*, got {top!r}"):
+        HISTExplainRecord(recorder=None, model=None, dataset=None, top=top)
+    assert HISTExplainRecord(recorder=None, top=0).top == 0
 
 
 @pytest.mark.parametrize("name", ["members.csv", "members.parquet", "s2c.npy"])

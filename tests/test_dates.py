@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from qlib_hist._io import ConfigDateError, DateOutOfRange, as_timestamp, config_dates
+from qlib_hist._io import ConfigDateError, ConfigError, DateOutOfRange, as_timestamp, config_dates
 from qlib_hist.cli import main
 
 DATE_STYLE_YAML = """\
@@ -298,3 +298,37 @@ def test_the_demo_yaml_is_in_qlibs_date_style():
         config = _read(DEMO_YAML.read_text(), reader)
         assert all(type(d) is datetime.date for d in _at(config, *SEGMENT_TEST))
         assert type(_at(config, *HANDLER_KWARGS)["fit_end_time"]) is datetime.date
+
+
+# ---------------------------------------------------------------------------------------------- the recorders
+def test_read_workflow_names_the_file_of_an_impossible_unquoted_date(tmp_path):
+    from qlib_hist.qlib_edge.recorders import read_workflow
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DATE_STYLE_YAML.replace("fit_end_time: 2014-12-31", "fit_end_time: 2014-02-30"))
+    with pytest.raises(ConfigError, match=rf"{bad}: not a readable YAML: day is out of range"):
+        read_workflow(bad)
+
+
+def test_explain_recorded_model_builds_the_dataset_with_timestamps(tmp_path, monkeypatch):
+    import qlib.utils
+
+    import qlib_hist.qlib_edge.recorders as recorders
+
+    config = yaml.safe_load(DATE_STYLE_YAML)
+    assert type(config["task"]["dataset"]["kwargs"]["segments"]["test"][0]) is datetime.date
+    built = {}
+
+    class Model:
+        def explain(self, dataset, segment):
+            return pd.DataFrame({"dataset": [dataset]})
+
+    monkeypatch.setattr(recorders, "recorded_hist", lambda *args: (Model(), config))
+    monkeypatch.setattr(qlib.utils, "init_instance_by_config", lambda dataset_config: built.update(dataset_config))
+    recorders.explain_recorded_model(tmp_path / "workflow.yaml", day="2017-03-24")
+    segments = built["kwargs"]["segments"]
+    assert all(type(day) is pd.Timestamp for pair in segments.values() for day in pair)
+    handler = built["kwargs"]["handler"]["kwargs"]
+    assert type(handler["fit_end_time"]) is pd.Timestamp and handler["fit_end_time"] == pd.Timestamp("2014-12-31")
+    with pytest.raises(ValueError, match=r"day 2021-01-04 \(--day\) is outside the test segment"):
+        recorders.explain_recorded_model(tmp_path / "workflow.yaml", day="2021-01-04")

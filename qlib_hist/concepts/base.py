@@ -13,8 +13,10 @@ from typing import List, Optional, Protocol
 
 import numpy as np
 
+from ..errors import QlibHistError
 
-class ConceptError(ValueError):
+
+class ConceptError(QlibHistError):
     """A concept input (file, table, matrix) is unusable; the message names the file and what is wrong."""
 
 

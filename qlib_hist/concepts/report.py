@@ -56,7 +56,7 @@ def sample_days(calendar: pd.DatetimeIndex, sample: Union[str, int] = "month_end
         return pd.DatetimeIndex(s.groupby(calendar.to_period("M")).max().to_numpy())
     if isinstance(sample, int) and sample >= 1:
         return calendar[::sample]
-    raise ValueError(f"sample must be 'month_end' or a positive int, got {sample!r}")
+    raise ConceptError(f"sample must be 'month_end' or a positive int, got {sample!r}")
 
 
 def coverage_report(

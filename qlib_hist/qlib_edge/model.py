@@ -26,13 +26,14 @@ from .._io import check_writable
 from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
 from ..concepts import ConceptSource, load_concept_source
-from ..explain import explain_batches
-from ..network import HISTModel, RNNRegressor, SeedEnsemble
+from ..explain import check_top, explain_batches
+from ..network import OUTPUT_PARTS, HISTModel, RNNRegressor, SeedEnsemble
 from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
 from ..settings import GROUPS, HISTSettings, SettingsError, TrainSettings
 from ..training import (
     FitResult,
     Trainer,
+    TrainingError,
     check_cuda_graphs,
     check_precision,
     make_optimizer,
@@ -43,7 +44,7 @@ from .dataset import Segment, segment_batches
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
 PICKLE_FORMAT = 2  # 1: qlib-hist 0.1.0 (flat attributes); 2: {"settings": {...}, "HIST_model": state dict, ...}
-EXPLAIN_PARTS = ["score", "concept", "hidden_concept", "individual", "bias"]  # averaged over an ensemble's members
+EXPLAIN_PARTS = ["score", *OUTPUT_PARTS, "bias"]  # averaged over an ensemble's members
 RESULT_ATTRIBUTES = ("fitted", "best_epoch", "best_score", "history")  # kept in pickles beside the settings
 
 
@@ -321,7 +322,7 @@ class HIST(ModelFT):
         ``model_path``, ``pretrain_epochs`` and ``checkpoint_dir`` play no part (they are about a cold start).
         """
         if not self.fitted:
-            raise ValueError("finetune needs a fitted HIST (call fit first, or load one from a recorder)")
+            raise TrainingError("finetune needs a fitted HIST (call fit first, or load one from a recorder)")
         t = self.settings.training
         train, valid = self._train_valid(dataset, reweighter)
         lr = t.lr if t.finetune_lr is None else t.finetune_lr
@@ -373,7 +374,7 @@ class HIST(ModelFT):
     def predict(self, dataset: DatasetH, segment: Union[Text, slice] = "test") -> pd.Series:
         """Predictions for ``segment`` as a ``pd.Series`` on the dataset's (datetime, instrument) index."""
         if not self.fitted:
-            raise ValueError("model is not fitted yet!")
+            raise TrainingError("model is not fitted yet!")
         batches = self._batches(dataset, segment, with_label=False)
         preds = predict_days(self.HIST_model, batches.to(self.device), self.device, self.settings.training.precision)
         return batches.in_dataset_order(pd.Series(preds, index=batches.index, name="score"))
@@ -393,7 +394,8 @@ class HIST(ModelFT):
         members' mean raw score, not the ensemble's standardised one) and the first member's attention lists.
         """
         if not self.fitted:
-            raise ValueError("model is not fitted yet!")
+            raise TrainingError("model is not fitted yet!")
+        top = check_top(top)  # before the segment is read
         batches = self._batches(dataset, segment, with_label=False)
         frames = [explain_batches(network, batches, self.device, top) for network in self.members()]
         table = frames[0]

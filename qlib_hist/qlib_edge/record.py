@@ -7,7 +7,7 @@ from typing import Any, List, Optional
 
 from qlib.workflow.record_temp import RecordTemp
 
-from ..explain_report import write_explanation
+from ..explain_report import check_top, write_explanation
 
 
 class HISTExplainRecord(RecordTemp):
@@ -32,7 +32,8 @@ class HISTExplainRecord(RecordTemp):
         top: int = 3,
     ) -> None:
         super().__init__(recorder=recorder)
-        self.model, self.dataset, self.segment, self.day, self.top = model, dataset, segment, day, top
+        self.model, self.dataset, self.segment, self.day = model, dataset, segment, day
+        self.top = check_top(top)  # a bad YAML fails here, before the workflow's records run
 
     def generate(self, **kwargs: Any) -> None:
         table = self.model.explain(self.dataset, segment=self.segment, top=self.top)

@@ -9,6 +9,8 @@ import pandas as pd
 import yaml
 from qlib.workflow import R
 
+from .._io import ConfigError, as_timestamp, config_dates, date_span, unreadable_yaml
+
 #: report label -> recorder metric name, as qlib's SigAnaRecord / PortAnaRecord log them
 REPORT_METRICS = {
     "IC": "IC",
@@ -22,8 +24,14 @@ REPORT_METRICS = {
 
 
 def latest_recorder(experiment_name: str) -> Any:
-    """The most recently started recorder of ``experiment_name`` (qlib must be initialised)."""
-    recorders = R.get_exp(experiment_name=experiment_name, create=False).list_recorders()
+    """The most recently started recorder of ``experiment_name`` (qlib must be initialised); a missing experiment or
+    one without recorders is a :class:`~qlib_hist._io.ConfigError` naming it."""
+    try:
+        recorders = R.get_exp(experiment_name=experiment_name, create=False).list_recorders()
+    except ValueError:  # qlib's answer for an experiment that does not exist
+        raise ConfigError(f"no experiment {experiment_name!r} in qlib_init's tracking store") from None
+    if not recorders:
+        raise ConfigError(f"experiment {experiment_name!r} has no recorder: run the workflow first (qrun)")
     return max(recorders.values(), key=lambda r: r.info["start_time"])
 
 
@@ -39,27 +47,32 @@ def format_report(report: Dict[str, float]) -> str:
 
 
 def read_workflow(workflow: Union[str, Path]) -> Dict[str, Any]:
-    """A qrun workflow YAML as a dict, checked to have what qrun needs (``qlib_init``, ``task``)."""
+    """A qrun workflow YAML as a dict, checked to have what qrun needs (``qlib_init``, ``task``); its dates as
+    written (:func:`~qlib_hist._io.config_dates` turns them into ``pd.Timestamp``). A file that is not a readable
+    YAML is a :class:`~qlib_hist._io.ConfigError` naming it."""
     path = Path(workflow)
+    text = path.read_text()
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except ValueError as err:  # PyYAML's bare error for an unquoted date that does not exist (2017-02-30)
+        raise unreadable_yaml(path, err) from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: a workflow is a mapping with qlib_init and task, got a {type(config).__name__}")
+        raise ConfigError(f"{path}: a workflow is a mapping with qlib_init and task, got a {type(config).__name__}")
     missing = [key for key in ("qlib_init", "task") if not isinstance(config.get(key), dict)]
     if missing:
-        raise ValueError(f"{path}: no {' or '.join(missing)} section (a qrun workflow YAML has both)")
+        raise ConfigError(f"{path}: no {' or '.join(missing)} section (a qrun workflow YAML has both)")
     return config
 
 
-def segment_bounds(config: Dict[str, Any], segment: str) -> Tuple[pd.Timestamp, pd.Timestamp]:
-    """First and last day of ``segment`` in a workflow's dataset (``task.dataset.kwargs.segments``)."""
+def segment_bounds(config: Dict[str, Any], segment: str) -> Tuple[Optional[pd.Timestamp], Optional[pd.Timestamp]]:
+    """First and last day of ``segment`` in a workflow's dataset (``task.dataset.kwargs.segments``); ``None``: an
+    open end."""
     segments = config["task"].get("dataset", {}).get("kwargs", {}).get("segments", {})
     if segment not in segments:
-        raise ValueError(f"segment {segment!r} is not in the workflow's dataset segments {list(segments)}")
-    start, end = segments[segment]
-    return pd.Timestamp(start), pd.Timestamp(end)
+        raise ConfigError(f"segment {segment!r} is not in the workflow's dataset segments {list(segments)}")
+    return date_span(segments[segment], f"task.dataset.kwargs.segments.{segment}")
 
 
 def recorded_hist(
@@ -79,10 +92,13 @@ def recorded_hist(
     if recorder_id is None:
         recorder = latest_recorder(experiment)
     else:
-        recorder = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment)
+        try:
+            recorder = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment)
+        except ValueError:  # qlib's answer for an experiment or a recorder that does not exist
+            raise ConfigError(f"no recorder {recorder_id!r} in experiment {experiment!r}") from None
     model = recorder.load_object("params.pkl")
     if not isinstance(model, HIST):
-        raise ValueError(
+        raise ConfigError(
             f"recorder {recorder.id} of experiment {experiment!r} holds a {type(model).__name__}, not qlib_hist.HIST"
         )
     return model, config
@@ -100,8 +116,14 @@ def explain_recorded_model(
     from qlib.utils import init_instance_by_config
 
     model, config = recorded_hist(workflow, experiment, recorder_id)
+    config = config_dates(config, source=str(workflow))  # qlib-style unquoted dates meet the index as Timestamps
     start, end = segment_bounds(config, segment)
-    if day is not None and not start <= pd.Timestamp(day) <= end:
-        raise ValueError(f"day {day} (--day) is outside the {segment} segment ({start.date()} .. {end.date()})")
+    when = as_timestamp(day, "day")
+    if when is not None and ((start is not None and when < start) or (end is not None and when > end)):
+        raise ConfigError(f"day {day} (--day) is outside the {segment} segment ({_day(start)} .. {_day(end)})")
     dataset = init_instance_by_config(config["task"]["dataset"])
     return model.explain(dataset, segment=segment)
+
+
+def _day(stamp: Optional[pd.Timestamp]) -> str:
+    return "open" if stamp is None else str(stamp.date())

@@ -54,6 +54,7 @@ from qlib.workflow.task.gen import RollingGen, handler_mod, task_generator
 from qlib.workflow.task.utils import TimeAdjuster
 
 from .._io import as_timestamp, config_dates, date_span, unreadable_yaml
+from ..errors import QlibHistError
 
 TAG = "qlib_hist."  # prefix of the tags this module sets on recorders
 WINDOW_TAG = TAG + "window"  # digest of (task, start mode): which window a recorder holds
@@ -66,7 +67,7 @@ EPOCHS_TAG = TAG + "epochs"  # epochs the window trained (fit or finetune; "" fo
 DEFAULT_LABEL_LOOKAHEAD = 2  # Alpha360 / Alpha158's label: Ref($close, -2) / Ref($close, -1) - 1
 
 
-class RollingError(ValueError):
+class RollingError(QlibHistError):
     """A rolling run cannot start or merge (the task's handler, segments or windows); the message says why."""
 
 
