@@ -22,7 +22,6 @@ disk (:mod:`qlib_hist.qlib_edge.handler_cache`); the workers load it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import logging
@@ -53,7 +52,7 @@ from benchmarks.config import (
 )
 from benchmarks.grid import Grid, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
-from qlib_hist._io import atomic_write_text
+from qlib_hist._io import atomic_write_text, json_digest
 from qlib_hist.qlib_edge.model import CHECKPOINT_NAME
 
 #: qlib's LightGBM benchmark settings (examples/benchmarks/LightGBM); qlib's fit boosts up to 1000 rounds, early stop 50
@@ -272,7 +271,7 @@ class GridContext:
         checkpoint fingerprint covers (model settings, provider, handler, segments): a changed grid file starts
         afresh in a new folder instead of meeting a checkpoint it must refuse."""
         what = [self.config(key), self.provider_uri, self.handler(), self.grid.profile["segments"]]
-        digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        digest = json_digest(what, 12)
         return Path(self.cache_dir) / "checkpoints" / self.grid.name / f"{key.row}_seed{key.seed}_{digest}"
 
 

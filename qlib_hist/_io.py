@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import glob
+import hashlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -21,7 +23,20 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 from .errors import QlibHistError
 
+#: a path as the package's functions take it: a string or a ``pathlib.Path`` (any ``os.PathLike``)
 PathLike = Union[str, os.PathLike]
+
+
+def json_sha1(value: Any) -> Any:
+    """A sha1 (``hashlib``'s object, for more ``update`` calls) of ``value`` as canonical JSON: sorted keys, and a
+    value JSON cannot hold (a Timestamp, a Path) as its ``str``. What names a checkpoint, a cache entry, a rolling
+    window or a benchmark run: changing this changes every such name."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def json_digest(value: Any, length: int = 16) -> str:
+    """The first ``length`` hex digits of :func:`json_sha1`."""
+    return json_sha1(value).hexdigest()[:length]
 
 
 def _umask() -> int:

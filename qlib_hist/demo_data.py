@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List
 
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_write_bytes, atomic_write_text, npy_bytes
+from ._io import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
 from .errors import QlibHistError
-
-PathLike = Union[str, os.PathLike]
 
 MARKET = "demo"
 BENCHMARK = "SH000300"

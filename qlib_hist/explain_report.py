@@ -12,12 +12,11 @@ from typing import Any, List, Optional, Union
 import numpy as np
 import pandas as pd
 
-from ._io import as_timestamp, atomic_path
+from ._io import PathLike, as_timestamp, atomic_path
 from ._plotting import new_figure, save_png
 from .errors import QlibHistError
 from .network import OUTPUT_PARTS as PARTS
 
-PathLike = Union[str, Path]
 COLOURS = {"concept": "tab:blue", "hidden_concept": "tab:orange", "individual": "tab:green", "bias": "tab:grey"}
 DPI = 110
 

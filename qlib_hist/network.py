@@ -20,7 +20,6 @@ from .settings import NetworkSettings
 if TYPE_CHECKING:  # pragma: no cover
     from .batches import Day
 
-RNN_TYPES = {"GRU": nn.GRU, "LSTM": nn.LSTM}
 COS_EPS = 1e-6  # qlib's guard in its cosine similarity's denominator (kept: it changes outputs at 1e-7)
 PEER_SEARCH_CHUNK = 1024  # rows of the N x N similarity held at once during the peer search
 
@@ -31,8 +30,9 @@ def full_precision(values: torch.Tensor) -> torch.Tensor:
 
 
 def make_rnn(settings: NetworkSettings) -> nn.Module:
-    """The encoder: ``nn.GRU`` or ``nn.LSTM`` with ``batch_first=True``, as in qlib."""
-    return RNN_TYPES[settings.base_model](
+    """The encoder: ``nn.GRU`` or ``nn.LSTM`` with ``batch_first=True``, as in qlib (``base_model`` is one of
+    :data:`~qlib_hist.settings.RNN_TYPES`, the names of torch's classes)."""
+    return getattr(nn, settings.base_model)(
         input_size=settings.d_feat,
         hidden_size=settings.hidden_size,
         num_layers=settings.num_layers,

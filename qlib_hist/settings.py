@@ -2,15 +2,16 @@
 
 ``HIST`` keeps qlib's flat keyword arguments (a qlib YAML runs by changing only ``module_path``) and routes each
 to the dataclass that owns it (:meth:`HISTSettings.from_kwargs`). Everything else derives from the fields: the
-constructor's signature, the parameter log line, the checkpoint fingerprint and the pickled form, so a new option
-is one field here.
+constructor's signature and docstring, the README's table of YAML keys (:mod:`qlib_hist.settings_doc`), the
+parameter log line, the checkpoint fingerprint and the pickled form, so a new option is one field here.
 
 - :class:`NetworkSettings`  what :class:`~qlib_hist.network.HISTModel` is built from (shape and the paper's options)
 - :class:`TrainSettings`    the optimisation recipe and where training writes
 - :class:`ConceptSettings`  where the predefined concepts and their member weights come from
 
-A field's metadata says its bounds (``minimum``), its ``choices`` and whether it changes what ``fit`` computes
-(``fingerprint``; paths that only say where to write do not). Errors name the argument:
+A field's metadata says what it means (``help``, written once), its bounds (``minimum``), its ``choices`` and whether
+it changes what ``fit`` computes (``fingerprint``; paths that only say where to write do not). Errors name the
+argument:
 ``"<name> must be ..., got <value>"``. This module imports no qlib.
 """
 
@@ -30,16 +31,23 @@ from .metrics import LOSSES, normalize_metric
 #: Where qlib's HIST downloads its CSI300 concept matrix from (the default of ``stock2concept_url``).
 QLIB_STOCK2CONCEPT_URL = "https://github.com/SunsetWolf/qlib_dataset/releases/download/v0/qlib_csi300_stock2concept.npy"
 
-RNN_TYPES = ("GRU", "LSTM")
+RNN_TYPES = ("GRU", "LSTM")  # torch.nn's classes of these names (qlib_hist.network.make_rnn)
 #: the YAML spellings of a boolean (YAML 1.1 readers turn them into bools, qrun's YAML 1.2 reader keeps some as text):
 #: ``"false"`` must never mean True, as ``bool("false")`` would
 YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-OPTIMIZERS = ("adam", "gd")
+OPTIMIZERS = ("adam", "gd")  # Adam (AdamW with weight_decay) and SGD (qlib_hist.training.make_optimizer)
 PRECISIONS = ("fp32", "bf16")
 
 
 class SettingsError(QlibHistError):
     """A setting has a wrong type or value; the message names the argument."""
+
+
+def optimizer_name(value: str) -> str:
+    """``value`` (any case) as one of :data:`OPTIMIZERS`, or a :class:`SettingsError` naming ``optimizer``."""
+    if not isinstance(value, str) or value.lower() not in OPTIMIZERS:
+        raise SettingsError(f"optimizer must be one of {list(OPTIMIZERS)}, got {value!r}")
+    return value.lower()
 
 
 def setting(
@@ -50,9 +58,26 @@ def setting(
     choices: Optional[Tuple[str, ...]] = None,
     fingerprint: bool = True,
     none_as: Any = None,
+    help: str,
+    see: Optional[str] = None,
+    shown_default: Optional[str] = None,
 ) -> Any:
-    """A settings field with its checks (see the module docstring); ``none_as``: the value ``None`` stands for."""
-    meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "fingerprint": fingerprint, "none_as": none_as}
+    """A settings field with its checks (see the module docstring); ``none_as``: the value ``None`` stands for.
+
+    ``help`` is the field's one description (markdown: `code` in single backquotes): ``HIST``'s docstring and the
+    README's table of YAML keys are generated from it (:mod:`qlib_hist.settings_doc`). ``see``: a page of ``docs/``
+    (with its anchor) that says more; ``shown_default``: the default as the table shows it, where the value is long.
+    """
+    meta = {
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "fingerprint": fingerprint,
+        "none_as": none_as,
+        "help": help,
+        "see": see,
+        "shown_default": shown_default,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -132,71 +157,181 @@ class _Validated:
 class NetworkSettings(_Validated):
     """The network's shape and the paper's architectural options (each off by default = qlib's HISTModel)."""
 
-    d_feat: int = setting(6, minimum=1)  # features per time step (Alpha360: 6 fields x 60 days)
-    hidden_size: int = setting(64, minimum=1)  # H, the encoder's state size
-    num_layers: int = setting(2, minimum=1)  # RNN layers
-    dropout: float = setting(0.0, minimum=0.0, maximum=1.0)  # RNN dropout between layers
-    base_model: str = setting("GRU", choices=RNN_TYPES)  # the encoder
-    hidden_topk: int = setting(1, minimum=1)  # K peers whose hidden concepts a stock joins (qlib: 1)
-    concept_refine: bool = setting(False)  # the paper's second pass over each concept's members
-    temporal_attention: bool = setting(False)  # attention over the encoder's time steps instead of its last state
-    # module switches (issue 28's ablation); off: the branch adds nothing to the output, removes nothing from the
-    # residual. All three off: the base RNN with the output layer on its state (qlib's LSTMModel/GRUModel layout)
-    predefined_concepts: bool = setting(True)  # the predefined-concept module (s_i)
-    hidden_concepts: bool = setting(True)  # the hidden-concept module (t_i)
-    individual: bool = setting(True)  # the individual branch on the residual
+    d_feat: int = setting(6, minimum=1, help="features per time step (Alpha360: 6 fields x 60 days = 360 columns)")
+    hidden_size: int = setting(64, minimum=1, help="H, the RNN encoder's state size")
+    num_layers: int = setting(2, minimum=1, help="the RNN encoder's layers")
+    dropout: float = setting(0.0, minimum=0.0, maximum=1.0, help="the RNN encoder's dropout between layers")
+    base_model: str = setting("GRU", choices=RNN_TYPES, help="the RNN encoder: `GRU` or `LSTM`")
+    hidden_topk: int = setting(
+        1, minimum=1, help="a stock joins the hidden concepts of its K most similar peers (the paper's code; 1 = qlib)"
+    )
+    concept_refine: bool = setting(
+        False, help="the paper's second pass over each concept's members before stocks attend to concepts"
+    )
+    temporal_attention: bool = setting(
+        False, help="attention over the encoder's time steps (60 for Alpha360) in place of its last state"
+    )
+    # module switches (issue 28's ablation)
+    predefined_concepts: bool = setting(
+        True,
+        help="HIST's predefined-concept module; off: it adds nothing to the output and removes nothing from the "
+        "residual",
+        see="model.md#module-switches-and-recipe-options",
+    )
+    hidden_concepts: bool = setting(True, help="HIST's hidden-concept module; off: as `predefined_concepts`")
+    individual: bool = setting(
+        True,
+        help="HIST's individual branch on the residual; all three modules off leave the base RNN with a linear "
+        "output layer (qlib's LSTMModel/GRUModel layout)",
+    )
 
 
 @dataclass(frozen=True)
 class TrainSettings(_Validated):
     """How ``fit`` trains (qlib's HIST arguments plus this package's recipe options) and where it writes."""
 
-    n_epochs: int = setting(200, minimum=0)
-    lr: float = setting(0.001, minimum=0.0)
-    metric: str = setting("", none_as="")  # early-stopping metric on valid; normalised: ""/None -> "loss"
-    early_stop: int = setting(20, minimum=1)  # epochs without a better valid metric before stopping
-    loss: str = setting("mse", choices=LOSSES)
-    ic_weight: float = setting(1.0, minimum=0.0)  # mse+ic: the weight of the IC term
-    optimizer: str = setting("adam")  # "adam" or "gd" (SGD), any case
-    weight_decay: float = setting(0.0, minimum=0.0)  # decoupled weight decay (adam -> AdamW); 0 = off, as qlib
+    n_epochs: int = setting(200, minimum=0, help="maximum training epochs")
+    lr: float = setting(0.001, minimum=0.0, help="learning rate")
+    metric: str = setting(
+        "",
+        none_as="",
+        help='early stopping on valid: `ic`, `rank_ic`, `loss` (`""` = `loss`), or the paper\'s `precision@k`',
+    )
+    early_stop: int = setting(20, minimum=1, help="epochs without a better valid metric before training stops")
+    loss: str = setting(
+        "mse",
+        choices=LOSSES,
+        help="`mse` (qlib's: over the day's non-NaN labels); added here: `ic` (minus the day's Pearson correlation) "
+        "and `mse+ic` (`mse - ic_weight * ic`)",
+    )
+    ic_weight: float = setting(1.0, minimum=0.0, help="the weight of the IC term in `mse+ic`")
+    optimizer: str = setting("adam", help="`adam` or `gd` (SGD), any case")
+    weight_decay: float = setting(
+        0.0, minimum=0.0, help="decoupled weight decay (`adam` becomes AdamW); 0 = off, as in qlib"
+    )
     seed: Optional[int] = setting(
-        None, minimum=0, maximum=2**32 - 1
-    )  # numpy's seed range  # weights, day shuffling and dropout
-    eval_train: bool = setting(False)  # score train with a separate eval pass each epoch (qlib's way)
-    model_path: Optional[str] = setting(None)  # a saved qlib LSTM/GRU to start the encoder from
-    keep_start: bool = setting(False)  # a cold fit scores its starting weights as epoch -1, keeps them if unbeaten
-    pretrain_epochs: int = setting(0, minimum=0)  # pretrain the base RNN first (0 = off, as qlib)
-    pretrain_save_path: Optional[str] = setting(None, fingerprint=False)
-    smooth_steps: int = setting(1, minimum=1)  # keep the mean of the last N epochs' weights (1 = off)
-    checkpoint_dir: Optional[str] = setting(None, fingerprint=False)  # resumable checkpoint after every epoch
-    GPU: Union[int, str] = setting(0, fingerprint=False)  # CUDA index or device string; CPU when absent
-    finetune_epochs: int = setting(5, minimum=1, fingerprint=False)  # finetune's epoch cap (rolling warm start)
-    finetune_lr: Optional[float] = setting(None, minimum=0.0, fingerprint=False)  # finetune's lr (None: lr)
-    ensemble: int = setting(1, minimum=1)  # K members from seeds seed..seed+K-1; predicts their mean z-score
-    precision: str = setting("fp32", choices=PRECISIONS)  # bf16: autocast the encoder and linear layers (CUDA)
-    cuda_graphs: bool = setting(False)  # CUDA: days padded to STATIC_BUCKET stocks, one captured train step each
+        None,
+        minimum=0,
+        maximum=2**32 - 1,  # numpy's seed range
+        help="seeds the weights, the day shuffling and dropout: the same seed on one CPU gives the same predictions",
+    )
+    eval_train: bool = setting(
+        False,
+        help="score train with a separate eval pass each epoch, as qlib does (about +30% epoch time); off: the "
+        "epoch's own train-mode predictions",
+    )
+    model_path: Optional[str] = setting(
+        None,
+        help="a saved qlib LSTM/GRU (`rnn.*`, `fc_out.*`) to start the encoder from",
+        see="model.md#starting-from-a-pretrained-base-rnn",
+    )
+    keep_start: bool = setting(
+        False,
+        help="`fit` scores its starting weights (`model_path`'s) on valid as epoch -1 and keeps them if no epoch "
+        "beats them, as `finetune` does",
+    )
+    pretrain_epochs: int = setting(
+        0, minimum=0, help="without `model_path`: first pretrain the base RNN for up to N epochs (0 = off, as in qlib)"
+    )
+    pretrain_save_path: Optional[str] = setting(
+        None, fingerprint=False, help="save the pretrained base RNN in qlib's `model_path` format"
+    )
+    smooth_steps: int = setting(
+        1, minimum=1, help="evaluate (and keep as best) the mean of the last N epochs' weights (1 = off)"
+    )
+    checkpoint_dir: Optional[str] = setting(
+        None,
+        fingerprint=False,
+        help="a resumable checkpoint after every epoch; `fit` resumes from it",
+        see="model.md#training-that-survives-interruption",
+    )
+    GPU: Union[int, str] = setting(
+        0, fingerprint=False, help="CUDA index or device string; CPU (with a log line) when CUDA is absent or `GPU < 0`"
+    )
+    finetune_epochs: int = setting(
+        5,
+        minimum=1,
+        fingerprint=False,
+        help="`finetune`'s epoch cap (rolling retraining with warm start)",
+        see="rolling.md#fine-tuning",
+    )
+    finetune_lr: Optional[float] = setting(
+        None, minimum=0.0, fingerprint=False, help="`finetune`'s learning rate (`null`: `lr`)"
+    )
+    ensemble: int = setting(
+        1,
+        minimum=1,
+        help="K members from seeds `seed` .. `seed+K-1` in one model; predicts their mean daily z-score",
+        see="model.md#seed-ensembles-ensemble-k",
+    )
+    precision: str = setting(
+        "fp32",
+        choices=PRECISIONS,
+        help="`bf16`: autocast the encoder and linear layers (CUDA, or a CPU with avx512_bf16/AMX); on a CPU keep "
+        "`fp32`",
+        see="model.md#gpu-speed",
+    )
+    cuda_graphs: bool = setting(
+        False,
+        help="CUDA only: days padded to a few static sizes, one captured train step replayed for each",
+        see="model.md#gpu-speed",
+    )
 
     def _normalise(self) -> None:
         try:
             object.__setattr__(self, "metric", normalize_metric(self.metric))
         except ValueError as err:
             raise SettingsError(str(err)) from None
-        if self.optimizer.lower() not in OPTIMIZERS:
-            raise SettingsError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        object.__setattr__(self, "optimizer", self.optimizer.lower())
+        object.__setattr__(self, "optimizer", optimizer_name(self.optimizer))
 
 
 @dataclass(frozen=True)
 class ConceptSettings(_Validated):
     """Where the predefined concepts (and their member weights) come from."""
 
-    stock2concept: Optional[str] = setting(None)  # membership table (.csv/.parquet) or legacy .npy matrix
-    stock_index: Optional[str] = setting(None)  # legacy matrix only: {instrument: row}, .npy or .json
-    stock2concept_url: Optional[str] = setting(QLIB_STOCK2CONCEPT_URL, fingerprint=False)  # download a missing .npy
-    concept_weight: Optional[str] = setting(None)  # member weights: a qlib expression or a table file
+    stock2concept: Optional[str] = setting(
+        None,
+        help="a membership table `.csv`/`.parquet` (point in time) or qlib's legacy `.npy` matrix",
+        see="concepts.md",
+    )
+    stock_index: Optional[str] = setting(
+        None, help="legacy matrix only: `{instrument: row}` as qlib's pickled-dict `.npy` or a `.json`"
+    )
+    stock2concept_url: Optional[str] = setting(
+        QLIB_STOCK2CONCEPT_URL,
+        fingerprint=False,
+        help="where a missing legacy `.npy` is downloaded from; `null` = never",
+        shown_default="qlib's address",
+    )
+    concept_weight: Optional[str] = setting(
+        None,
+        help='member weights in the predefined concepts: a qlib expression (`"$close * $volume"`) or a table '
+        "`instrument, datetime, value`",
+        see="concepts.md#member-weights-concept_weight",
+    )
 
 
 GROUPS = {"network": NetworkSettings, "training": TrainSettings, "concepts": ConceptSettings}
+#: qlib's HIST arguments in the order of ``qlib.contrib.model.pytorch_hist.HIST.__init__``; every other field is
+#: added by this package
+QLIB_ARGUMENTS = (
+    "d_feat",
+    "hidden_size",
+    "num_layers",
+    "dropout",
+    "n_epochs",
+    "lr",
+    "metric",
+    "early_stop",
+    "loss",
+    "base_model",
+    "model_path",
+    "stock2concept",
+    "stock_index",
+    "optimizer",
+    "GPU",
+    "seed",
+)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .callbacks import Callback, LogEpochs
 from .errors import QlibHistError
 from .metrics import DailyLoss, LossFn, daily_metrics, precision_k, score_of
 from .network import full_precision
-from .settings import SettingsError, TrainSettings
+from .settings import SettingsError, TrainSettings, optimizer_name
 from .static_steps import StaticSteps
 
 CLIP_VALUE = 3.0  # qlib clips each gradient element to [-3, 3]
@@ -540,6 +540,7 @@ def make_optimizer(
     optimizer is qlib's, unchanged. ``capturable``: Adam/AdamW keep their step counts on the device, so that a
     CUDA graph can capture ``step()`` (``cuda_graphs``).
     """
+    name = optimizer_name(name)
     params = network.parameters()
     if name == "adam" and weight_decay > 0:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, capturable=capturable)

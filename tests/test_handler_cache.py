@@ -145,3 +145,56 @@ def test_prepare_builds_the_entry_a_cached_handler_loads(demo, demo_handler, tmp
     loaded = CachedHandler(cache_dir=str(tmp_path), **kwargs)
     learn = DataHandlerLP.DK_L
     pd.testing.assert_frame_equal(loaded.fetch(data_key=learn), demo_handler.fetch(data_key=learn))
+
+
+def _key_before_dates_were_normalised(handler_config: dict, provider) -> str:
+    """``cache_key`` as written before: the sha1 of the JSON of the config as given (existing caches use it)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from qlib_hist.qlib_edge.handler_cache import CACHE_VERSION, _provider_digest
+
+    resolved = Path(provider).expanduser().resolve()
+    payload = {"v": CACHE_VERSION, "provider": str(resolved), "content": _provider_digest(resolved)}
+    payload["handler"] = handler_config
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_a_date_a_timestamp_and_a_string_of_the_same_day_give_one_key(provider):
+    import datetime
+
+    def with_times(start, end) -> dict:
+        kwargs = {**CONFIG["kwargs"], "start_time": start, "end_time": end, "fit_start_time": start}
+        return {**CONFIG, "kwargs": kwargs}
+
+    keys = {
+        cache_key(with_times("2016-01-04", "2016-12-30"), provider),
+        cache_key(with_times(datetime.date(2016, 1, 4), datetime.date(2016, 12, 30)), provider),
+        cache_key(with_times(pd.Timestamp("2016-01-04"), pd.Timestamp("2016-12-30")), provider),
+        cache_key(with_times(datetime.datetime(2016, 1, 4), "2016-12-30"), provider),
+    }
+    assert len(keys) == 1
+    assert cache_key(with_times("2016-01-04", "2016-12-29"), provider) not in keys  # another day: another key
+    assert cache_key(with_times(pd.Timestamp("2016-01-04 09:30"), "2016-12-30"), provider) not in keys
+
+
+def test_keys_of_configs_with_string_dates_did_not_change(provider):
+    """Existing caches (and a benchmark running on them) were keyed from configs whose dates are ``YYYY-MM-DD``
+    strings: their keys stay."""
+    from benchmarks.config import PROFILES, handler_config
+
+    configs = [CONFIG]
+    for profile in PROFILES.values():
+        configs.append(handler_config("csi300", profile["start"], profile["end"], profile["fit"]))
+    for config in configs:
+        assert cache_key(config, provider) == _key_before_dates_were_normalised(config, provider)
+    assert len({cache_key(config, provider) for config in configs}) > 1
+
+
+def test_a_bad_date_in_a_handler_config_names_its_key(provider):
+    from qlib_hist._io import ConfigDateError
+
+    bad = {**CONFIG, "kwargs": {**CONFIG["kwargs"], "end_time": "2016-13-45"}}
+    with pytest.raises(ConfigDateError, match=r"handler\.kwargs\.end_time: expected a date"):
+        cache_key(bad, provider)

@@ -189,3 +189,84 @@ def test_hist_arguments_are_settable_attributes():
     assert model.metric == "ic"
     with pytest.raises(AttributeError, match="colour"):
         model.colour  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------- documented once
+def test_every_setting_has_its_help_text():
+    from qlib_hist.settings_doc import documented_fields
+
+    fields = documented_fields()
+    assert sorted(f.name for f in fields) == sorted(HISTSettings.field_names())
+    missing = [f.name for f in fields if not f.metadata["help"].strip()]
+    assert not missing, f"settings without a help text: {missing}"
+
+
+def test_the_readme_table_of_yaml_keys_is_generated_from_the_help_texts():
+    from qlib_hist.settings_doc import committed_table, settings_table
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    committed = committed_table(readme.read_text(encoding="utf-8"))
+    assert committed == settings_table(), (
+        "README.md's table of YAML keys is stale: run `python -m qlib_hist.settings_doc --write README.md`"
+    )
+
+
+def test_the_generated_table_has_every_key_once_with_its_default():
+    from qlib_hist.settings_doc import settings_table
+
+    rows = [line for line in settings_table().splitlines() if line.startswith("| `")]
+    names = [row.split("`")[1] for row in rows]
+    assert sorted(names) == sorted(HISTSettings.field_names())
+    assert "| `dropout` | 0.0 |" in settings_table() and "| `concept_refine` | false |" in settings_table()
+    assert "| `stock2concept_url` | qlib's address |" in settings_table()  # not the 100-character URL
+
+
+def test_hist_docstring_and_signature_are_generated_in_qlibs_order():
+    import inspect
+
+    from qlib.contrib.model.pytorch_hist import HIST as QlibHIST
+
+    from qlib_hist import HIST
+    from qlib_hist.settings import QLIB_ARGUMENTS
+    from qlib_hist.settings_doc import documented_fields
+
+    qlib_order = [name for name in inspect.signature(QlibHIST.__init__).parameters if name not in ("self", "kwargs")]
+    assert list(QLIB_ARGUMENTS) == qlib_order
+    ours = [name for name in inspect.signature(HIST).parameters if name != "kwargs"]
+    assert ours[: len(qlib_order)] == qlib_order and sorted(ours) == sorted(HISTSettings.field_names())
+    doc = HIST.__doc__
+    positions = [doc.index(f"\n    {f.name} : ") for f in documented_fields()]
+    assert positions == sorted(positions)  # every parameter, in the documentation's order
+    assert doc.index("Extra parameters") > doc.index("\n    seed : ")
+    assert "``precision@k``" in doc and "CUDA index or device string" in doc  # the help texts, as reStructuredText
+
+
+def test_each_small_definition_lives_in_one_place():
+    """``PathLike``, the sha1-of-JSON digest and the choices of the settings are each written once."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("qlib_hist", "benchmarks") for p in sorted((root / folder).rglob("*.py"))]
+    homes = {
+        r"^PathLike\s*=": "qlib_hist/_io.py",
+        r"sha1\(json\.dumps": "qlib_hist/_io.py",
+        r"^RNN_TYPES\s*=": "qlib_hist/settings.py",
+        r"^OPTIMIZERS\s*=": "qlib_hist/settings.py",
+        r"^LOSSES\s*=": "qlib_hist/metrics.py",
+    }
+    for pattern, home in homes.items():
+        found = [str(p.relative_to(root)) for p in files if re.search(pattern, p.read_text(), re.MULTILINE)]
+        assert found == [home], f"{pattern}: {found}"
+
+
+def test_the_optimizer_names_are_the_settings_own():
+    import torch
+
+    from qlib_hist.training import make_optimizer
+
+    net = torch.nn.Linear(2, 1)
+    assert type(make_optimizer("ADAM", net, 1e-3)) is torch.optim.Adam
+    with pytest.raises(SettingsError, match=r"optimizer must be one of \['adam', 'gd'\], got 'adamw'"):
+        make_optimizer("adamw", net, 1e-3)  # was SGD, silently
+    with pytest.raises(SettingsError, match="optimizer must be one of"):
+        TrainSettings(optimizer="sgd")

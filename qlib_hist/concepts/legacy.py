@@ -14,13 +14,12 @@ import json
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .._io import PathLike
 from .base import ConceptError, SegmentConcepts
-
-PathLike = Union[str, Path]
 
 #: all that qlib's pickled-dict ``stock_index.npy`` needs: numpy's array and dtype rebuilders (a dict of str and int
 #: needs no global); anything else in the pickle is refused before it can run

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from qlib.data.dataset.handler import DataHandlerLP
 
+from .._io import PathLike, as_timestamp, config_dates, json_digest
 from ..frame_store import FrameStoreError, read_frame, write_frame
 
-PathLike = Union[str, Path]
 CACHE_VERSION = 3  # 3: frame_store folders (2: pandas pickles, no longer read)
 
 
@@ -44,16 +43,27 @@ def _provider_digest(provider: Path) -> str:
     return digest.hexdigest()
 
 
+def _date_text(value: Any, key: str) -> str:
+    """A config's date as a YAML string of it reads: ``"2017-01-01"`` for a day (a ``datetime.date``, a midnight
+    ``pd.Timestamp``, or that string itself), the Timestamp's text where it has a time of day."""
+    stamp = as_timestamp(value, key)
+    return str(stamp.date()) if stamp == stamp.normalize() else str(stamp)
+
+
 def cache_key(handler_config: dict, provider_uri: PathLike) -> str:
-    """A stable hash of the provider (path, calendar and instruments) and the full handler config."""
+    """A stable hash of the provider (path, calendar and instruments) and the full handler config.
+
+    The config's dates (:func:`~qlib_hist._io.config_dates`: the handler's and its processors' times, and any
+    ``datetime.date``) count as their ``YYYY-MM-DD`` text, so a date, a Timestamp and a string of the same day give
+    one key; a config whose dates are already such strings keeps the key it had before dates were normalised."""
     provider = Path(provider_uri).expanduser().resolve()
     payload = {
         "v": CACHE_VERSION,
         "provider": str(provider),
         "content": _provider_digest(provider),
-        "handler": handler_config,
+        "handler": config_dates(handler_config, where="handler", convert=_date_text),
     }
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(payload)
 
 
 def cached_handler(handler_config: dict, provider_uri: PathLike, cache_dir: PathLike) -> Any:

@@ -9,9 +9,7 @@ qlib YAML only changes its ``module_path``. The arguments are parsed once into
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Text, Tuple, Union, cast
 
@@ -22,14 +20,15 @@ from qlib.data.dataset import DatasetH
 from qlib.log import get_module_logger
 from qlib.model.base import ModelFT
 
-from .._io import check_writable
+from .._io import check_writable, json_sha1
 from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
 from ..concepts import ConceptSource, load_concept_source
 from ..explain import check_top, explain_batches
 from ..network import OUTPUT_PARTS, HISTModel, RNNRegressor, SeedEnsemble
 from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
-from ..settings import GROUPS, HISTSettings, SettingsError, TrainSettings
+from ..settings import HISTSettings, SettingsError, TrainSettings
+from ..settings_doc import documented_fields, parameters_docstring
 from ..training import (
     FitResult,
     Trainer,
@@ -51,85 +50,9 @@ RESULT_ATTRIBUTES = ("fitted", "best_epoch", "best_score", "history")  # kept in
 class HIST(ModelFT):
     """HIST (Xu et al., 2021) for qlib: stock trend forecasting with predefined and hidden concepts.
 
-    Parameters (same names, meanings and defaults as ``qlib.contrib.model.pytorch_hist.HIST``)
-    ----------
-    d_feat : int
-        features per time step (6 for Alpha360: open, close, high, low, vwap, volume).
-    hidden_size, num_layers, dropout : the RNN encoder's size.
-    n_epochs : int
-        maximum training epochs.
-    lr : float
-        learning rate.
-    metric : str
-        early-stopping metric on valid: ``"ic"``, ``"rank_ic"``, ``"precision@k"`` or ``"loss"`` (``""`` = loss).
-    early_stop : int
-        epochs without a better valid metric before stopping.
-    loss : str
-        ``"mse"`` (on non-NaN labels).
-    base_model : str
-        ``"GRU"`` or ``"LSTM"``.
-    model_path : str, optional
-        a saved qlib LSTM/GRU (``rnn.*``, ``fc_out.*``) to start from; only matching names are loaded.
-    stock2concept : str
-        a membership table (``.csv`` / ``.parquet``, point in time) or qlib's legacy ``.npy`` matrix.
-    stock_index : str
-        for a legacy matrix: ``{instrument: row}`` as a pickled-dict ``.npy`` or a ``.json``.
-    optimizer : str
-        ``"adam"`` or ``"gd"``.
-    GPU : int or str
-        CUDA device index (or a device string); CPU when CUDA is unavailable or ``GPU < 0``.
-    seed : int, optional
-        seeds the weights, the day shuffling and dropout: the same seed gives the same predictions on CPU.
-
-    Extra parameters (not in qlib's HIST)
-    ----------
-    stock2concept_url : str
-        where to download a missing legacy ``stock2concept`` from (qlib's address; ``None`` = never).
-    eval_train : bool
-        score the train segment with a separate eval pass each epoch, as qlib does (default: use the epoch's
-        own train-mode predictions, which costs nothing).
-    pretrain_epochs : int
-        without ``model_path``: first train the base RNN with a linear head for up to this many epochs
-        (0 = off, as in qlib), then start HIST from it.
-    pretrain_save_path : str, optional
-        save that pretrained base RNN in qlib's LSTM/GRU ``model_path`` format.
-
-    The paper's model and recipe (each off by default, so qlib's results reproduce)
-    ----------
-    hidden_topk : int
-        each stock joins the hidden concepts of its K most similar peers (1 = qlib).
-    concept_weight : str, optional
-        member weights in the predefined concepts: a qlib expression (``"$close*$volume"``, a market-cap field)
-        or a table ``instrument, datetime, value``; see :mod:`qlib_hist.member_weights`.
-    concept_refine : bool
-        the paper's second pass over each concept's members before stocks attend to concepts.
-    temporal_attention : bool
-        attention over the encoder's time steps in place of its last state.
-    smooth_steps : int
-        evaluate (and keep as best) the mean of the last N epochs' weights (1 = off).
-    checkpoint_dir : str, optional
-        write a resumable checkpoint after every epoch; ``fit`` resumes from it.
-    finetune_epochs : int
-        :meth:`finetune`'s epoch cap (rolling retraining with warm start; default 5).
-    finetune_lr : float, optional
-        :meth:`finetune`'s learning rate (default: ``lr``).
-
-    Module switches and the recipe's search options (defaults = qlib's HIST)
-    ----------
-    predefined_concepts, hidden_concepts, individual : bool
-        each HIST module on (default) or off; a module off adds nothing to the output and removes nothing from the
-        residual; all three off leaves the base RNN with its linear output layer (qlib's LSTMModel layout).
-    loss : str
-        ``"mse"``, ``"ic"`` (minus the day's Pearson correlation) or ``"mse+ic"`` (``mse - ic_weight * ic``).
-    ic_weight : float
-        the IC term's weight in ``"mse+ic"`` (default 1).
-    weight_decay : float
-        decoupled weight decay (``adam`` becomes AdamW); 0 = off.
-    keep_start : bool
-        ``fit`` scores the starting weights (``model_path``'s) on valid as epoch -1 and keeps them when no epoch
-        beats them, as :meth:`finetune` does.
-
-    Every argument stays readable (and settable, validated again) as an attribute: ``model.n_epochs``.
+    Every argument stays readable (and settable, validated again) as an attribute: ``model.n_epochs``; the arguments
+    that define the network are refused once it is built (make a new model). The parameters are listed from the
+    settings' help texts (:mod:`qlib_hist.settings`), as the signature is built from their fields.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -242,7 +165,7 @@ class HIST(ModelFT):
         ensemble's member ``k`` checkpoints in ``member<k>/`` (members resume one by one)."""
         if not self.settings.training.checkpoint_dir:
             return None
-        digest = hashlib.sha1(json.dumps(self.settings.fingerprint_fields(), sort_keys=True, default=str).encode())
+        digest = json_sha1(self.settings.fingerprint_fields())
         digest.update(f"{train.fingerprint()}|{valid.fingerprint()}".encode())
         folder = Path(self.settings.training.checkpoint_dir).expanduser()
         if self.settings.training.ensemble > 1:
@@ -435,15 +358,22 @@ class HIST(ModelFT):
 
 
 def _signature() -> inspect.Signature:
-    """``HIST(d_feat=6, ..., checkpoint_dir=None, **kwargs)``, derived from the settings' fields."""
+    """``HIST(d_feat=6, ..., seed=None, <the arguments added here>, **kwargs)``: qlib's arguments in qlib's order, then
+    the others, derived from the settings' fields."""
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    for cls in GROUPS.values():
-        params += [
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-            for f in dataclasses.fields(cls)
-        ]
+    params += [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in documented_fields()
+    ]
     params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     return inspect.Signature(params)
 
 
+def _docstring(doc: str) -> str:
+    """``doc`` (a summary line, then notes) with the generated parameter sections after its summary."""
+    summary, _, notes = doc.partition("\n\n")
+    return f"{summary}\n\n{parameters_docstring()}\n{notes}"
+
+
 HIST.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
+HIST.__doc__ = _docstring(HIST.__doc__ or "")

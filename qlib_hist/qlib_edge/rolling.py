@@ -34,8 +34,6 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
-import hashlib
-import json
 import re
 import time
 from pathlib import Path
@@ -53,7 +51,7 @@ from qlib.workflow.record_temp import SigAnaRecord, SignalRecord
 from qlib.workflow.task.gen import RollingGen, handler_mod, task_generator
 from qlib.workflow.task.utils import TimeAdjuster
 
-from .._io import as_timestamp, config_dates, date_span, unreadable_yaml
+from .._io import as_timestamp, config_dates, date_span, json_digest, unreadable_yaml
 from ..errors import QlibHistError
 
 TAG = "qlib_hist."  # prefix of the tags this module sets on recorders
@@ -75,7 +73,7 @@ def _digest(value: Any) -> str:
     """16 hex digits naming ``value``; a ``datetime.date`` counts as its ``pd.Timestamp`` (a rerun that reads the
     same YAML with its dates normalised names the same windows)."""
     canonical = config_dates(value, convert=lambda v, key: pd.Timestamp(v) if isinstance(v, datetime.date) else v)
-    return hashlib.sha1(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(canonical)
 
 
 def _segments(task: dict) -> Dict[str, Any]:
