@@ -27,6 +27,12 @@ Dates: the YAML is read as qrun reads it, where an unquoted ``2017-01-01`` is a 
 the workflow (segments, handler and backtest times, ``train_start`` / ``test_end``) becomes a ``pd.Timestamp`` as
 it is read (:func:`qlib_hist._io.config_dates`), and a window's name (:func:`window_digest`) does not depend on
 how its dates were written.
+
+qlib's private API: :class:`HISTRolling` overrides ``Rolling._train_rolling_tasks``, ``_ens_rolling``,
+``_update_rolling_rec`` and ``_raw_conf``, calls ``_update_start_end_time``, and :func:`hist_task_train` calls
+``qlib.model.trainer._log_task_info`` (:data:`QLIB_PRIVATE_API`). qlib may change them in any release, so this module
+is tied to the pyqlib versions it is tested with (:data:`QLIB_TESTED`, declared in setup.cfg);
+``tests/test_qlib_private_api.py`` names what a newer qlib no longer has.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from qlib.contrib.rolling.base import Rolling
 from qlib.log import get_module_logger
 from qlib.model.base import Model, ModelFT
 from qlib.model.ens.ensemble import RollingEnsemble
-from qlib.model.trainer import TrainerR, _log_task_info
+from qlib.model.trainer import TrainerR
 from qlib.utils import auto_filter_kwargs, fill_placeholder, get_cls_kwargs, init_instance_by_config
 from qlib.workflow import R
 from qlib.workflow.record_temp import SigAnaRecord, SignalRecord
@@ -53,6 +59,29 @@ from qlib.workflow.task.utils import TimeAdjuster
 
 from .._io import as_timestamp, config_dates, date_span, json_digest, unreadable_yaml
 from ..errors import QlibHistError
+
+#: qlib's private names this module overrides or calls, by owner (pyqlib has no promise to keep them): the versions
+#: it is tested with are declared in setup.cfg (``pyqlib>=0.9.6,<0.10``), and tests/test_qlib_private_api.py names
+#: the one that a qlib release renamed or removed
+QLIB_PRIVATE_API: Dict[str, Tuple[str, ...]] = {
+    "qlib.contrib.rolling.base.Rolling": (
+        "_raw_conf",  # read the workflow (overridden: dates normalised)
+        "_update_start_end_time",  # train_start / test_end (called)
+        "_train_rolling_tasks",  # train the windows (overridden: warm start, resume)
+        "_ens_rolling",  # merge the windows' predictions (overridden: this run's windows only)
+        "_update_rolling_rec",  # the analysis records on the merged signal (overridden)
+    ),
+    "qlib.model.trainer": ("_log_task_info",),  # a window's params, task and host on its recorder (called)
+}
+QLIB_TESTED = "pyqlib>=0.9.6,<0.10"
+
+try:
+    from qlib.model.trainer import _log_task_info
+except ImportError:  # pragma: no cover - a pyqlib this module was not made for
+    raise ImportError(
+        "qlib_hist.qlib_edge.rolling calls qlib's private qlib.model.trainer._log_task_info, which this pyqlib does "
+        f"not have: rolling is tested with {QLIB_TESTED} (docs/rolling.md)"
+    ) from None
 
 TAG = "qlib_hist."  # prefix of the tags this module sets on recorders
 WINDOW_TAG = TAG + "window"  # digest of (task, start mode): which window a recorder holds
