@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import PROFILES, load_workflow
+from qlib_hist._io import ConfigDateError
 
 DEFAULT = "default"  # the variant that changes nothing
 GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants")
@@ -156,6 +157,8 @@ def load_grid(path: str | Path, known_models: list[str]) -> Grid:
         raise GridError(f"grid file {path} does not exist")
     try:
         spec = load_workflow(path)
+    except ConfigDateError as err:  # it names the file and the key
+        raise GridError(f"grid file {err}") from None
     except Exception as err:  # ruamel's errors carry the line
         raise GridError(f"grid file {path} is not YAML: {err}") from None
     if not isinstance(spec, dict):

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks import script_parser
 from benchmarks.paths import HERE, ROOT, relative_traceback, repo_relative
 from qlib_hist._io import atomic_write_text
 
@@ -79,11 +80,7 @@ def measure(impl: str, n: int, device: str, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: both models at every size, each in a subprocess; 0 when done (failed sizes are rows too)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.large_universe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser("benchmarks.large_universe", __doc__)
     parser.add_argument("--sizes", nargs="+", type=int, default=[300, 800, 2000, 5000])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=5)

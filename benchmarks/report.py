@@ -12,7 +12,6 @@ The page names the provider relative to the repository root.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import script_parser
 from benchmarks.grid import DEFAULT
 from benchmarks.paths import HERE, repo_relative
 from benchmarks.run import REPORT_METRICS
@@ -182,9 +182,7 @@ def _save(fig, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: write ``<results-dir>/<name>.md`` and its plots; 0 when done."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser("benchmarks.report", __doc__)
     parser.add_argument(
         "--profile", "--grid", dest="name", default="cpu-quick", help="the results to report: results/<name>/runs"
     )

@@ -10,7 +10,6 @@ Default settings (window 120, clusters 10,40,120, market-neutral). Writes ``resu
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import script_parser
 from benchmarks.paths import HERE, repo_relative
 from qlib_hist._io import atomic_write_text
 from qlib_hist.concepts.report import read_calendar
@@ -46,11 +46,7 @@ def timed(provider: Path, market: str, spec: ReturnConceptSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.returns_concepts_speed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser("benchmarks.returns_concepts_speed", __doc__)
     parser.add_argument("--provider-uri", required=True)
     parser.add_argument("--market", default="csi300")
     parser.add_argument("--stocks", type=int, default=5000, help="stocks of the synthetic market")

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import script_parser
 from benchmarks.cluster import Resources, check_local_gpus, driver_kernels, run_tasks
 from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
@@ -241,9 +242,7 @@ def _plot_monthly_ic(rows: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.rolling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser("benchmarks.rolling", __doc__)
     parser.add_argument("--provider-uri", default=str(SHARED / "cn_csi300"))
     parser.add_argument("--market", default=WORKFLOW["market"])
     parser.add_argument("--benchmark", default=WORKFLOW["benchmark"])

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks import script_parser
 from benchmarks.cluster import Resources, check_local_gpus, driver_kernels, run_tasks
 from benchmarks.config import (
     FILE_KWARGS,
@@ -431,9 +432,7 @@ def check_resources(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser("benchmarks.run", __doc__)
     parser.add_argument("--grid", default=None, help="a grid file (benchmarks/grids/*.yaml); replaces the next three")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-quick")
     parser.add_argument(

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import script_parser
 from benchmarks.config import PROFILES, handler_config, hist_kwargs, qlib_init_kwargs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from qlib_hist._io import atomic_write_text
@@ -241,9 +242,7 @@ def _cell(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser("benchmarks.search", __doc__)
     parser.add_argument("--provider-uri", default=str(SHARED / "cn_csi300"))
     parser.add_argument("--market", default="csi300")
     parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))

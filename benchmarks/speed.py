@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks import script_parser
 from benchmarks.config import WORKFLOW
 from benchmarks.paths import HERE, ROOT, SHARED, repo_relative
 from qlib_hist._io import atomic_write_text
@@ -225,9 +226,7 @@ def print_table(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: measure both implementations, each in a subprocess; 0 when both ran."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser("benchmarks.speed", __doc__)
     parser.add_argument("--provider-uri", default=WORKFLOW["qlib_init"]["provider_uri"])
     parser.add_argument("--market", default=WORKFLOW["market"])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Tuple, Union
 
 from .errors import QlibHistError
 
@@ -89,53 +89,20 @@ def _in_temp(err: OSError, tmp: Path, path: Path) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The temporary file lives in the same directory, so the final ``os.replace`` is atomic on POSIX.
-    On any exception the temporary file is removed and ``path`` is left untouched. Its name,
-    ``.<name>.<pid>.<random>.tmp``, says whose it is: temporary files of ``path`` left by a writer that was killed
-    (its process is gone) are removed by the next write to ``path``.
-
-    An ``OSError`` about the temporary file (it cannot be made, written or renamed) is raised as the same error
-    naming ``path``: ``[Errno 13] Permission denied: '/x/out.csv'``, not ``'/x/.out.csv.123.ab.tmp'``.
-    """
+def _atomic(
+    path: PathLike,
+    make: Callable[[Path], Path],
+    place: Callable[[Path, Path], None],
+    discard: Callable[[Path], None],
+) -> Iterator[Path]:
+    """The write-beside-then-rename of :func:`atomic_path` and :func:`atomic_dir`: ``make(prefix path)`` makes the
+    temporary entry, ``place(tmp, path)`` moves it onto ``path`` after the block, ``discard(tmp)`` removes it after
+    any exception. An ``OSError`` about the temporary entry names ``path`` instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise _naming(err, path) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        try:
-            yield tmp_path
-        except OSError as err:
-            named = _in_temp(err, tmp_path, path)
-            if named is None:
-                raise
-            raise _naming(err, named) from None
-        try:
-            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-            os.replace(tmp_path, path)
-        except OSError as err:
-            raise _naming(err, path) from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an older entry is removed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+        tmp = make(path.parent / f".{path.name}.{os.getpid()}.")
     except OSError as err:
         raise _naming(err, path) from None
     try:
@@ -146,15 +113,60 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             if named is None:
                 raise
             raise _naming(err, named) from None
-        if path.exists():
-            shutil.rmtree(path)  # its errors name the destination's own files
         try:
-            os.replace(tmp, path)
+            place(tmp, path)
         except OSError as err:
+            if err.filename is not None and _in_temp(err, tmp, path) is None:
+                raise  # about another file (one of an older entry being replaced), which it names already
             raise _naming(err, path) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
+
+
+def _new_file(prefix: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=prefix.name, suffix=".tmp", dir=prefix.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _place_file(tmp: Path, path: Path) -> None:
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+    os.replace(tmp, path)
+
+
+def _remove_file(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+def _new_dir(prefix: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix.name, suffix=".tmp", dir=prefix.parent))
+
+
+def _place_dir(tmp: Path, path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)  # its errors name the destination's own files
+    os.replace(tmp, path)
+
+
+def atomic_path(path: PathLike) -> ContextManager[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file lives in the same directory, so the final ``os.replace`` is atomic on POSIX.
+    On any exception the temporary file is removed and ``path`` is left untouched. Its name,
+    ``.<name>.<pid>.<random>.tmp``, says whose it is: temporary files of ``path`` left by a writer that was killed
+    (its process is gone) are removed by the next write to ``path``.
+
+    An ``OSError`` about the temporary file (it cannot be made, written or renamed) is raised as the same error
+    naming ``path``: ``[Errno 13] Permission denied: '/x/out.csv'``, not ``'/x/.out.csv.123.ab.tmp'``.
+    """
+    return _atomic(path, _new_file, _place_file, _remove_file)
+
+
+def atomic_dir(path: PathLike) -> ContextManager[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an older entry is removed)."""
+    return _atomic(path, _new_dir, _place_dir, lambda tmp: shutil.rmtree(tmp, ignore_errors=True))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

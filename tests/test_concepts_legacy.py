@@ -21,6 +21,14 @@ from qlib_hist.concepts.legacy import load_stock2concept, load_stock_index
 DATES = np.array(["2020-01-02"] * 4 + ["2020-01-03"] * 4, dtype="datetime64[ns]")
 
 
+def refused_naming(load, path, match=None) -> ConceptError:
+    """``load(path)`` raises a :class:`ConceptError` (matching ``match``) that names ``path``."""
+    with pytest.raises(ConceptError, match=match) as err:
+        load(path)
+    assert str(path) in str(err.value)
+    return err.value
+
+
 def _matrix(n_stocks: int = 5, n_concepts: int = 4, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     m = (rng.random((n_stocks, n_concepts)) < 0.5).astype(np.float32)
@@ -143,9 +151,7 @@ def test_stock_index_negative_row(tmp_path):
 def test_matrix_not_2d(tmp_path, bad):
     path = tmp_path / "s2c.npy"
     np.save(path, bad)
-    with pytest.raises(ConceptError, match="2-D") as err:
-        load_stock2concept(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock2concept, path, "2-D")
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -162,17 +168,13 @@ def test_matrix_not_finite(tmp_path, value):
 def test_unreadable_matrix(tmp_path, content):
     path = tmp_path / "s2c.npy"
     path.write_bytes(content)
-    with pytest.raises(ConceptError) as err:
-        load_stock2concept(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock2concept, path)
 
 
 def test_non_numeric_matrix(tmp_path):
     path = tmp_path / "s2c.npy"
     np.save(path, np.array([["a", "b"], ["c", "d"]]))
-    with pytest.raises(ConceptError) as err:
-        load_stock2concept(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock2concept, path)
 
 
 def test_truncated_matrix(tmp_path):
@@ -180,23 +182,17 @@ def test_truncated_matrix(tmp_path):
     np.save(path, np.ones((50, 40), dtype=np.float32))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ConceptError) as err:
-        load_stock2concept(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock2concept, path)
 
 
 def test_matrix_missing_file(tmp_path):
     path = tmp_path / "nope.npy"
-    with pytest.raises(ConceptError) as err:
-        load_stock2concept(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock2concept, path)
 
 
 def test_stock_index_missing_file(tmp_path):
     path = tmp_path / "nope.json"
-    with pytest.raises(ConceptError, match="not found") as err:
-        load_stock_index(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock_index, path, "not found")
 
 
 @pytest.mark.parametrize(
@@ -206,25 +202,19 @@ def test_stock_index_missing_file(tmp_path):
 def test_stock_index_bad_content(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ConceptError) as err:
-        load_stock_index(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock_index, path)
 
 
 def test_stock_index_npy_not_a_dict(tmp_path):
     path = tmp_path / "idx.npy"
     np.save(path, np.arange(5))
-    with pytest.raises(ConceptError, match="dict") as err:
-        load_stock_index(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock_index, path, "dict")
 
 
 def test_stock_index_unreadable_npy(tmp_path):
     path = tmp_path / "idx.npy"
     path.write_bytes(b"definitely not an npy file")
-    with pytest.raises(ConceptError) as err:
-        load_stock_index(path)
-    assert str(path) in str(err.value)
+    refused_naming(load_stock_index, path)
 
 
 def test_load_concept_source_needs_stock_index(tmp_path):

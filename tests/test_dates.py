@@ -155,23 +155,6 @@ def test_a_window_is_named_alike_whatever_spelling_its_dates_had():
     assert window_digest(task, True) != window_digest(task, False)
 
 
-# ---------------------------------------------------------------------------------------------- the benchmarks
-def test_the_benchmarks_config_reader_takes_qlib_style_dates(tmp_path):
-    from benchmarks.config import WORKFLOW, load_workflow
-
-    assert WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["test"] == ["2017-01-01", "2020-08-01"]
-    assert WORKFLOW["data_handler_config"]["fit_end_time"] == "2014-12-31"
-    path = tmp_path / "workflow.yaml"
-    path.write_text(DATE_STYLE_YAML)
-    config = load_workflow(path)
-    assert _at(config, *SEGMENT_TEST) == ["2017-01-01", "2020-08-01"]
-    assert _at(config, *BACKTEST)["start_time"] == "2017-01-01"
-    assert _at(config, "task", "model", "kwargs")["lr"] == 1e-4  # YAML 1.2, as qrun reads it
-    path.write_text(DATE_STYLE_YAML.replace("test: [2017-01-01, 2020-08-01]", "test: [2017-01-01, 0001-01-01]"))
-    with pytest.raises(DateOutOfRange, match=r"workflow.yaml: task.dataset.kwargs.segments.test\[1\]: 0001-01-01"):
-        load_workflow(path)
-
-
 # ---------------------------------------------------------------------------------------------- a dataset's segments
 def test_segments_of_dates_select_what_timestamps_select(demo_handler):
     from qlib.data.dataset import DatasetH

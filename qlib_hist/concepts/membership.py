@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,13 @@ class _Locator:
 
     def fail(self, pos: int, what: str) -> ConceptError:
         return ConceptError(f"{self.where(pos)}: {what}")
+
+    def refuse(self, bad: np.ndarray, what: Callable[[int], str]) -> None:
+        """Raise :meth:`fail` at the first row where the mask ``bad`` holds, ``what(pos)`` saying why; nothing
+        when it holds nowhere."""
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise self.fail(pos, what(pos))
 
 
 def read_csv_with_lines(path: Path, required: Sequence[str]) -> Tuple[pd.DataFrame, _Locator]:
@@ -126,16 +133,16 @@ def check_instruments(values: pd.Series, loc: _Locator, column: str = "instrumen
     """Strip ``values`` and require qlib spelling; the error offers the fix. Returns the stripped series."""
     values = values.astype(str).str.strip()
     bad = ~values.str.fullmatch(_INSTRUMENT_RE.pattern).to_numpy()
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        value = values.iloc[pos]
-        fix = suggest_instrument(value)
+
+    def why(pos: int) -> str:
+        fix = suggest_instrument(values.iloc[pos])
         hint = f"; write it as {fix!r}" if fix else ""
-        raise loc.fail(
-            pos,
-            f"column {column!r}: {value!r} is not a qlib instrument (expected e.g. 'SH600000', "
-            f"pattern ^(SH|SZ|BJ)\\d{{6}}$){hint} ({int(bad.sum())} bad value(s) in all)",
+        return (
+            f"column {column!r}: {values.iloc[pos]!r} is not a qlib instrument (expected e.g. 'SH600000', "
+            f"pattern ^(SH|SZ|BJ)\\d{{6}}$){hint} ({int(bad.sum())} bad value(s) in all)"
         )
+
+    loc.refuse(bad, why)
     return values
 
 
@@ -154,28 +161,23 @@ def parse_dates(values: pd.Series, loc: _Locator, column: str, allow_empty: bool
         empty = text.isin(["", "nan", "NaN", "NaT", "None"]).to_numpy()
         parsed = pd.to_datetime(text.where(~empty, None), errors="coerce", format="ISO8601")
         bad = parsed.isna().to_numpy() & ~empty
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            raise loc.fail(pos, f"column {column!r}: cannot parse date {values.iloc[pos]!r} (expected YYYY-MM-DD)")
-    if not allow_empty and empty.any():
-        raise loc.fail(int(np.flatnonzero(empty)[0]), f"column {column!r}: empty date")
+        loc.refuse(bad, lambda pos: f"column {column!r}: cannot parse date {values.iloc[pos]!r} (expected YYYY-MM-DD)")
+    if not allow_empty:
+        loc.refuse(empty, lambda pos: f"column {column!r}: empty date")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_localize(None)
     early = (parsed < FIRST_DAY).fillna(False).to_numpy(dtype=bool)  # 0001-01-01: before ns timestamps begin
-    if early.any():
-        pos = int(np.flatnonzero(early)[0])
-        raise loc.fail(
-            pos,
-            f"column {column!r}: date {str(values.iloc[pos])!r} is before {FIRST_DAY.date()}, the first day pandas can "
-            f"hold ({int(early.sum())} such date(s) in all)",
-        )
+    loc.refuse(
+        early,
+        lambda pos: (
+            f"column {column!r}: date {str(values.iloc[pos])!r} is before {FIRST_DAY.date()}, the first day "
+            f"pandas can hold ({int(early.sum())} such date(s) in all)"
+        ),
+    )
     far = (parsed.dt.year >= OPEN_YEAR).fillna(False).to_numpy(dtype=bool)  # "9999-12-31": a common "still open"
+    if not allow_empty:
+        loc.refuse(far, lambda pos: f"column {column!r}: date {values.iloc[pos]!r} is after {OPEN_YEAR - 1}")
     if far.any():
-        if not allow_empty:
-            raise loc.fail(
-                int(np.flatnonzero(far)[0]),
-                f"column {column!r}: date {values.iloc[np.flatnonzero(far)[0]]!r} is after {OPEN_YEAR - 1}",
-            )
         parsed = parsed.where(~far)
     return parsed.dt.normalize().astype(_DATE_DTYPE)
 
@@ -187,9 +189,7 @@ def _parse_weights(values: pd.Series, loc: _Locator) -> pd.Series:
     with np.errstate(over="ignore"):  # checked as the network will see it: 1e300 overflows float32
         w = weights.to_numpy().astype(np.float32)
     bad = ~(np.isfinite(w) & (w > 0))  # NaN (unparsable) is not finite
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        raise loc.fail(pos, f"column 'weight': {values.iloc[pos]!r} is not a positive finite float32 number")
+    loc.refuse(bad, lambda pos: f"column 'weight': {values.iloc[pos]!r} is not a positive finite float32 number")
     return weights
 
 
@@ -236,19 +236,17 @@ def validate_membership(
     out["instrument"] = check_instruments(df["instrument"].reset_index(drop=True), loc)
     concept = df["concept"].reset_index(drop=True)
     concept = concept.astype(object).where(concept.notna(), "").astype(str).str.strip()
-    if (concept == "").any():
-        raise loc.fail(int(np.flatnonzero((concept == "").to_numpy())[0]), "column 'concept': empty concept name")
+    loc.refuse((concept == "").to_numpy(), lambda pos: "column 'concept': empty concept name")
     out["concept"] = concept
     out["start_date"] = parse_dates(df["start_date"].reset_index(drop=True), loc, "start_date", allow_empty=False)
     out["end_date"] = parse_dates(df["end_date"].reset_index(drop=True), loc, "end_date", allow_empty=True)
-    before = (out["end_date"] < out["start_date"]).to_numpy()
-    if before.any():
-        pos = int(np.flatnonzero(before)[0])
-        raise loc.fail(
-            pos,
+    loc.refuse(
+        (out["end_date"] < out["start_date"]).to_numpy(),
+        lambda pos: (
             f"end_date {str(out['end_date'].iloc[pos])[:10]} is before start_date "
-            f"{str(out['start_date'].iloc[pos])[:10]}",
-        )
+            f"{str(out['start_date'].iloc[pos])[:10]}"
+        ),
+    )
     if "weight" in df.columns:
         out["weight"] = _parse_weights(df["weight"].reset_index(drop=True), loc)
     else:

@@ -57,10 +57,10 @@ def read_sw_history(sw_csv: PathLike) -> pd.DataFrame:
             "industry_code": raw["industry_code"].astype(str).str.strip(),
         }
     )
-    bad = ~df["industry_code"].str.fullmatch(r"\d{6}").to_numpy()
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        raise loc.fail(pos, f"column 'industry_code': {raw['industry_code'].iloc[pos]!r} is not six digits")
+    loc.refuse(
+        ~df["industry_code"].str.fullmatch(r"\d{6}").to_numpy(),
+        lambda pos: f"column 'industry_code': {raw['industry_code'].iloc[pos]!r} is not six digits",
+    )
     if "updated_at" in raw.columns:
         df["updated_at"] = parse_dates(raw["updated_at"], loc, "updated_at", allow_empty=True)
     else:

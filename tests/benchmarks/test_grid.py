@@ -116,7 +116,14 @@ def test_settings_change_the_profile(tmp_path):
         ("name: a\nprofile: gpu\nmodels: [hist_pit]\nseeds: [0]\n", "profile 'gpu' is not one of"),
         ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {epochs: 3}\n", "settings.epochs is not a profile"),
         ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {n_epochs: 0}\n", "settings.n_epochs must be a positive"),
-        ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {segments: {train: [a, b]}}\n", "train, valid and test"),
+        (
+            "name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {segments: {train: [a, b]}}\n",
+            "train[0]: expected a date",
+        ),
+        (
+            "name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {segments: {train: [2016-01-04, 2016-06-30]}}\n",
+            "train, valid and test",
+        ),
         ("name: a\nmodels: [hist_pit]\nseeds: [0]\nsettings: {fit: [2016-01-04]}\n", "settings.fit must be [start"),
         ("name: a\nmodels: [hist_pit]\nseeds: [0]\nvariants: {a+b: {}}\n", "variants entry 'a+b' is not a name"),
         ("name: a\nmodels: [hist_pit]\nseeds: [0]\nvariants: {x: 3}\n", "variants.x must be a mapping"),

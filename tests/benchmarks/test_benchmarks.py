@@ -346,3 +346,23 @@ def test_rolling_benchmark_windows(shared_data, tmp_path, monkeypatch):
     monkeypatch.setattr(CachedHandler, "prepare", lambda **kwargs: prepared.append(kwargs))
     prepare_window_handlers(("hist_cold", 1), concepts, args, tmp_path / "mlruns.db")
     assert prepared == [t["dataset"]["kwargs"]["handler"]["kwargs"] for t in tasks]  # the same cache keys
+
+
+def test_the_benchmarks_config_reader_takes_qlib_style_dates(tmp_path):
+    """The config reader takes a YAML in qlib's date style (unquoted dates) and names a bad date's key."""
+    from test_dates import BACKTEST, DATE_STYLE_YAML, SEGMENT_TEST, _at
+
+    from benchmarks.config import WORKFLOW, load_workflow
+    from qlib_hist._io import DateOutOfRange
+
+    assert WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["test"] == ["2017-01-01", "2020-08-01"]
+    assert WORKFLOW["data_handler_config"]["fit_end_time"] == "2014-12-31"
+    path = tmp_path / "workflow.yaml"
+    path.write_text(DATE_STYLE_YAML)
+    config = load_workflow(path)
+    assert _at(config, *SEGMENT_TEST) == ["2017-01-01", "2020-08-01"]
+    assert _at(config, *BACKTEST)["start_time"] == "2017-01-01"
+    assert _at(config, "task", "model", "kwargs")["lr"] == 1e-4  # YAML 1.2, as qrun reads it
+    path.write_text(DATE_STYLE_YAML.replace("test: [2017-01-01, 2020-08-01]", "test: [2017-01-01, 0001-01-01]"))
+    with pytest.raises(DateOutOfRange, match=r"workflow.yaml: task.dataset.kwargs.segments.test\[1\]: 0001-01-01"):
+        load_workflow(path)
