@@ -21,9 +21,9 @@ def test_batches_shape(synthetic_batches, concept_source):
     assert train.order is None
     day = train.day(3, CPU)
     assert isinstance(day, Day)
-    x, concepts, y, w, member_w = day
+    x, concepts, y, w, member_w, mask = day
     assert x.shape == (24, N_FEATURES) and concepts.shape == (24, 6) and y.shape == (24,)
-    assert w is None and member_w is None
+    assert w is None and member_w is None and mask is None  # a mask only on a day padded to a static size
     assert not concepts[20:].any()  # unknown stocks
     np.testing.assert_array_equal(concepts[:20].numpy(), concept_source.matrix)
     assert train.concepts.n_unknown == 16 * 4
