@@ -11,7 +11,7 @@ from .errors import QlibHistError
 from .network import HISTModel, RNNRegressor
 from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
-__version__ = "0.5.2"
+__version__ = "0.6.0"
 __all__ = [
     "HIST",
     "HISTModel",
