@@ -288,7 +288,9 @@ class Trainer:
         self.device = device
         self.logger = logger or logging.getLogger("qlib_hist")
         self.callbacks: List[Callback] = [LogEpochs(self.logger), *callbacks]
-        self.loss_fn: LossFn = loss_fn or DailyLoss(settings.loss, settings.ic_weight)
+        #: the settings' loss by name: the padded steps use its sync-free form, and it says which days it skips
+        self.daily_loss = loss_fn if isinstance(loss_fn, DailyLoss) else DailyLoss(settings.loss, settings.ic_weight)
+        self.loss_fn: LossFn = loss_fn or self.daily_loss
         check_precision(settings.precision, device)
         self.static_steps: Optional[StaticSteps] = None
         if settings.cuda_graphs:  # padded days and one captured step per bucket (eager padded steps off CUDA)
@@ -450,8 +452,7 @@ class Trainer:
             return full_precision(forward_day(network, day))
 
     def _static_loss(self, pred: torch.Tensor, day: Day) -> torch.Tensor:
-        loss = self.loss_fn if isinstance(self.loss_fn, DailyLoss) else DailyLoss(self.settings.loss)
-        return loss.static(pred, cast(torch.Tensor, day.label), day.sample_weight)
+        return self.daily_loss.static(pred, cast(torch.Tensor, day.label), day.sample_weight)
 
     def trainable_days(self, batches: DailyBatches) -> np.ndarray:
         """``[days]`` bool: the days a padded step can train on (a finite label; for the ``ic`` loss, two labels
@@ -462,7 +463,7 @@ class Trainer:
                 finite = np.add.reduceat(np.isfinite(labels), batches.day_start)
                 spread = np.fmax.reduceat(labels, batches.day_start) - np.fmin.reduceat(labels, batches.day_start)
             correlated = (finite >= 2) & (spread > 0)
-            loss = self.loss_fn if isinstance(self.loss_fn, DailyLoss) else DailyLoss(self.settings.loss)
+            loss = self.daily_loss
             if self.settings.loss != "mse" and not correlated.all():
                 self.logger.warning(
                     "the %s loss has no correlation on %d of %d days (under 2 finite labels, or constant labels): %s",
