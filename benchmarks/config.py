@@ -104,6 +104,21 @@ PROFILES: dict[str, dict] = {
         "early_stop": 4,
         "legacy_as_of": "2016-12-31",
     },
+    # qlib's benchmark segments on ../shared/data (it begins in 2010, qlib's YAML in 2008): train 2010-2014, valid
+    # 2015-2016, test 2017-01-01..2020-08-01, processors fitted on train; HIST's YAML epochs (200, early stop 20),
+    # which a CPU grid caps in its settings (and labels the table as capped)
+    "qlib-bench": {
+        **_yaml_profile(),
+        "start": "2010-01-01",
+        "end": "2020-08-01",
+        "fit": ("2010-01-01", "2014-12-31"),
+        "segments": {
+            "train": ("2010-01-01", "2014-12-31"),
+            "valid": ("2015-01-01", "2016-12-31"),
+            "test": ("2017-01-01", "2020-08-01"),
+        },
+        "legacy_as_of": "2014-12-31",
+    },
 }
 
 

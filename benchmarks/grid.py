@@ -8,6 +8,14 @@
     variants:                      # variant -> the model kwargs it sets; {} is the row as benchmarks.run has it
       default: {}
       hidden_topk: {hidden_topk: 3}
+      best: {from_workflow: workflow_config_hist_best.yaml}   # the model kwargs of a qrun YAML (see below)
+    variant_models:                # variant -> the models it runs on (optional; a variant not named runs on all)
+      hidden_topk: [hidden_topk]
+
+``from_workflow`` (a path relative to the repository root, or absolute) takes the variant's kwargs from the
+``task.model.kwargs`` of a qrun workflow YAML, without its file kwargs (``model_path``, the concept files: each run
+passes its own) and its seed (the grid's); other keys beside it override the file's. So a table scores the very
+YAML a user runs, not a copy of its settings.
 
 Each (model, variant, seed) is one run, :class:`RunKey`; its result file is ``<row>_seed<k>.json`` where the row is
 the model, or ``<model>+<variant>`` for a variant other than ``default``, so a grid of one ``default`` variant
@@ -24,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.config import PROFILES, load_workflow
+from benchmarks.config import FILE_KWARGS, PROFILES, load_workflow
+from benchmarks.paths import ROOT
 from qlib_hist._io import ConfigDateError
 
 DEFAULT = "default"  # the variant that changes nothing
-GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants")
+GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants", "variant_models")
+FROM_WORKFLOW = "from_workflow"  # a variant's kwargs from a qrun YAML's task.model.kwargs
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # names that are safe in a file name and hold no "+"
 
 
@@ -66,10 +76,17 @@ class Grid:
     seeds: list[int]
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {DEFAULT: {}})
     source: str = "command line"  # the grid file, for messages and the report
+    variant_models: dict[str, list[str]] = field(default_factory=dict)  # variant -> its models; absent: all
 
     def runs(self) -> list[RunKey]:
         """Every run, seed-major (the first seed of every row first, so a stopped grid has whole seeds)."""
-        return [RunKey(m, v, s) for s in self.seeds for v in self.variants for m in self.models]
+        return [
+            RunKey(m, v, s)
+            for s in self.seeds
+            for v in self.variants
+            for m in self.models
+            if m in self.variant_models.get(v, self.models)
+        ]
 
 
 def profile_with(name: str, settings: dict | None, where: str) -> dict:
@@ -114,6 +131,40 @@ def _names(values: Any, key: str, where: str) -> list[str]:
     return values
 
 
+def workflow_kwargs(path: str | Path, where: str) -> dict:
+    """The model kwargs of the qrun workflow YAML ``path`` (relative to the repository root unless absolute),
+    without the file kwargs and the seed; ``where`` names the grid key in errors."""
+    if not isinstance(path, str) or not path:
+        raise GridError(f"{where}: {FROM_WORKFLOW} must be the path of a qrun YAML, got {path!r}")
+    full = Path(path) if Path(path).is_absolute() else ROOT / path
+    if not full.is_file():
+        raise GridError(f"{where}: {FROM_WORKFLOW}: {full} does not exist")
+    try:
+        kwargs = load_workflow(full)["task"]["model"]["kwargs"]
+    except (KeyError, TypeError):
+        raise GridError(f"{where}: {FROM_WORKFLOW}: {full} has no task.model.kwargs") from None
+    except Exception as err:  # ruamel's errors carry the line
+        raise GridError(f"{where}: {FROM_WORKFLOW}: {full} is not YAML: {err}") from None
+    if not isinstance(kwargs, dict):
+        raise GridError(f"{where}: {FROM_WORKFLOW}: task.model.kwargs of {full} must be a mapping")
+    return {key: value for key, value in kwargs.items() if key not in (*FILE_KWARGS, "seed")}
+
+
+def _variant_models(spec: Any, variants: dict, models: list[str], source: str) -> dict[str, list[str]]:
+    """``variant_models`` checked: each key a variant of the grid, each value a non-empty list of its models."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise GridError(f"{source}: variant_models must be a mapping of variant -> models, got {spec!r}")
+    for variant, names in spec.items():
+        if variant not in variants:
+            raise GridError(f"{source}: variant_models.{variant} is not a variant (one of {sorted(variants)})")
+        for model in _names(names, f"variant_models.{variant}", source):
+            if model not in models:
+                raise GridError(f"{source}: variant_models.{variant}: {model!r} is not in models {models}")
+    return {variant: list(names) for variant, names in spec.items()}
+
+
 def make_grid(
     name: str,
     profile: str,
@@ -123,6 +174,7 @@ def make_grid(
     variants: dict | None = None,
     settings: dict | None = None,
     source: str = "command line",
+    variant_models: dict | None = None,
 ) -> Grid:
     """A checked :class:`Grid`; ``known_models`` are the rows the runner can train."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -146,8 +198,20 @@ def make_grid(
             raise GridError(f"{source}: variants.{variant} must be a mapping of model kwargs, got {kwargs!r}")
         if "seed" in kwargs:
             raise GridError(f"{source}: variants.{variant} sets seed: seeds come from the grid's seeds")
+        if FROM_WORKFLOW in kwargs:
+            rest = {k: v for k, v in kwargs.items() if k != FROM_WORKFLOW}
+            kwargs = {**workflow_kwargs(kwargs[FROM_WORKFLOW], f"{source}: variants.{variant}"), **rest}
         checked[variant] = kwargs
-    return Grid(name, profile, profile_with(profile, settings, source), list(models), list(seeds), checked, source)
+    return Grid(
+        name,
+        profile,
+        profile_with(profile, settings, source),
+        list(models),
+        list(seeds),
+        checked,
+        source,
+        _variant_models(variant_models, checked, list(models), source),
+    )
 
 
 def load_grid(path: str | Path, known_models: list[str]) -> Grid:
@@ -180,4 +244,5 @@ def load_grid(path: str | Path, known_models: list[str]) -> Grid:
         variants=spec.get("variants"),
         settings=spec.get("settings"),
         source=f"grid file {path}",
+        variant_models=spec.get("variant_models"),
     )

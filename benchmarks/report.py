@@ -2,12 +2,17 @@
 
     python -m benchmarks.report --profile cpu-quick
     python -m benchmarks.report --grid ablation
+    python -m benchmarks.report --grid modules --borrow ablation:hist_pit=hist_pit+full
 
 Writes ``benchmarks/results/<name>.md`` (rows: one per model and grid variant, mean ± std over seeds, like qlib's
 benchmark README; grid runs add the valid score at the best epoch, the best epoch and the fit time; a model that
 crashed is a row with its error) and two PNGs beside it: the cumulative excess return (with cost) of each
 model's TopkDropout backtest over the test period (mean over seeds), and the monthly mean IC per model.
 The page names the provider relative to the repository root.
+
+``--borrow GRID:ROW=AS`` adds the runs of ``ROW`` from another grid's results as the row ``AS`` (``model+variant``),
+when they are the same model fitted with the same data and settings as this grid's runs of that model, variant keys
+aside (:func:`borrow`): a row two grids share is fitted once. The page says which rows are borrowed.
 """
 
 from __future__ import annotations
@@ -83,6 +88,51 @@ def fit_seconds(run: dict) -> float:
     """A run's training time: the sum of its epochs' seconds (a run resumed from its checkpoint counts the epochs
     of every attempt), else its ``fit_seconds``."""
     return float(sum(run["epoch_seconds"])) if run.get("epoch_seconds") else float(run["fit_seconds"])
+
+
+#: result fields that must agree between a borrowed run and this grid's runs of its model
+SAME_FIELDS = ("profile", "provider_uri")
+
+
+def _fixed_kwargs(run: dict) -> dict:
+    """The run's model kwargs that its grid variant did not set, without the seed."""
+    return {k: v for k, v in run["config"]["kwargs"].items() if k not in run.get("settings", {}) and k != "seed"}
+
+
+def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
+    """The runs ``--borrow GRID:ROW=AS`` adds to ``runs``, relabelled ``AS`` (``model+variant``).
+
+    Each borrowed run must agree with every run of ``runs`` of its model on :data:`SAME_FIELDS` and on every model
+    kwarg that run's variant does not set (:func:`_fixed_kwargs`), seeds aside, its own variant's included: so a
+    borrowed variant row is refused unless this grid's runs share its setting. Otherwise ``SystemExit`` names it.
+    """
+    grid, _, rest = spec.partition(":")
+    row, _, new_row = rest.partition("=")
+    if not (grid and row and new_row):
+        raise SystemExit(f"--borrow {spec!r}: expected GRID:ROW=AS, e.g. ablation:hist_pit=hist_pit+full")
+    model, _, variant = new_row.partition("+")
+    mine = [r for r in load_runs(results / grid / "runs") if row_of(r) == row and "metrics" in r]
+    if not mine:
+        raise SystemExit(f"--borrow {spec}: no finished run of {row!r} in {results / grid / 'runs'}")
+    peers = [r for r in runs if r["model"] == model and "config" in r]
+    if model != mine[0]["model"] or not peers:
+        raise SystemExit(f"--borrow {spec}: this grid has no run of model {mine[0]['model']!r} to compare with")
+    for run in mine:
+        for peer in peers:
+            for key in SAME_FIELDS:
+                if run.get(key) != peer.get(key):
+                    raise SystemExit(
+                        f"--borrow {spec}: {key} {run.get(key)!r} differs from {row_of(peer)}'s {peer.get(key)!r}"
+                    )
+            theirs = {k: v for k, v in run["config"]["kwargs"].items() if k != "seed"}
+            ours = _fixed_kwargs(peer)
+            for key in sorted((set(theirs) | set(ours)) - set(peer.get("settings", {}))):
+                if theirs.get(key) != ours.get(key):
+                    raise SystemExit(
+                        f"--borrow {spec}: model kwarg {key}={theirs.get(key)!r} differs from "
+                        f"{row_of(peer)}'s {ours.get(key)!r}"
+                    )
+    return [{**run, "variant": variant or DEFAULT, "borrowed_from": f"{grid}/{row}"} for run in mine]
 
 
 def _mean_std(values: list[float], digits: int) -> str:
@@ -188,19 +238,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--command", default=None, help="the command line that produced the runs, for the page")
+    parser.add_argument(
+        "--borrow", action="append", default=[], metavar="GRID:ROW=AS", help="add another grid's runs of ROW as AS"
+    )
     args = parser.parse_args(argv)
     results = Path(args.results_dir)
     runs = load_runs(results / args.name / "runs")
     if not runs:
         raise SystemExit(f"no runs in {results / args.name / 'runs'}")
+    borrowed = [run for spec in args.borrow for run in borrow(results, spec, runs)]
+    runs += borrowed
     pngs = plot(runs, results / args.name)
     provider = repo_relative(runs[0]["provider_uri"])
     page = [f"# Benchmark `{args.name}`", "", f"Provider: `{provider}`; {hosts_line(runs)}.", ""]
     if args.command:
         page += ["Made by:", "", "```bash", args.command, "```", ""]
+    page += [summary_table(runs), ""]
+    for row in dict.fromkeys(row_of(r) for r in borrowed):
+        source = next(r["borrowed_from"] for r in borrowed if row_of(r) == row)
+        page += [
+            f"Row `{row}` is `{source}`'s runs: the same model, data and settings, fitted once for both grids.",
+            "",
+        ]
     page += [
-        summary_table(runs),
-        "",
         "Mean ± std over the seeds listed (± 0 with one seed). Sec/epoch is the median wall time of the run's "
         "epochs, on whatever else the machine was doing then; `speed.py` has the clean timings.",
         "",

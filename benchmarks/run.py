@@ -54,6 +54,7 @@ from benchmarks.config import (
 from benchmarks.grid import Grid, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
 from qlib_hist._io import atomic_write_text, json_digest
+from qlib_hist.callbacks import CheckpointError
 from qlib_hist.qlib_edge.model import CHECKPOINT_NAME
 
 #: qlib's LightGBM benchmark settings (examples/benchmarks/LightGBM); qlib's fit boosts up to 1000 rounds, early stop 50
@@ -296,6 +297,24 @@ def worker_dataset(ctx: GridContext) -> Any:
     return _WORKER_DATASETS[key]
 
 
+def fit_model(config: dict, dataset: Any) -> tuple[Any, dict]:
+    """The model of qlib's ``config`` fitted on ``dataset``, and ``{}``; or ``None`` and the result fields of a model
+    that crashed (``error``: its first line, ``traceback``): a crashing baseline is a table row, not the end of the
+    grid. A :class:`~qlib_hist.callbacks.CheckpointError` is raised instead: a stale checkpoint is this machine's
+    state, not the row's result, and a result file would mark the run done."""
+    from qlib.utils import init_instance_by_config
+
+    try:
+        model = init_instance_by_config(config)
+        model.fit(dataset)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        return None, {"error": message, "traceback": relative_traceback(traceback.format_exc()[-2000:])}
+    return model, {}
+
+
 def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
     """Fit one run, then the YAML's records (signal, IC analysis, backtest); the result file's dict."""
     import torch
@@ -322,13 +341,9 @@ def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
     end_killed_attempts(ctx, f"{key.row}_seed{key.seed}")
     with R.start(experiment_name=ctx.experiment, recorder_name=f"{key.row}_seed{key.seed}"):
         tic = time.perf_counter()
-        try:
-            model = init_instance_by_config(config)
-            model.fit(dataset)
-        except Exception as err:  # a crashing baseline is a table row, not the end of the run
-            result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            result["traceback"] = relative_traceback(traceback.format_exc()[-2000:])
-            return result
+        model, error = fit_model(config, dataset)
+        if error:
+            return {**result, **error}
         result["fit_seconds"] = time.perf_counter() - tic
         history = getattr(model, "history", None)
         if history:

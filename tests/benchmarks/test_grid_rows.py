@@ -1,0 +1,236 @@
+"""Grids whose variants run on some models only, variants read from a qrun YAML, rows borrowed from another grid,
+the qlib-bench profile, and a stale checkpoint that must not become a result; no Ray, no training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.config import FILE_KWARGS, MODEL_KWARGS, PROFILES
+from benchmarks.grid import DEFAULT, GridError, RunKey, load_grid
+from benchmarks.paths import ROOT
+from benchmarks.report import borrow
+from benchmarks.report import main as report_main
+from benchmarks.run import ROWS, fit_model
+from qlib_hist.callbacks import CheckpointError
+
+MODULES = ROOT / "benchmarks" / "grids" / "modules.yaml"
+
+
+def write(tmp_path, text: str, name: str = "grid.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_variant_models_limit_a_variant_to_its_models(tmp_path):
+    grid = load_grid(
+        write(
+            tmp_path,
+            "name: g\nmodels: [qlib_hist_patched, hist_pit]\nseeds: [0, 1]\n"
+            "variants: {default: {}, best: {lr: 0.001}}\nvariant_models: {best: [hist_pit]}\n",
+        ),
+        list(ROWS),
+    )
+    assert grid.runs() == [
+        RunKey("qlib_hist_patched", DEFAULT, 0),
+        RunKey("hist_pit", DEFAULT, 0),
+        RunKey("hist_pit", "best", 0),
+        RunKey("qlib_hist_patched", DEFAULT, 1),
+        RunKey("hist_pit", DEFAULT, 1),
+        RunKey("hist_pit", "best", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("variant_models: [best]\n", "variant_models must be a mapping"),
+        ("variant_models: {worst: [hist_pit]}\n", "variant_models.worst is not a variant"),
+        ("variant_models: {best: [lstm]}\n", "variant_models.best: 'lstm' is not in models"),
+        ("variant_models: {best: []}\n", "variant_models.best must be a non-empty list"),
+    ],
+)
+def test_bad_variant_models_name_the_key(tmp_path, extra, message):
+    path = write(tmp_path, "name: g\nmodels: [hist_pit]\nseeds: [0]\nvariants: {best: {lr: 0.001}}\n" + extra)
+    with pytest.raises(GridError) as err:
+        load_grid(path, list(ROWS))
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_variant_from_a_workflow_yaml_takes_its_model_kwargs_but_files_and_seed(tmp_path):
+    workflow = write(
+        tmp_path,
+        "task:\n  model:\n    class: HIST\n    module_path: qlib_hist\n    kwargs:\n      lr: 2.0e-4\n"
+        "      loss: ic\n      seed: 7\n      model_path: x.pkl\n      stock2concept: y.csv\n      dropout: 0.1\n",
+        "best.yaml",
+    )
+    text = f"name: g\nmodels: [hist_pit]\nseeds: [0]\nvariants: {{best: {{from_workflow: {workflow}, dropout: 0.2}}}}\n"
+    grid = load_grid(write(tmp_path, text), list(ROWS))
+    assert grid.variants["best"] == {"lr": 2.0e-4, "loss": "ic", "dropout": 0.2}  # the grid's own key wins
+
+
+def test_the_repository_workflow_is_readable_as_a_variant(tmp_path):
+    variants = "variants: {yaml: {from_workflow: workflow_config_hist_Alpha360.yaml}}\n"
+    text = "name: g\nmodels: [hist_pit]\nseeds: [0]\n" + variants
+    grid = load_grid(write(tmp_path, text), list(ROWS))
+    assert grid.variants["yaml"] == {k: v for k, v in MODEL_KWARGS.items() if k not in (*FILE_KWARGS, "seed")}
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("nope.yaml", "does not exist"),
+        ("plain.yaml", "has no task.model.kwargs"),
+        ("3", "must be the path of a qrun YAML"),
+    ],
+)
+def test_bad_from_workflow_names_the_variant(tmp_path, target, message):
+    write(tmp_path, "task: {dataset: {}}\n", "plain.yaml")
+    if target.endswith(".yaml"):
+        target = str(tmp_path / target)
+    path = write(
+        tmp_path, f"name: g\nmodels: [hist_pit]\nseeds: [0]\nvariants: {{best: {{from_workflow: {target}}}}}\n"
+    )
+    with pytest.raises(GridError) as err:
+        load_grid(path, list(ROWS))
+    assert message in str(err.value) and "variants.best" in str(err.value)
+
+
+def test_modules_grid_is_the_issues_design_with_full_borrowed():
+    grid = load_grid(MODULES, list(ROWS))
+    assert grid.models == ["hist_pit"] and grid.seeds == [0, 1, 2]
+    assert (grid.profile["n_epochs"], grid.profile["early_stop"]) == (20, 5)  # the paper-options ablation's budget
+    off = {"predefined_concepts": False, "hidden_concepts": False, "individual": False}
+    assert grid.variants["pretrained_as_is"] == {**off, "n_epochs": 0}
+    assert grid.variants["lstm_finetune"] == off
+    assert grid.variants["base_rnn"] == {"predefined_concepts": False, "hidden_concepts": False}
+    assert {name: grid.variants[name] for name in ("no_predefined", "no_hidden", "no_individual")} == {
+        "no_predefined": {"predefined_concepts": False},
+        "no_hidden": {"hidden_concepts": False},
+        "no_individual": {"individual": False},
+    }
+    assert "full" not in grid.variants and len(grid.runs()) == 18  # full HIST is the ablation's default, borrowed
+    ablation = load_grid(ROOT / "benchmarks" / "grids" / "ablation.yaml", list(ROWS))
+    assert ablation.profile == grid.profile and ablation.variants[DEFAULT] == {}
+
+
+def test_qlib_bench_profile_is_qlibs_segments_on_this_data():
+    profile = PROFILES["qlib-bench"]
+    assert profile["segments"] == {
+        "train": ("2010-01-01", "2014-12-31"),
+        "valid": ("2015-01-01", "2016-12-31"),
+        "test": ("2017-01-01", "2020-08-01"),
+    }
+    assert profile["fit"] == profile["segments"]["train"] and profile["legacy_as_of"] == "2014-12-31"
+    assert (profile["n_epochs"], profile["early_stop"]) == (MODEL_KWARGS["n_epochs"], MODEL_KWARGS["early_stop"])
+
+
+def _result(variant: str, settings: dict, seed: int, grid: str, **kwargs) -> dict:
+    base = {"lr": 1e-4, "n_epochs": 20, "early_stop": 5, "stock2concept": "benchmarks/cache/sw.csv"}
+    return {
+        "model": "hist_pit",
+        "variant": variant,
+        "settings": settings,
+        "seed": seed,
+        "grid": grid,
+        "profile": "cpu-quick",
+        "provider_uri": "../shared/data/cn_csi300",
+        "config": {"class": "HIST", "module_path": "qlib_hist", "kwargs": {**base, **settings, **kwargs, "seed": seed}},
+        "metrics": {"IC": 0.02 + seed / 1000},
+        "fit_seconds": 60.0,
+        "daily_ic": {"2019-01-02": 0.1, "2019-02-01": 0.02 * seed},
+        "daily_excess": {"2019-01-02": 0.001, "2019-02-01": -0.001},
+    }
+
+
+def _write_runs(root, grid: str, runs: list[dict]) -> None:
+    folder = root / grid / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        row = run["model"] if run["variant"] == DEFAULT else f"{run['model']}+{run['variant']}"
+        (folder / f"{row}_seed{run['seed']}.json").write_text(json.dumps(run))
+
+
+def test_borrowed_runs_join_as_the_named_row_when_their_settings_match(tmp_path):
+    mine = [_result("no_hidden", {"hidden_concepts": False}, s, "modules") for s in (0, 1)]
+    _write_runs(tmp_path, "ablation", [_result(DEFAULT, {}, s, "ablation") for s in (0, 1, 2)])
+    _write_runs(tmp_path, "ablation", [_result("concept_weight", {"concept_weight": "$close"}, 0, "ablation")])
+    borrowed = borrow(tmp_path, "ablation:hist_pit=hist_pit+full", mine)
+    assert [(r["variant"], r["seed"], r["borrowed_from"]) for r in borrowed] == [
+        ("full", s, "ablation/hist_pit") for s in (0, 1, 2)
+    ]
+    with pytest.raises(SystemExit, match="model kwarg concept_weight='\\$close' differs from hist_pit\\+no_hidden"):
+        borrow(tmp_path, "ablation:hist_pit+concept_weight=hist_pit+full", mine)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"profile": "paper"}, "profile 'paper' differs"),
+        ({"provider_uri": "elsewhere"}, "provider_uri 'elsewhere' differs"),
+    ],
+)
+def test_borrowed_runs_of_other_data_are_refused(tmp_path, change, message):
+    mine = [_result("no_hidden", {"hidden_concepts": False}, 0, "modules")]
+    _write_runs(tmp_path, "ablation", [{**_result(DEFAULT, {}, 0, "ablation"), **change}])
+    with pytest.raises(SystemExit, match=message):
+        borrow(tmp_path, "ablation:hist_pit=hist_pit+full", mine)
+
+
+def test_borrowed_runs_with_other_epochs_are_refused(tmp_path):
+    mine = [_result("no_hidden", {"hidden_concepts": False}, 0, "modules")]
+    _write_runs(tmp_path, "ablation", [_result(DEFAULT, {}, 0, "ablation", n_epochs=8)])
+    with pytest.raises(SystemExit, match="model kwarg n_epochs=8 differs"):
+        borrow(tmp_path, "ablation:hist_pit=hist_pit+full", mine)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("ablation-hist_pit", "expected GRID:ROW=AS"),
+        ("ablation:hist_pit", "expected GRID:ROW=AS"),
+        ("ablation:gru=gru+x", "no finished run of 'gru'"),
+        ("ablation:hist_pit=lstm+x", "this grid has no run of model 'hist_pit'"),
+    ],
+)
+def test_bad_borrow_arguments_say_what_is_wrong(tmp_path, spec, message):
+    _write_runs(tmp_path, "ablation", [_result(DEFAULT, {}, 0, "ablation")])
+    with pytest.raises(SystemExit, match=message):
+        borrow(tmp_path, spec, [_result("no_hidden", {"hidden_concepts": False}, 0, "modules")])
+
+
+def test_the_report_page_says_which_rows_are_borrowed(tmp_path):
+    _write_runs(tmp_path, "modules", [_result("no_hidden", {"hidden_concepts": False}, 0, "modules")])
+    _write_runs(tmp_path, "ablation", [_result(DEFAULT, {}, s, "ablation") for s in (0, 1)])
+    assert (
+        report_main(
+            ["--grid", "modules", "--results-dir", str(tmp_path), "--borrow", "ablation:hist_pit=hist_pit+full"]
+        )
+        == 0
+    )
+    page = (tmp_path / "modules.md").read_text()
+    assert "| HIST (qlib_hist, point-in-time SW concepts), full | 0, 1 |" in page
+    assert "Row `hist_pit+full` is `ablation/hist_pit`'s runs" in page
+    assert not list((tmp_path / "modules" / "runs").glob("*full*"))  # borrowed, not copied
+
+
+class _Stale:
+    def __init__(self, **kwargs):
+        pass
+
+    def fit(self, dataset):
+        raise CheckpointError("checkpoint x was written with other settings")
+
+
+class _Broken(_Stale):
+    def fit(self, dataset):
+        raise ValueError("no concept file\nsecond line")
+
+
+def test_a_crashing_model_is_a_row_but_a_stale_checkpoint_is_not():
+    model, error = fit_model({"class": "_Broken", "module_path": __name__, "kwargs": {}}, None)
+    assert model is None and error["error"] == "ValueError: no concept file" and "Traceback" in error["traceback"]
+    with pytest.raises(CheckpointError):  # no result file: a rerun of the grid fits it again
+        fit_model({"class": "_Stale", "module_path": __name__, "kwargs": {}}, None)
