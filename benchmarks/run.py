@@ -356,14 +356,21 @@ def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
             fill_placeholder(record, {"<MODEL>": model, "<DATASET>": dataset})
             init_instance_by_config(record, recorder=recorder).generate()
     # read back once the recorder has ended: qlib logs metrics from a background thread that end_run waits for
+    return {**result, **recorded_results(recorder)}
+
+
+def recorded_results(recorder: Any) -> dict:
+    """A finished recorder's figures for a result file: ``metrics`` (:data:`REPORT_METRICS`), ``daily_ic`` and
+    ``daily_excess`` (the backtest's excess return with cost), both ``{date: value}``."""
     metrics = recorder.list_metrics()
-    result["metrics"] = {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics}
     ic = recorder.load_object("sig_analysis/ic.pkl")
     report = recorder.load_object("portfolio_analysis/report_normal_1day.pkl")
     excess = report["return"] - report["bench"] - report["cost"]
-    result["daily_ic"] = {str(k.date()): float(v) for k, v in ic.items()}
-    result["daily_excess"] = {str(k.date()): float(v) for k, v in excess.items()}
-    return result
+    return {
+        "metrics": {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics},
+        "daily_ic": {str(k.date()): float(v) for k, v in ic.items()},
+        "daily_excess": {str(k.date()): float(v) for k, v in excess.items()},
+    }
 
 
 def end_killed_attempts(ctx: GridContext, recorder_name: str) -> None:

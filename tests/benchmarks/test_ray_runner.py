@@ -229,3 +229,61 @@ def test_the_same_grid_on_a_two_node_cluster(grid_run, tmp_path):
         assert cluster.remaining_processes_alive()  # both nodes, all their processes
     finally:
         cluster.shutdown()
+
+
+def test_seed_average_scores_the_mean_of_the_seeds_standardised(grid_run, tmp_path):
+    """``benchmarks.seed_average`` on the grid's two seeds (its store and results copied, so the grid's stay as
+    they are): one more result file, whose daily IC is that of the mean of the members' per-day z-scores."""
+    import shutil
+
+    import mlflow
+    import pandas as pd
+    import qlib
+    from qlib.workflow import R
+
+    from benchmarks.seed_average import average_scores, finished_recorder
+    from benchmarks.seed_average import main as average_main
+
+    root = grid_run["root"]
+    shutil.copy(root / "cache" / "mlruns.db", tmp_path / "store.db")
+    shutil.copytree(root / "results", tmp_path / "results")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    args = grid_run["args"]
+    provider, benchmark = args[args.index("--provider-uri") + 1], args[args.index("--benchmark") + 1]
+    common = ["--grid", str(root / "tiny.yaml"), "--provider-uri", provider, "--benchmark", benchmark]
+    common += ["--results-dir", str(tmp_path / "results"), "--tracking-uri", uri]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert average_main([*common, "--row", "hist_pit+small", "--seeds", "0", "1"]) == 0
+    result = json.loads((tmp_path / "results" / "tiny" / "runs" / "hist_pit+small_avg2_seed0.json").read_text())
+    assert result["members"] == [0, 1] and result["fits"] == 2 and len(result["metrics"]) == 7
+    members = [
+        json.loads((tmp_path / "results" / "tiny" / "runs" / f"hist_pit+small_seed{s}.json").read_text())
+        for s in (0, 1)
+    ]
+    assert result["fit_seconds"] == pytest.approx(sum(m["fit_seconds"] for m in members))
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("bench_tiny")
+    qlib.init(
+        provider_uri=provider,
+        region="cn",
+        exp_manager={
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {"uri": uri, "default_exp_name": "x"},
+        },
+    )
+    preds = []
+    for seed in (0, 1):
+        run_id = finished_recorder(client, experiment.experiment_id, f"hist_pit+small_seed{seed}")
+        preds.append(R.get_recorder(recorder_id=run_id, experiment_name="bench_tiny").load_object("pred.pkl")["score"])
+    label = R.get_recorder(recorder_id=run_id, experiment_name="bench_tiny").load_object("label.pkl").iloc[:, 0]
+    mean = average_scores(preds)
+    expected = mean.groupby(level="datetime").apply(lambda day: day.corr(label.loc[day.index]))
+    got = pd.Series(result["daily_ic"])
+    assert list(got.index) == [str(d.date()) for d in expected.index]
+    assert got.to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-9)
+
+    with pytest.raises(SystemExit):  # a seed without a finished run stops it before anything is written
+        with contextlib.redirect_stderr(io.StringIO()):
+            average_main([*common, "--row", "hist_pit+small", "--seeds", "0", "2"])
