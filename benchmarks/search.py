@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import script_parser
+from benchmarks.cluster import Resources, check_local_gpus
 from benchmarks.config import PROFILES, handler_config, hist_kwargs, qlib_init_kwargs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from qlib_hist._io import atomic_write_text
@@ -131,6 +132,13 @@ def run_trial(config: dict) -> None:
     HIST(**kwargs).fit(dataset, callbacks=[ReportValidIC(tune.report)])
 
 
+def trial_resources(args: argparse.Namespace) -> dict:
+    """What one trial asks Ray for: ``--threads`` CPUs and ``--gpus-per-trial`` GPUs (a fraction: trials that share
+    one GPU; Ray sets each trial's ``CUDA_VISIBLE_DEVICES``, and HIST runs on the GPU it sees)."""
+    gpus = getattr(args, "gpus_per_trial", 0) or 0
+    return {"cpu": args.threads, "gpu": gpus} if gpus else {"cpu": args.threads}
+
+
 def tuner(args: argparse.Namespace, ctx: dict) -> Any:
     """A new Tuner, or the stored experiment restored (finished trials kept, unfinished and errored ones rerun)."""
     from ray import tune
@@ -138,7 +146,7 @@ def tuner(args: argparse.Namespace, ctx: dict) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     storage = str(Path(args.cache_dir).resolve() / "search_ray")
-    trainable = tune.with_resources(run_trial, {"cpu": args.threads})
+    trainable = tune.with_resources(run_trial, trial_resources(args))
     path = str(Path(storage) / NAME)
     if tune.Tuner.can_restore(path):
         print(f"restoring {path}", flush=True)
@@ -254,9 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=None)
     parser.add_argument("--address", default=None, help="a Ray cluster: auto, or HOST:PORT of its head")
+    parser.add_argument(
+        "--gpus-per-trial", type=float, default=0, help="GPUs each trial asks for: 0.125 runs 8 trials on one GPU"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
     parser.add_argument("--report", action="store_true", help="write the table and the choice, run nothing")
     args = parser.parse_args(argv)
+    if args.gpus_per_trial < 0:
+        parser.error(f"--gpus-per-trial must be at least 0, got {args.gpus_per_trial:g}")
+    if not args.report:
+        try:  # a local Ray would hold trials that ask for more GPUs than it has as pending, for ever
+            check_local_gpus(Resources(args.address, args.cpus, args.threads, args.gpus_per_trial))
+        except ValueError as err:
+            parser.error(str(err).replace("--gpus-per-run", "--gpus-per-trial"))
     import ray
     from ray import tune
 

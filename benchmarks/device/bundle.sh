@@ -2,9 +2,12 @@
 # Pack what a grid needs on a GPU machine that has Python 3.12 and torch but no qlib, Ray or mlflow, and no network,
 # under a size cap on what travels (64 MiB here):
 #   .devbundle/site312.tar.xz  pyqlib, Ray, mlflow and their needs for CPython 3.12, trimmed (Ray's Java jars and
-#                              its rllib/serve/data/tune/train/llm libraries, mlflow's web UI, debug symbols) ~31 MB
-#   .devbundle/data.tar.xz     the provider from 2013-06-03 on (the cpu-quick profile's first fit date less its
-#                              60-day window and more), values unchanged, as .devwork/data/cn_csi300 ~21 MB
+#                              its rllib/serve/data/tune/train/llm libraries, mlflow's web UI, debug symbols) ~31 MB;
+#                              with SEARCH=1 also Ray Tune (and the train/data libraries it imports) and Optuna,
+#                              for benchmarks.search
+#   .devbundle/data.tar.xz     the provider from FIRST_DAY on (default 2013-06-03: the cpu-quick profile's first fit
+#                              date less its 60-day window and more; the search and the qlib-bench profile start in
+#                              2010 and need FIRST_DAY=2010-01-04), values unchanged, as .devwork/data/cn_csi300
 #   .devdata/                  the SW table and qlib's pretrained LSTM
 # Run from the repository root: bash benchmarks/device/bundle.sh ../shared/data [packages-on-device.txt]
 # The second argument lists the device's installed distributions, one name per line; those are not packed.
@@ -20,6 +23,7 @@ PLAT="$PLAT --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 # qlib's own requirements minus those it imports lazily (gym is sdist-only and cvxpy's solvers are ~150 MB)
 python3 -m pip download -q $PLAT -d "$WORK/whl" "mlflow==3.17.2" "ray==2.60.0" loguru fire ruamel.yaml redis \
     python-redis-lock pymongo dill pydantic-settings
+if [ "${SEARCH:-0}" = 1 ]; then python3 -m pip download -q $PLAT -d "$WORK/whl" "ray[tune]==2.60.0" "optuna==5.0.0"; fi
 python3 -m pip download -q $PLAT --no-deps -d "$WORK/whl" pyqlib==0.9.7
 python3 -m pip download -q --no-deps -d "$WORK/whl" gym==0.26.2 gym-notices==0.1.0
 if [ -n "$HAVE" ]; then
@@ -39,7 +43,8 @@ for d in "$WORK"/whl/gym-0.26.2/gym "$WORK"/whl/gym_notices-0.1.0/gym_notices; d
     if [ -d "$d" ]; then cp -r "$d" "$WORK/site312/"; fi
 done
 S="$WORK/site312"
-rm -rf "$S"/ray/{jars,rllib,serve,data,tune,train,llm} "$S/ray/dashboard/client/build" "$S/mlflow/server/js"
+if [ "${SEARCH:-0}" = 1 ]; then rm -rf "$S"/ray/{jars,rllib,serve,llm}; else rm -rf "$S"/ray/{jars,rllib,serve,data,tune,train,llm}; fi
+rm -rf "$S/ray/dashboard/client/build" "$S/mlflow/server/js"
 find "$S" -name "*.map" -delete
 find "$S" -name __pycache__ -prune -exec rm -rf {} +
 find "$S" \( -name "*.so" -o -name "*.so.*" \) -size +500k -exec strip --strip-unneeded {} + 2>/dev/null || true
@@ -54,7 +59,7 @@ def __getattr__(name):
     raise ImportError(f"cvxpy.{name}: cvxpy is not in this device bundle")
 PY
 XZ_OPT=-9e tar cJf .devbundle/site312.tar.xz -C "$WORK" site312
-python3 benchmarks/device/cut_provider.py "$DATA/cn_csi300" .devwork/data/cn_csi300 2013-06-03
+python3 benchmarks/device/cut_provider.py "$DATA/cn_csi300" .devwork/data/cn_csi300 "${FIRST_DAY:-2013-06-03}"
 tar cJf .devbundle/data.tar.xz -C .devwork data
 cp -r "$DATA/sw_industry_history.csv" "$DATA/qlib_reference" .devdata/
 rm -rf "$WORK"

@@ -107,3 +107,20 @@ def test_importances_find_the_setting_that_drives_valid_ic():
         rows.append(row)
     weights = search.importances(rows)
     assert max(weights, key=weights.get) == "lr" and weights["lr"] > 0.5
+
+
+def test_trials_share_a_gpu_by_fraction_and_ask_for_none_by_default():
+    args = argparse.Namespace(threads=2, gpus_per_trial=0.125)
+    assert search.trial_resources(args) == {"cpu": 2, "gpu": 0.125}
+    assert search.trial_resources(argparse.Namespace(threads=1, gpus_per_trial=0)) == {"cpu": 1}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("-1", "--gpus-per-trial must be at least 0, got -1"), ("64", "--gpus-per-trial 64: this machine has")],
+)
+def test_gpus_a_local_ray_cannot_give_are_a_usage_error(value, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["--gpus-per-trial", value, "--cache-dir", str(tmp_path)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "search_ray").exists()  # nothing started
