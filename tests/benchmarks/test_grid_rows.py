@@ -234,3 +234,13 @@ def test_a_crashing_model_is_a_row_but_a_stale_checkpoint_is_not():
     assert model is None and error["error"] == "ValueError: no concept file" and "Traceback" in error["traceback"]
     with pytest.raises(CheckpointError):  # no result file: a rerun of the grid fits it again
         fit_model({"class": "_Stale", "module_path": __name__, "kwargs": {}}, None)
+
+
+def test_qlib_segments_grid_is_the_issues_capped_cpu_design():
+    grid = load_grid(ROOT / "benchmarks" / "grids" / "qlib_segments.yaml", list(ROWS))
+    assert grid.profile_name == "qlib-bench" and grid.name.endswith("capped")  # the table says it is capped
+    assert (grid.profile["n_epochs"], grid.profile["early_stop"]) == (30, 10) and grid.seeds == [0]
+    assert grid.profile["segments"] == PROFILES["qlib-bench"]["segments"]
+    assert [key.row for key in grid.runs()] == ["qlib_hist_patched", "hist_pit+pretrained_as_is"]
+    off = {"predefined_concepts": False, "hidden_concepts": False, "individual": False}
+    assert grid.variants["pretrained_as_is"] == {**off, "n_epochs": 0}
