@@ -57,8 +57,16 @@ def row_of(run: dict) -> str:
     return run["model"] if variant == DEFAULT else f"{run['model']}+{variant}"
 
 
+#: rows whose variant makes them another model than the row's label says
+ROW_LABELS = {
+    "hist_pit+pretrained_as_is": "qlib's pretrained LSTM file, untrained (hist_pit, every module off, 0 epochs)",
+}
+
+
 def label(row: str) -> str:
-    """The row's name in tables and legends: the model's label, then the variant."""
+    """The row's name in tables and legends: the model's label, then the variant (or :data:`ROW_LABELS`')."""
+    if row in ROW_LABELS:
+        return ROW_LABELS[row]
     model, _, variant = row.partition("+")
     name = LABELS.get(model, model)
     return f"{name}, {variant}" if variant else name

@@ -244,3 +244,10 @@ def test_qlib_segments_grid_is_the_issues_capped_cpu_design():
     assert [key.row for key in grid.runs()] == ["qlib_hist_patched", "hist_pit+pretrained_as_is"]
     off = {"predefined_concepts": False, "hidden_concepts": False, "individual": False}
     assert grid.variants["pretrained_as_is"] == {**off, "n_epochs": 0}
+
+
+def test_the_untrained_file_is_not_labelled_as_a_hist():
+    from benchmarks.report import label
+
+    assert label("hist_pit+pretrained_as_is").startswith("qlib's pretrained LSTM file, untrained")
+    assert label("hist_pit+no_hidden") == "HIST (qlib_hist, point-in-time SW concepts), no_hidden"
