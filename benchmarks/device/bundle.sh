@@ -21,9 +21,12 @@ PLAT="--python-version 3.12 --implementation cp --only-binary=:all:"
 for m in 2_17 2_24 2_27 2_28 2_31 2_34; do PLAT="$PLAT --platform manylinux_${m}_x86_64"; done
 PLAT="$PLAT --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 # qlib's own requirements minus those it imports lazily (gym is sdist-only and cvxpy's solvers are ~150 MB)
-python3 -m pip download -q $PLAT -d "$WORK/whl" "mlflow==3.17.2" "ray==2.60.0" loguru fire ruamel.yaml redis \
+# one resolve for all (two would each pick their own versions of a shared dependency, e.g. pyarrow)
+RAY="ray==2.60.0"
+EXTRA=""
+if [ "${SEARCH:-0}" = 1 ]; then RAY="ray[tune]==2.60.0"; EXTRA="optuna==5.0.0"; fi
+python3 -m pip download -q $PLAT -d "$WORK/whl" "mlflow==3.17.2" "$RAY" $EXTRA loguru fire ruamel.yaml redis \
     python-redis-lock pymongo dill pydantic-settings
-if [ "${SEARCH:-0}" = 1 ]; then python3 -m pip download -q $PLAT -d "$WORK/whl" "ray[tune]==2.60.0" "optuna==5.0.0"; fi
 python3 -m pip download -q $PLAT --no-deps -d "$WORK/whl" pyqlib==0.9.7
 python3 -m pip download -q --no-deps -d "$WORK/whl" gym==0.26.2 gym-notices==0.1.0
 if [ -n "$HAVE" ]; then
@@ -37,7 +40,7 @@ for f in Path(sys.argv[1]).iterdir():
         f.unlink()
 PY
 fi
-python3 -m pip install -q --no-deps --no-compile --target "$WORK/site312" $PLAT "$WORK"/whl/*.whl
+python3 -m pip install -q --no-deps --no-compile --ignore-requires-python --target "$WORK/site312" $PLAT "$WORK"/whl/*.whl
 for t in "$WORK"/whl/gym*.tar.gz; do if [ -f "$t" ]; then tar xzf "$t" -C "$WORK/whl"; fi; done
 for d in "$WORK"/whl/gym-0.26.2/gym "$WORK"/whl/gym_notices-0.1.0/gym_notices; do
     if [ -d "$d" ]; then cp -r "$d" "$WORK/site312/"; fi
