@@ -145,6 +145,8 @@ def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
 
 def _mean_std(values: list[float], digits: int) -> str:
     array = np.array(values, dtype=float)
+    if np.isnan(array).all():  # e.g. the valid score of a row that trains no epoch
+        return "n/a"
     return f"{array.mean():.{digits}f} ± {array.std(ddof=0):.{digits}f}"
 
 

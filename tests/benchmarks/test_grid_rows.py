@@ -251,3 +251,12 @@ def test_the_untrained_file_is_not_labelled_as_a_hist():
 
     assert label("hist_pit+pretrained_as_is").startswith("qlib's pretrained LSTM file, untrained")
     assert label("hist_pit+no_hidden") == "HIST (qlib_hist, point-in-time SW concepts), no_hidden"
+
+
+def test_a_row_without_valid_scores_shows_na_not_nan():
+    from benchmarks.report import summary_table
+
+    untrained = {**_result("pretrained_as_is", {"n_epochs": 0}, 0, "modules"), "valid_score": None}
+    trained = {**_result("no_hidden", {"hidden_concepts": False}, 0, "modules"), "valid_score": 0.07, "best_epoch": 3}
+    line = next(row for row in summary_table([untrained, trained]).splitlines() if "untrained" in row)
+    assert "| 0 | n/a | n/a |" in line and "nan" not in line
