@@ -60,6 +60,7 @@ def row_of(run: dict) -> str:
 #: rows whose variant makes them another model than the row's label says
 ROW_LABELS = {
     "hist_pit+pretrained_as_is": "qlib's pretrained LSTM file, untrained (hist_pit, every module off, 0 epochs)",
+    "hist_pit+lstm_finetune": "qlib's LSTM layout from the pretrained file, fine-tuned (hist_pit, every module off)",
 }
 
 
