@@ -85,40 +85,39 @@ def _yaml_profile() -> dict:
     }
 
 
+def _dated_profile(train: tuple, valid: tuple, test: tuple, end: str, **settings: Any) -> dict:
+    """The YAML's profile on other dates: the handler from the start of ``train`` to ``end``, processors fitted on
+    ``train``, the legacy matrix as of its end; ``settings`` (epochs) override the YAML's."""
+    return {
+        **_yaml_profile(),
+        "start": train[0],
+        "end": end,
+        "fit": train,
+        "segments": {"train": train, "valid": valid, "test": test},
+        "legacy_as_of": train[1],
+        **settings,
+    }
+
+
 PROFILES: dict[str, dict] = {
     # qlib's HIST benchmark as the YAML sets it, for GPU machines with qlib's cn_data
     "paper": _yaml_profile(),
     # the CPU table on ../shared/data/cn_csi300 (2010-2022, not the YAML's 2008-2020): train 2014-2016, valid
     # 2017-2018, test 2019-2022; the same settings for every row, epochs capped to fit a CPU
-    "cpu-quick": {
-        **_yaml_profile(),
-        "start": "2014-01-01",
-        "end": "2022-12-30",
-        "fit": ("2014-01-01", "2016-12-31"),
-        "segments": {
-            "train": ("2014-01-01", "2016-12-31"),
-            "valid": ("2017-01-01", "2018-12-31"),
-            "test": ("2019-01-01", "2022-12-29"),
-        },
-        "n_epochs": 8,
-        "early_stop": 4,
-        "legacy_as_of": "2016-12-31",
-    },
+    "cpu-quick": _dated_profile(
+        ("2014-01-01", "2016-12-31"),
+        ("2017-01-01", "2018-12-31"),
+        ("2019-01-01", "2022-12-29"),
+        end="2022-12-30",
+        n_epochs=8,
+        early_stop=4,
+    ),
     # qlib's benchmark segments on ../shared/data (it begins in 2010, qlib's YAML in 2008): train 2010-2014, valid
     # 2015-2016, test 2017-01-01..2020-08-01, processors fitted on train; HIST's YAML epochs (200, early stop 20),
     # which a CPU grid caps in its settings (and labels the table as capped)
-    "qlib-bench": {
-        **_yaml_profile(),
-        "start": "2010-01-01",
-        "end": "2020-08-01",
-        "fit": ("2010-01-01", "2014-12-31"),
-        "segments": {
-            "train": ("2010-01-01", "2014-12-31"),
-            "valid": ("2015-01-01", "2016-12-31"),
-            "test": ("2017-01-01", "2020-08-01"),
-        },
-        "legacy_as_of": "2014-12-31",
-    },
+    "qlib-bench": _dated_profile(
+        ("2010-01-01", "2014-12-31"), ("2015-01-01", "2016-12-31"), ("2017-01-01", "2020-08-01"), end="2020-08-01"
+    ),
 }
 
 
