@@ -4,16 +4,23 @@
     python -m benchmarks.search --report      # results/search.md: the trial table, Optuna's importances, the choice
 
 Each trial fits ``hist_pit`` (cpu-quick, point-in-time SW concepts, qlib's pretrained LSTM as ``model_path``) with
-the settings of :data:`SPACE` on a dataset of **train and valid only** — the test segment is not in it, so no trial
-can read it — and reports its valid IC after every epoch (:class:`ReportValidIC`, a trainer callback). ASHA stops the
-trials that trail at epochs 4, 8 and 16; Optuna's TPE proposes the next settings from the finished ones. The trials
-run as Ray tasks (``--cpus``, ``--threads``, ``--address`` as in :mod:`benchmarks.run`); the experiment lives in
-``benchmarks/cache/search_ray`` and a rerun of the same command restores it (``Tuner.restore``: finished trials
-stay, unfinished ones start again, and the HIST checkpoint of each trial resumes it at its last epoch).
+the settings of :func:`space` on a dataset of **train and valid only** — the test segment is not in it, so no trial
+can read it — and reports after every epoch (:class:`ReportValidIC`, a trainer callback) the valid IC of the
+weights it would keep: its best epoch's, or its starting weights' under ``keep_start``. ASHA stops the trials that
+trail at epochs 4, 8 and 16; Optuna's TPE proposes the next settings from the finished ones. The trials run as Ray
+tasks (``--cpus``, ``--threads``, ``--address`` as in :mod:`benchmarks.run`).
 
-``--report`` writes the table and the choice — the trial of the highest valid IC (its best epoch) — to
-``benchmarks/results/search.md`` and ``search_choice.json`` **before** any test score exists; the chosen settings
-are then scored once, on test, by the final grid (:mod:`benchmarks.run` with ``benchmarks/grids/best.yaml``).
+A stopped search resumes two ways:
+
+- on the same machine, from the Ray experiment in ``benchmarks/cache/search_ray`` (``Tuner.restore``: finished
+  trials stay, unfinished ones start again, each from its HIST checkpoint);
+- anywhere else, from the trial records committed under ``benchmarks/results/search/trials``
+  (:mod:`benchmarks.search_records`): TPE and ASHA are told the finished trials' scores, and only the trials still
+  missing from ``--trials`` run. So a CPU search can be spread over sessions, a few trials each.
+
+``--report`` writes the table and the choice — the finished trial of the highest valid IC — to
+``benchmarks/results/search.md`` and ``search_choice.json`` **before** any test score exists, from the records
+alone; the chosen settings are then scored once, on test, by the final grid.
 """
 
 from __future__ import annotations
@@ -28,11 +35,25 @@ from benchmarks import script_parser
 from benchmarks.cluster import Resources, check_local_gpus
 from benchmarks.config import PROFILES, handler_config, hist_kwargs, qlib_init_kwargs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
+from benchmarks.search_records import (
+    RecordError,
+    add_epoch,
+    finished,
+    load_records,
+    records_dir,
+    trial_row,
+    write_record,
+)
 from qlib_hist._io import atomic_write_text
 from qlib_hist.callbacks import Callback
 
+try:  # Ray Tune is the search's machinery (the `bench` extra); `main` says how to get it when it is missing
+    from ray.tune import Callback as TuneCallback
+except ImportError:  # pragma: no cover - the module still imports, for --help
+    TuneCallback = object  # type: ignore[assignment,misc]
+
 NAME = "search"
-METRIC = "valid_ic"
+METRIC = "best_valid_ic"  # the valid IC of the weights a trial keeps so far (what its model would predict with)
 MAX_EPOCHS = 20  # the modules grid's budget; ASHA cuts the trailing trials at its rungs
 ASHA = {"grace_period": 4, "reduction_factor": 2}  # rungs at epochs 4, 8, 16
 TRAIN_STARTS = ("2010-01-01", "2012-01-01", "2014-01-01")  # the data begins in 2010
@@ -99,15 +120,71 @@ def trial_kwargs(params: dict, membership: str, model_path: str | None) -> dict:
 
 
 class ReportValidIC(Callback):
-    """Reports each epoch's valid IC to Ray Tune (ASHA reads it; a stopped trial's ``report`` does not return)."""
+    """Reports each epoch to Ray Tune: the epoch's valid IC and Rank IC, and :data:`METRIC`, the valid IC of the
+    weights early stopping holds (``best_epoch`` 0: the starting weights, scored first under ``keep_start``). ASHA
+    and TPE read :data:`METRIC`; a trial ASHA stops never returns from ``report``."""
 
     def __init__(self, report: Any) -> None:
         self.report = report
 
     def on_epoch_end(self, trainer: Any, record: dict) -> None:
         self.report(
-            {METRIC: record["valid_ic"], "epoch": record["epoch"] + 1, "valid_rank_ic": record["valid_rank_ic"]}
+            {
+                "epoch": record["epoch"] + 1,
+                "valid_ic": record["valid_ic"],
+                "valid_rank_ic": record["valid_rank_ic"],
+                METRIC: float(trainer.stopper.best_score),
+                "best_epoch": trainer.stopper.best_epoch + 1,
+            }
         )
+
+
+def trial_params(config: dict) -> dict:
+    """The searched settings in a trial's config (Tune nests OptunaSearch's ``params/<name>`` keys as ``params``)."""
+    flat = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("params/")}
+    return flat or dict(config.get("params", {}))
+
+
+class TrialRecords(TuneCallback):
+    """Writes each trial's record (:mod:`benchmarks.search_records`) as it reports, and its end status."""
+
+    def __init__(self, directory: str | Path, setup: dict) -> None:
+        self.directory, self.shared = Path(directory), setup
+        self.records: dict[str, dict] = {}
+
+    def _record(self, trial: Any) -> dict:
+        return self.records.setdefault(
+            trial.trial_id,
+            {"trial": trial.trial_id, "setup": self.shared, "params": trial_params(trial.config), "history": []},
+        )
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        record = self.records[trial.trial_id] = {**add_epoch(self._record(trial), result), "status": "running"}
+        write_record(self.directory, record)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "error")
+
+    def _end(self, trial: Any, status: str) -> None:
+        record = self.records[trial.trial_id] = {**self._record(trial), "status": status}
+        write_record(self.directory, record)
+
+
+def search_setup(args: argparse.Namespace) -> dict:
+    """What every trial of one search shares (data, budget, space): records made under another are refused."""
+    return {
+        "provider": repo_relative(Path(args.provider_uri).resolve()),
+        "market": args.market,
+        "model_path": repo_relative(Path(args.model_path).resolve()),
+        "profile": "cpu-quick",
+        "max_epochs": MAX_EPOCHS,
+        "asha": dict(ASHA),
+        "metric": METRIC,
+        "space": sorted(space()),
+    }
 
 
 def run_trial(config: dict) -> None:
@@ -139,10 +216,32 @@ def trial_resources(args: argparse.Namespace) -> dict:
     return {"cpu": args.threads, "gpu": gpus} if gpus else {"cpu": args.threads}
 
 
-def tuner(args: argparse.Namespace, ctx: dict) -> Any:
-    """A new Tuner, or the stored experiment restored (finished trials kept, unfinished and errored ones rerun)."""
-    from ray import tune
+def asha() -> Any:
+    """The search's early stopping: ASHA on :data:`METRIC` by epoch, rungs from :data:`ASHA` up to :data:`MAX_EPOCHS`."""
     from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=MAX_EPOCHS, metric=METRIC, mode="max", **ASHA)
+
+
+def seed_rungs(scheduler: Any, past: list[dict]) -> None:
+    """Enter the past trials' epoch scores into ASHA's rungs, as if they had run under ``scheduler``.
+
+    ASHA records a trial's :data:`METRIC` at the first epoch that reaches each rung and stops a newer trial that
+    falls below the rung's top ``1 / reduction_factor``. Ray keeps the rungs in ``_brackets[i]._rungs`` as
+    ``(milestone, {trial_id: score})``; ``tests/benchmarks/test_search.py`` checks that this still holds."""
+    for bracket in scheduler._brackets:
+        for milestone, recorded in bracket._rungs:
+            for record in past:
+                reached = [row for row in record["history"] if row["epoch"] >= milestone]
+                if reached:
+                    recorded[record["trial"]] = scheduler._metric_op * reached[0][METRIC]
+
+
+def tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
+    """The search's Tuner: the stored Ray experiment restored where there is one (finished trials kept,
+    unfinished and errored ones rerun); otherwise a new one that takes the finished trial records under
+    ``--results-dir`` as its past and runs the ``--trials`` not yet finished. Returns None when none is missing."""
+    from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     storage = str(Path(args.cache_dir).resolve() / "search_ray")
@@ -151,54 +250,44 @@ def tuner(args: argparse.Namespace, ctx: dict) -> Any:
     if tune.Tuner.can_restore(path):
         print(f"restoring {path}", flush=True)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    directory = records_dir(args.results_dir)
+    records = load_records(directory, setup)
+    for stale in (r for r in records if r["status"] == "running"):  # cut by a stop: run again as a new trial
+        (directory / f"{stale['trial']}.json").unlink()
+    past = finished(records)
+    missing = args.trials - len(past)
+    print(f"{len(past)} finished trial(s) in {repo_relative(directory)}; {max(missing, 0)} to run", flush=True)
+    if missing <= 0:
+        return None
     searcher = OptunaSearch(
         space={f"params/{k}": v for k, v in space().items()}, metric=METRIC, mode="max", seed=args.seed
     )
+    scheduler = asha()
+    for record in past:
+        searcher.add_evaluated_point(
+            {f"params/{k}": v for k, v in record["params"].items()},
+            record["history"][-1][METRIC],
+            intermediate_values=[row[METRIC] for row in record["history"]],
+        )
+    seed_rungs(scheduler, past)
     return tune.Tuner(
         trainable,
         param_space={"ctx": ctx},
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=ASHAScheduler(
-                time_attr="epoch",
-                max_t=MAX_EPOCHS,
-                metric=METRIC,
-                mode="max",
-                grace_period=ASHA["grace_period"],
-                reduction_factor=ASHA["reduction_factor"],
-            ),
-            num_samples=args.trials,
-            max_concurrent_trials=args.concurrent,
+            search_alg=searcher, scheduler=scheduler, num_samples=missing, max_concurrent_trials=args.concurrent
         ),
-        run_config=tune.RunConfig(name=NAME, storage_path=storage),
+        run_config=tune.RunConfig(name=NAME, storage_path=storage, callbacks=[TrialRecords(directory, setup)]),
     )
 
 
-def trial_table(results: Any) -> list[dict]:
-    """One row per trial: its settings, best valid IC (and the epoch of it), epochs run, status."""
-    rows = []
-    for result in results:
-        history = result.metrics_dataframe
-        if history is None or METRIC not in history:
-            continue
-        best = history[METRIC].idxmax()
-        params = {k.split("/", 1)[1]: v for k, v in result.config.items() if k.startswith("params/")}
-        if not params:
-            params = dict(result.config.get("params", {}))
-        rows.append(
-            {
-                **params,
-                METRIC: float(history[METRIC].max()),
-                "best_epoch": int(history["epoch"][best]),
-                "epochs": int(history["epoch"].max()),
-                "trial": str(result.metrics.get("trial_id", "")),
-            }
-        )
-    return sorted(rows, key=lambda row: -row[METRIC])
+def trial_table(records: list[dict]) -> list[dict]:
+    """One row per finished trial (:func:`benchmarks.search_records.trial_row`), the highest valid IC first."""
+    return sorted((trial_row(record, METRIC) for record in finished(records)), key=lambda row: -row[METRIC])
 
 
 def importances(rows: list[dict]) -> dict:
-    """Optuna's importances (fANOVA, seeded) of the settings for the trials' best valid IC."""
+    """Optuna's importances (fANOVA, seeded) of the settings for the trials' valid IC; empty while the trials do
+    not vary enough for fANOVA (one trial, or all alike)."""
     import optuna
 
     dists = space()
@@ -207,7 +296,10 @@ def importances(rows: list[dict]) -> dict:
         params = {k: row[k] for k in dists}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row[METRIC]))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    try:
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except RuntimeError:  # fANOVA finds no variance: too few trials, or all alike
+        return {}
 
 
 def write_report(rows: list[dict], weights: dict, out: Path) -> dict:
@@ -217,9 +309,11 @@ def write_report(rows: list[dict], weights: dict, out: Path) -> dict:
     lines = [
         "# Recipe search (valid segment only)",
         "",
-        f"{len(rows)} trials; Optuna TPE with ASHA (rungs at epochs {ASHA['grace_period']}, ..., max {MAX_EPOCHS}), "
-        "cpu-quick train (from the trial's start) and valid 2017-2018. The test segment was not in any trial's "
-        "dataset. Made by `python -m benchmarks.search --report`.",
+        f"{len(rows)} finished trials; Optuna TPE with ASHA (rungs at epochs {ASHA['grace_period']}, ..., max "
+        f"{MAX_EPOCHS}), cpu-quick train (from the trial's start) and valid 2017-2018. The test segment was not in "
+        "any trial's dataset. Each trial's score is the valid IC of the weights it keeps (`best_epoch` 0: its "
+        "starting weights). Made by `python -m benchmarks.search --report` from the trial records in "
+        "`search/trials/`.",
         "",
         "## The choice (highest valid IC), fixed before any test score",
         "",
@@ -231,7 +325,7 @@ def write_report(rows: list[dict], weights: dict, out: Path) -> dict:
         "",
         "| setting | importance |",
         "|---|---|",
-        *[f"| {k} | {v:.3f} |" for k, v in weights.items()],
+        *([f"| {k} | {v:.3f} |" for k, v in weights.items()] or ["| (none yet: the trials' scores do not vary) | |"]),
         "",
         "## Trials",
         "",
@@ -275,19 +369,25 @@ def main(argv: list[str] | None = None) -> int:
             check_local_gpus(Resources(args.address, args.cpus, args.threads, args.gpus_per_trial))
         except ValueError as err:
             parser.error(str(err).replace("--gpus-per-run", "--gpus-per-trial"))
-    import ray
-    from ray import tune
-
-    path = Path(args.cache_dir).resolve() / "search_ray" / NAME
+    if TuneCallback is object:
+        parser.error("benchmarks.search needs Ray Tune and Optuna: pip install -e '.[bench]'")
+    if args.trials < 1:
+        parser.error(f"--trials must be at least 1, got {args.trials}")
+    setup = search_setup(args)
+    directory = records_dir(args.results_dir)
+    try:  # records of another setup are refused before anything is built
+        records = load_records(directory, setup)
+    except RecordError as err:
+        parser.error(str(err))
     if args.report:
-        if not tune.Tuner.can_restore(str(path)):
-            parser.error(f"no search experiment at {path}: run the search first")
-        rows = trial_table(tune.Tuner.restore(str(path), run_trial).get_results())
+        rows = trial_table(records)
         if not rows:
-            parser.error("the search has no trial with a reported epoch yet")
+            parser.error(f"no finished trial in {directory}: run the search first")
         choice = write_report(rows, importances(rows), Path(args.results_dir))
         print(f"{len(rows)} trials; chosen (valid IC {choice[METRIC]:.4f}): {choice['trial']}")
         return 0
+    import ray
+
     from benchmarks.run import build_concepts
 
     cache = Path(args.cache_dir).resolve()
@@ -318,9 +418,11 @@ def main(argv: list[str] | None = None) -> int:
             str(cache),
         )
     ray.init(address=args.address, num_cpus=None if args.address else args.cpus, include_dashboard=False)
-    results = tuner(args, ctx).fit()
-    rows = trial_table(results)
-    print(f"search: {len(rows)} trials with a reported epoch; best valid IC {rows[0][METRIC]:.4f}" if rows else "")
+    search = tuner(args, ctx, setup)
+    if search is not None:
+        search.fit()
+    rows = trial_table(load_records(directory, setup))
+    print(f"search: {len(rows)} finished trials; best valid IC {rows[0][METRIC]:.4f}" if rows else "search: none")
     print(f"provider {repo_relative(ctx['provider_uri'])}; write the choice with --report")
     return 0
 

@@ -62,34 +62,164 @@ def _stand_in(config):
 
     lr = config["params"]["lr"]
     for epoch in range(1, 7):
-        tune.report(
-            {search.METRIC: 0.08 - 0.01 * abs(math.log10(lr) + 4) + 0.001 * epoch, "epoch": epoch, "valid_rank_ic": 0.0}
-        )
+        ic = 0.08 - 0.01 * abs(math.log10(lr) + 4) + 0.001 * epoch
+        tune.report({"epoch": epoch, "valid_ic": ic, "valid_rank_ic": 0.0, search.METRIC: ic, "best_epoch": epoch})
 
 
-def test_search_runs_restores_and_writes_the_choice_on_valid(tmp_path, monkeypatch):
+def _search_args(tmp_path, trials):
+    return argparse.Namespace(
+        cache_dir=str(tmp_path / "cache"),
+        results_dir=str(tmp_path / "results"),
+        threads=1,
+        trials=trials,
+        concurrent=2,
+        seed=0,
+    )
+
+
+SETUP = {"provider": "data", "max_epochs": search.MAX_EPOCHS}
+
+
+def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_valid(tmp_path, monkeypatch):
+    import shutil
     import sys
 
     import ray
     from ray import cloudpickle
 
+    from benchmarks.search_records import load_records, records_dir
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     monkeypatch.setattr(search, "run_trial", _stand_in)
-    args = argparse.Namespace(cache_dir=str(tmp_path / "cache"), threads=1, trials=6, concurrent=2, seed=0)
+    directory = records_dir(tmp_path / "results")
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        rows = search.trial_table(search.tuner(args, {"stand_in": True}).fit())
+        search.tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP).fit()
+        rows = search.trial_table(load_records(directory, SETUP))
         assert len(rows) == 6 and rows == sorted(rows, key=lambda r: -r[search.METRIC])
-        again = search.trial_table(search.tuner(args, {"stand_in": True}).fit())  # restored: no new trial
-        assert sorted(r["trial"] for r in again) == sorted(r["trial"] for r in rows)
+        assert all(r["epochs"] in (4, 6) and set(PARAMS) <= set(r) for r in rows)  # ASHA cuts at epoch 4 or not
+        search.tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP).fit()  # restored: no new trial
+        assert len(load_records(directory, SETUP)) == 6
+        # a new machine: no Ray experiment, only the records; one of them was cut by a stop
+        shutil.rmtree(tmp_path / "cache")
+        cut = json.loads((directory / f"{rows[-1]['trial']}.json").read_text())
+        (directory / f"{rows[-1]['trial']}.json").write_text(json.dumps({**cut, "status": "running"}))
+        assert search.tuner(_search_args(tmp_path, 5), {"stand_in": True}, SETUP) is None  # 5 finished: none due
+        assert not (directory / f"{rows[-1]['trial']}.json").exists()  # the cut trial's record is dropped
+        search.tuner(_search_args(tmp_path, 8), {"stand_in": True}, SETUP).fit()  # runs the 3 still missing
+        records = load_records(directory, SETUP)
     finally:
         ray.shutdown()
-    weights = search.importances(rows)  # 6 trials: TPE's picks depend on which trial ends first, so no ranking here
+    assert len(records) == 8 and all(r["status"] == "finished" for r in records)
+    assert {r["trial"] for r in rows[:5]} < {r["trial"] for r in records}
+    rows = search.trial_table(records)
+    weights = search.importances(rows)  # 8 trials: TPE's picks depend on which trial ends first, so no ranking here
     assert set(weights) == set(search.space()) and sum(weights.values()) == pytest.approx(1.0)
     choice = search.write_report(rows, weights, tmp_path)
     assert choice == rows[0] and json.loads((tmp_path / "search_choice.json").read_text())["trial"] == rows[0]["trial"]
     text = (tmp_path / "search.md").read_text()
     assert "fixed before any test score" in text and text.count("\n| ") >= len(rows) + len(weights)
+
+
+def _record(trial, scores, status="finished"):
+    history = [
+        {"epoch": e, "valid_ic": v, "valid_rank_ic": 0.0, search.METRIC: v, "best_epoch": e}
+        for e, v in enumerate(scores, 1)
+    ]
+    return {"trial": trial, "setup": SETUP, "params": dict(PARAMS), "status": status, "history": history}
+
+
+def test_asha_seeded_with_past_trials_stops_a_new_one_below_their_rung():
+    """The past trials' epoch-4 scores enter ASHA's first rung, so a new trial below its top half stops there, one
+    above continues; a scheduler without a past lets both on. This also pins the Ray internals it writes to."""
+    from ray.tune.schedulers import TrialScheduler
+
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    past = [_record(f"past{i}", [0.05 + 0.01 * i] * 4) for i in range(4)]  # epoch 4: 0.05 .. 0.08
+    for seeded, expected in ((True, TrialScheduler.STOP), (False, TrialScheduler.CONTINUE)):
+        scheduler = search.asha()
+        if seeded:
+            search.seed_rungs(scheduler, past)
+        low, high = Trial("low"), Trial("high")
+        for trial in (low, high):
+            scheduler.on_trial_add(None, trial)
+        assert scheduler.on_trial_result(None, low, {"epoch": 4, search.METRIC: 0.055}) == expected
+        assert scheduler.on_trial_result(None, high, {"epoch": 4, search.METRIC: 0.09}) == TrialScheduler.CONTINUE
+
+
+def test_the_report_keeps_the_starting_weights_score_when_no_epoch_beats_it():
+    """Under keep_start early stopping holds the starting weights as epoch -1: the trial's score is theirs."""
+    from types import SimpleNamespace
+
+    reports = []
+    trainer = SimpleNamespace(stopper=SimpleNamespace(best_score=0.0774, best_epoch=-1))
+    search.ReportValidIC(reports.append).on_epoch_end(trainer, {"epoch": 0, "valid_ic": 0.07, "valid_rank_ic": 0.06})
+    assert reports == [{"epoch": 1, "valid_ic": 0.07, "valid_rank_ic": 0.06, search.METRIC: 0.0774, "best_epoch": 0}]
+
+
+def test_trial_records_follow_a_trial_from_its_first_epoch_to_its_end(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.search_records import load_records
+
+    callback = search.TrialRecords(tmp_path, SETUP)
+    trial = SimpleNamespace(trial_id="t1", config={"params": dict(PARAMS), "ctx": {"provider_uri": "/abs"}})
+    for epoch, ic in ((1, 0.07), (2, 0.08), (2, 0.08)):  # a repeated epoch (a restored trial) is kept once
+        result = {"epoch": epoch, "valid_ic": ic, "valid_rank_ic": 0.0, search.METRIC: ic, "best_epoch": epoch}
+        callback.on_trial_result(0, [], trial, {**result, "time_total_s": 1.0})
+    (running,) = load_records(tmp_path, SETUP)
+    assert running["status"] == "running" and [r["epoch"] for r in running["history"]] == [1, 2]
+    assert running["params"] == PARAMS and "ctx" not in running  # no machine path in a committed file
+    callback.on_trial_complete(0, [], trial)
+    (done,) = load_records(tmp_path, SETUP)
+    assert done["status"] == "finished" and search.trial_table([done])[0]["epochs"] == 2
+
+
+def test_records_of_another_setup_or_malformed_ones_are_refused_by_name(tmp_path, capsys):
+    from benchmarks.search_records import RecordError, load_records, records_dir, write_record
+
+    directory = records_dir(tmp_path)
+    write_record(directory, _record("a", [0.07]))
+    with pytest.raises(RecordError, match=r"a\.json: made by a search with another setup \(max_epochs differ"):
+        load_records(directory, {**SETUP, "max_epochs": 8})
+    (directory / "b.json").write_text('{"trial": "b"}')
+    with pytest.raises(RecordError, match=r"b\.json: not a trial record \(missing"):
+        load_records(directory)
+    (directory / "b.json").write_text("{")
+    with pytest.raises(RecordError, match=r"b\.json: not a readable trial record"):
+        load_records(directory)
+    with pytest.raises(SystemExit) as exit_:  # the command refuses them before building anything
+        search.main(["--report", "--results-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
+    assert exit_.value.code == 2 and "a.json: made by a search with another setup" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_report_from_records_alone_writes_the_choice(tmp_path, capsys):
+    """--report needs no Ray experiment: a fresh clone rebuilds the table and the choice from the records."""
+    from benchmarks.search_records import records_dir, write_record
+
+    args = ["--results-dir", str(tmp_path), "--provider-uri", "p", "--model-path", "m.pkl"]
+    setup = search.search_setup(search_args(args))
+    for i, scores in enumerate(([0.07, 0.075], [0.07, 0.08, 0.08], [0.06])):
+        write_record(records_dir(tmp_path), {**_record(f"t{i}", scores), "setup": setup})
+    write_record(records_dir(tmp_path), {**_record("t9", [0.09]), "setup": setup, "status": "error"})
+    assert search.main(["--report", *args]) == 0
+    choice = json.loads((tmp_path / "search_choice.json").read_text())
+    assert choice["trial"] == "t1" and choice[search.METRIC] == 0.08 and choice["epochs"] == 3  # errors: no row
+    assert "3 trials; chosen (valid IC 0.0800): t1" in capsys.readouterr().out
+    assert "(none yet: the trials' scores do not vary)" in (tmp_path / "search.md").read_text()  # one setting
+
+
+def search_args(argv):
+    """The parsed arguments ``benchmarks.search.main`` would see (its defaults for the rest)."""
+    return argparse.Namespace(
+        provider_uri=argv[argv.index("--provider-uri") + 1],
+        market="csi300",
+        model_path=argv[argv.index("--model-path") + 1],
+    )
 
 
 def test_importances_find_the_setting_that_drives_valid_ic():
