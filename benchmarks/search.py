@@ -217,7 +217,7 @@ def trial_resources(args: argparse.Namespace) -> dict:
 
 
 def asha() -> Any:
-    """The search's early stopping: ASHA on :data:`METRIC` by epoch, rungs from :data:`ASHA` up to :data:`MAX_EPOCHS`."""
+    """The search's early stopping: ASHA on :data:`METRIC` by epoch, rungs from :data:`ASHA` to :data:`MAX_EPOCHS`."""
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr="epoch", max_t=MAX_EPOCHS, metric=METRIC, mode="max", **ASHA)

@@ -1,0 +1,141 @@
+"""``workflow_config_hist_best.yaml``, written from the search's choice and nothing else (issue 28).
+
+    python -m benchmarks.best_workflow        # results/search_choice.json -> workflow_config_hist_best.yaml
+
+The file is qlib's HIST benchmark YAML (``workflow_config_hist_Alpha360.yaml``: qlib's segments, handler, records
+and backtest) with two things taken from the choice that ``python -m benchmarks.search --report`` fixed on valid:
+
+- ``task.model.kwargs``: the searched settings (lr, loss, weight decay, dropout, width, module switches,
+  ``hidden_topk``, concept weights, ``keep_start``, early stop), the search's epoch budget, seed 0, point-in-time
+  concepts (``sw_membership.csv``, as every trial had), and qlib's pretrained LSTM only at its width (64);
+- the train window: the search's train start is a window length before its valid segment (cpu-quick valid starts
+  2017: a 2012 start is 5 years); the YAML keeps that length before qlib's valid start (2015: from 2010), and its
+  handler starts and fits its processors there, as the trials' did.
+
+``tests/benchmarks/test_best_workflow.py`` checks that the committed file is what this writes from the committed
+choice, so the YAML cannot drift from the search.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from benchmarks import script_parser
+from benchmarks.config import PROFILES, WORKFLOW, WORKFLOW_YAML
+from benchmarks.paths import HERE, ROOT, repo_relative
+from benchmarks.search import CONCEPT_WEIGHT, MAX_EPOCHS, METRIC, PRETRAINED_HIDDEN, space
+from qlib_hist._io import atomic_write_text
+
+BEST_YAML = ROOT / "workflow_config_hist_best.yaml"
+CHOICE_JSON = HERE / "results" / "search_choice.json"
+PRETRAINED = "benchmarks/LSTM/model_lstm_csi300.pkl"  # the template's, qlib's layout
+
+
+class ChoiceError(ValueError):
+    """A search choice that cannot become a workflow: a setting missing, or a value outside the search space."""
+
+
+def check_choice(choice: dict, source: str) -> None:
+    """Refuse a choice without every searched setting, or with a value the space does not hold."""
+    from optuna.distributions import CategoricalDistribution
+
+    for name, dist in space().items():
+        if name not in choice:
+            raise ChoiceError(f"{source}: the choice has no {name!r} (a search choice names every searched setting)")
+        value = choice[name]
+        if isinstance(dist, CategoricalDistribution):
+            if value not in dist.choices:
+                raise ChoiceError(f"{source}: {name} = {value!r} is not in the searched {list(dist.choices)}")
+        elif not dist.low <= value <= dist.high:
+            raise ChoiceError(f"{source}: {name} = {value!r} is outside the searched [{dist.low}, {dist.high}]")
+
+
+def train_start(choice: dict) -> str:
+    """The YAML's train start: the search's window length (years before cpu-quick's valid start) before qlib's."""
+    search_valid = int(PROFILES["cpu-quick"]["segments"]["valid"][0][:4])
+    qlib_valid = int(WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["valid"][0][:4])
+    years = search_valid - int(choice["train_start"][:4])
+    return f"{qlib_valid - years}-01-01"
+
+
+def model_kwargs_block(choice: dict) -> str:
+    """The YAML lines of ``task.model.kwargs`` (12-space indent) for ``choice``."""
+    lines = [
+        ("d_feat", 6),
+        ("hidden_size", choice["hidden_size"]),
+        ("num_layers", 2),
+        ("dropout", choice["dropout"]),
+        ("n_epochs", MAX_EPOCHS),
+        ("lr", f"{choice['lr']:.3g}"),
+        ("early_stop", choice["early_stop"]),
+        ("metric", "ic"),
+        ("loss", choice["loss"]),
+        ("weight_decay", choice["weight_decay"]),
+        ("base_model", "LSTM"),
+    ]
+    if choice["hidden_size"] == PRETRAINED_HIDDEN:
+        lines.append(("model_path", f'"{PRETRAINED}"'))
+    lines += [
+        ("keep_start", choice["keep_start"]),
+        ("stock2concept", '"sw_membership.csv"   # point in time: qlib-hist concepts from-sw (as the search had)'),
+        ("predefined_concepts", choice["predefined_concepts"]),
+        ("hidden_concepts", choice["hidden_concepts"]),
+        ("individual", choice["individual"]),
+        ("hidden_topk", choice["hidden_topk"]),
+    ]
+    if choice["concept_weight"]:
+        lines.append(("concept_weight", f'"{CONCEPT_WEIGHT}"'))
+    lines += [("seed", 0), ("GPU", 0)]
+    return "".join(f"            {key}: {_yaml(value)}\n" for key, value in lines)
+
+
+def _yaml(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def best_workflow(choice: dict, template: str, source: str = "the choice") -> str:
+    """The text of ``workflow_config_hist_best.yaml`` for ``choice`` (a ``search_choice.json``), from ``template``
+    (the text of ``workflow_config_hist_Alpha360.yaml``)."""
+    check_choice(choice, source)
+    start = train_start(choice)
+    header = (
+        "# HIST with the recipe the search chose on the valid segment (issue 28): qlib's HIST benchmark otherwise\n"
+        "# (workflow_config_hist_Alpha360.yaml). Written by `python -m benchmarks.best_workflow` from\n"
+        f"# benchmarks/results/search_choice.json (trial {choice.get('trial', '?')}, valid IC "
+        f"{choice.get(METRIC, float('nan')):.4f}); do not edit by hand.\n"
+        "# Needs qlib's cn_data, the pretrained LSTM when hidden_size is 64, and a point-in-time membership table:\n"
+        "# `qlib-hist concepts from-sw sw_industry_history.csv sw_membership.csv`.\n"
+        "# Run: qrun workflow_config_hist_best.yaml\n"
+    )
+    text = re.sub(r"\A(#[^\n]*\n)+", lambda _: header, template, count=1)
+    model = re.compile(r"(\n    model:\n(?:        [^\n]*\n)*?        kwargs:\n)((?:            [^\n]*\n)+)")
+    text, found = model.subn(lambda m: m.group(1) + model_kwargs_block(choice), text, count=1)
+    old_start = WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["train"][0]
+    for pattern in (r"(\n    start_time: )", r"(\n    fit_start_time: )", r"(\n                train: \[)"):
+        text, n = re.subn(pattern + re.escape(old_start), lambda m: m.group(1) + start, text, count=1)
+        found += n
+    if found != 4:
+        raise ChoiceError(f"{repo_relative(WORKFLOW_YAML)}: its model kwargs or train dates are not where expected")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = script_parser("benchmarks.best_workflow", __doc__)
+    parser.add_argument("--choice", default=str(CHOICE_JSON), help="the search's choice (search --report writes it)")
+    parser.add_argument("--out", default=str(BEST_YAML))
+    args = parser.parse_args(argv)
+    try:
+        choice = json.loads(Path(args.choice).read_text(encoding="utf-8"))
+        text = best_workflow(choice, WORKFLOW_YAML.read_text(encoding="utf-8"), source=args.choice)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    atomic_write_text(Path(args.out), text)
+    print(f"wrote {repo_relative(args.out)} from {repo_relative(args.choice)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

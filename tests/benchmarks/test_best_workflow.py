@@ -1,0 +1,110 @@
+"""``benchmarks.best_workflow``: the shipped best YAML trains what the chosen search trial trained, on qlib's
+segments with the trial's train window, and is the file the committed choice writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("optuna")
+pytest.importorskip("ray.tune")
+
+from benchmarks import best_workflow as bw  # noqa: E402
+from benchmarks.config import FILE_KWARGS, WORKFLOW, WORKFLOW_YAML, load_workflow  # noqa: E402
+from benchmarks.search import METRIC, trial_kwargs  # noqa: E402
+from qlib_hist.settings import HISTSettings  # noqa: E402
+
+CHOICE = {
+    "lr": 0.000231,
+    "loss": "mse+ic",
+    "weight_decay": 0.001,
+    "dropout": 0.1,
+    "hidden_size": 64,
+    "concept_weight": True,
+    "hidden_topk": 3,
+    "predefined_concepts": False,
+    "hidden_concepts": True,
+    "individual": True,
+    "train_start": "2012-01-01",
+    "early_stop": 8,
+    "keep_start": True,
+    METRIC: 0.0781,
+    "best_epoch": 0,
+    "epochs": 9,
+    "trial": "abc_00007",
+}
+
+
+def _written(tmp_path, choice):
+    path = tmp_path / "best.yaml"
+    path.write_text(bw.best_workflow(choice, WORKFLOW_YAML.read_text()))
+    return load_workflow(path)
+
+
+def _settings(kwargs):
+    settings, rest = HISTSettings.from_kwargs(**{k: v for k, v in kwargs.items() if k not in (*FILE_KWARGS, "GPU")})
+    assert rest == {}
+    return settings
+
+
+@pytest.mark.parametrize("hidden_size, has_pretrained", [(64, True), (128, False)])
+def test_the_yaml_trains_what_the_chosen_trial_trained(tmp_path, hidden_size, has_pretrained):
+    choice = dict(CHOICE, hidden_size=hidden_size)
+    workflow = _written(tmp_path, choice)
+    kwargs = workflow["task"]["model"]["kwargs"]
+    trial = trial_kwargs(choice, "membership.csv", "lstm.pkl")
+    assert _settings(kwargs) == _settings(trial)  # every HIST setting, not only the searched ones
+    assert ("model_path" in kwargs) is has_pretrained and kwargs["stock2concept"] == "sw_membership.csv"
+    assert workflow["task"]["model"]["module_path"] == "qlib_hist"
+
+
+def test_the_yaml_keeps_the_trials_train_window_on_qlibs_segments_and_the_rest_of_qlibs_benchmark(tmp_path):
+    workflow = _written(tmp_path, CHOICE)  # a 2012 start is 5 years before the search's valid (2017)
+    segments = workflow["task"]["dataset"]["kwargs"]["segments"]
+    assert segments["train"] == ["2010-01-01", "2014-12-31"]  # 5 years before qlib's valid (2015)
+    assert segments["valid"] == WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["valid"]
+    assert segments["test"] == WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["test"]
+    handler = workflow["data_handler_config"]
+    assert handler["start_time"] == handler["fit_start_time"] == "2010-01-01"
+    for key in ("port_analysis_config", "qlib_init", "market", "benchmark"):
+        assert workflow[key] == WORKFLOW[key], key
+    assert workflow["task"]["record"] == WORKFLOW["task"]["record"]
+    text = bw.best_workflow(dict(CHOICE, train_start="2010-01-01"), WORKFLOW_YAML.read_text())
+    assert "train: [2008-01-01, 2014-12-31]" in text and "do not edit by hand" in text  # 7 years: qlib's own
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"loss": "huber"}, "loss = 'huber' is not in the searched"),
+        ({"lr": 0.5}, "lr = 0.5 is outside the searched"),
+        ({"keep_start": None}, "keep_start = None is not in the searched"),
+    ],
+)
+def test_a_choice_outside_the_space_is_refused_by_name(change, message):
+    with pytest.raises(bw.ChoiceError, match=message):
+        bw.best_workflow(dict(CHOICE, **change), WORKFLOW_YAML.read_text(), source="c.json")
+
+
+def test_the_command_refuses_a_choice_without_a_setting_and_writes_nothing(tmp_path, capsys):
+    choice = {k: v for k, v in CHOICE.items() if k != "individual"}
+    (tmp_path / "c.json").write_text(json.dumps(choice))
+    with pytest.raises(SystemExit) as exit_:
+        bw.main(["--choice", str(tmp_path / "c.json"), "--out", str(tmp_path / "best.yaml")])
+    assert exit_.value.code == 2 and "c.json: the choice has no 'individual'" in capsys.readouterr().err
+    assert not (tmp_path / "best.yaml").exists()
+    (tmp_path / "c.json").write_text(json.dumps(CHOICE))
+    assert bw.main(["--choice", str(tmp_path / "c.json"), "--out", str(tmp_path / "best.yaml")]) == 0
+    assert load_workflow(tmp_path / "best.yaml")["task"]["model"]["kwargs"]["early_stop"] == 8
+
+
+def test_the_committed_best_yaml_is_what_the_committed_choice_writes():
+    """The shipped YAML exists exactly when the search's choice does, and is its output byte for byte."""
+    if not bw.CHOICE_JSON.exists():
+        assert not bw.BEST_YAML.exists(), "workflow_config_hist_best.yaml without results/search_choice.json"
+        return
+    choice = json.loads(bw.CHOICE_JSON.read_text())
+    assert bw.BEST_YAML.read_text() == bw.best_workflow(choice, WORKFLOW_YAML.read_text()), (
+        "stale: run python -m benchmarks.best_workflow"
+    )
