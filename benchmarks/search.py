@@ -220,7 +220,14 @@ def asha() -> Any:
     """The search's early stopping: ASHA on :data:`METRIC` by epoch, rungs from :data:`ASHA` to :data:`MAX_EPOCHS`."""
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="epoch", max_t=MAX_EPOCHS, metric=METRIC, mode="max", **ASHA)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=MAX_EPOCHS,
+        metric=METRIC,
+        mode="max",
+        grace_period=ASHA["grace_period"],
+        reduction_factor=ASHA["reduction_factor"],
+    )
 
 
 def seed_rungs(scheduler: Any, past: list[dict]) -> None:
