@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks import script_parser
 from benchmarks.config import PROFILES, WORKFLOW, WORKFLOW_YAML
 from benchmarks.paths import HERE, ROOT, repo_relative
-from benchmarks.search import CONCEPT_WEIGHT, MAX_EPOCHS, METRIC, PRETRAINED_HIDDEN, space
+from benchmarks.search import CONCEPT_WEIGHT, MAX_EPOCHS, METRIC, PRETRAINED_HIDDEN, param_problems
 from qlib_hist._io import atomic_write_text
 
 BEST_YAML = ROOT / "workflow_config_hist_best.yaml"
@@ -39,18 +39,13 @@ class ChoiceError(ValueError):
 
 
 def check_choice(choice: dict, source: str) -> None:
-    """Refuse a choice without every searched setting, or with a value the space does not hold."""
-    from optuna.distributions import CategoricalDistribution
-
-    for name, dist in space().items():
-        if name not in choice:
-            raise ChoiceError(f"{source}: the choice has no {name!r} (a search choice names every searched setting)")
-        value = choice[name]
-        if isinstance(dist, CategoricalDistribution):
-            if value not in dist.choices:
-                raise ChoiceError(f"{source}: {name} = {value!r} is not in the searched {list(dist.choices)}")
-        elif not dist.low <= value <= dist.high:
-            raise ChoiceError(f"{source}: {name} = {value!r} is outside the searched [{dist.low}, {dist.high}]")
+    """Refuse a choice that is not a point of the search space: a setting missing, of another type (``1`` for
+    ``true``, ``"1e-4"`` for a number) or outside its range. The choice's own keys (trial, score, epochs) pass."""
+    if not isinstance(choice, dict):
+        raise ChoiceError(f"{source}: a search choice is a JSON object, got {type(choice).__name__}")
+    problems = [problem for problem in param_problems(choice) if "is not a searched setting" not in problem]
+    if problems:
+        raise ChoiceError(f"{source}: {'; '.join(problems)}")
 
 
 def train_start(choice: dict) -> str:
@@ -69,7 +64,7 @@ def model_kwargs_block(choice: dict) -> str:
         ("num_layers", 2),
         ("dropout", choice["dropout"]),
         ("n_epochs", MAX_EPOCHS),
-        ("lr", f"{choice['lr']:.3g}"),
+        ("lr", _yaml_float(choice["lr"])),
         ("early_stop", choice["early_stop"]),
         ("metric", "ic"),
         ("loss", choice["loss"]),
@@ -90,6 +85,14 @@ def model_kwargs_block(choice: dict) -> str:
         lines.append(("concept_weight", f'"{CONCEPT_WEIGHT}"'))
     lines += [("seed", 0), ("GPU", 0)]
     return "".join(f"            {key}: {_yaml(value)}\n" for key, value in lines)
+
+
+def _yaml_float(value: float) -> str:
+    """``value`` unrounded (Python's shortest repr) in a form every YAML loader reads as a float: YAML 1.1
+    (PyYAML) reads ``1e-05`` as a string, so the mantissa gets a point (``1.0e-05``)."""
+    text = repr(float(value))
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if exponent and "." not in mantissa else text
 
 
 def _yaml(value: object) -> str:

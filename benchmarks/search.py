@@ -13,7 +13,8 @@ tasks (``--cpus``, ``--threads``, ``--address`` as in :mod:`benchmarks.run`).
 A stopped search resumes two ways:
 
 - on the same machine, from the Ray experiment in ``benchmarks/cache/search_ray`` (``Tuner.restore``: finished
-  trials stay, unfinished ones start again, each from its HIST checkpoint);
+  trials stay, unfinished ones start again, each from its HIST checkpoint); once that experiment ends it is
+  removed, and the trials a raised ``--trials`` still asks for run as below;
 - anywhere else, from the trial records committed under ``benchmarks/results/search/trials``
   (:mod:`benchmarks.search_records`): TPE and ASHA are told the finished trials' scores, and only the trials still
   missing from ``--trials`` run. So a CPU search can be spread over sessions, a few trials each.
@@ -26,7 +27,9 @@ alone; the chosen settings are then scored once, on test, by the final grid.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,12 @@ from benchmarks.cluster import Resources, check_local_gpus
 from benchmarks.config import PROFILES, handler_config, hist_kwargs, qlib_init_kwargs, sqlite_uri
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.search_records import (
+    SCORE,
     RecordError,
     add_epoch,
     finished,
     load_records,
+    read_record,
     records_dir,
     trial_row,
     write_record,
@@ -53,7 +58,7 @@ except ImportError:  # pragma: no cover - the module still imports, for --help
     TuneCallback = object  # type: ignore[assignment,misc]
 
 NAME = "search"
-METRIC = "best_valid_ic"  # the valid IC of the weights a trial keeps so far (what its model would predict with)
+METRIC = SCORE  # the valid IC of the weights a trial keeps so far (what its model would predict with)
 MAX_EPOCHS = 20  # the modules grid's budget; ASHA cuts the trailing trials at its rungs
 ASHA = {"grace_period": 4, "reduction_factor": 2}  # rungs at epochs 4, 8, 16
 TRAIN_STARTS = ("2010-01-01", "2012-01-01", "2014-01-01")  # the data begins in 2010
@@ -81,6 +86,25 @@ def space() -> dict:
         "early_stop": Choice([3, 5, 8]),
         "keep_start": Choice([False, True]),
     }
+
+
+def param_problems(params: dict) -> list[str]:
+    """What is wrong with ``params`` against :func:`space`: a setting missing, unknown, of another type (``1`` is not
+    ``True`` here) or outside its range. Empty when they are a point of the space."""
+    from optuna.distributions import CategoricalDistribution
+
+    problems = [f"{name!r} is missing" for name in space() if name not in params]
+    problems += [f"{name!r} is not a searched setting" for name in params if name not in space()]
+    for name, dist in space().items():
+        if name not in params:
+            continue
+        value = params[name]
+        if isinstance(dist, CategoricalDistribution):
+            if not any(type(value) is type(choice) and value == choice for choice in dist.choices):
+                problems.append(f"{name} = {value!r} is not one of the searched {list(dist.choices)}")
+        elif type(value) not in (int, float) or not dist.low <= value <= dist.high:
+            problems.append(f"{name} = {value!r} is not a number in the searched [{dist.low:g}, {dist.high:g}]")
+    return problems
 
 
 def trial_profile(params: dict) -> dict:
@@ -146,17 +170,32 @@ def trial_params(config: dict) -> dict:
 
 
 class TrialRecords(TuneCallback):
-    """Writes each trial's record (:mod:`benchmarks.search_records`) as it reports, and its end status."""
+    """Writes each trial's record (:mod:`benchmarks.search_records`) as it reports, and its end status.
+
+    A trial this callback has not seen yet (a restored experiment's, whose callback starts empty) continues the
+    record already on disk, so a restore never drops the epochs reported before the stop. A restored experiment
+    writes its records where the cut search did (the folder is part of the experiment)."""
 
     def __init__(self, directory: str | Path, setup: dict) -> None:
         self.directory, self.shared = Path(directory), setup
         self.records: dict[str, dict] = {}
 
+    def get_state(self) -> dict:
+        return {"records": self.records}
+
+    def set_state(self, state: dict) -> None:
+        self.records = dict(state.get("records", {}))
+
     def _record(self, trial: Any) -> dict:
-        return self.records.setdefault(
-            trial.trial_id,
-            {"trial": trial.trial_id, "setup": self.shared, "params": trial_params(trial.config), "history": []},
-        )
+        if trial.trial_id not in self.records:
+            stored = read_record(self.directory / f"{trial.trial_id}.json")
+            self.records[trial.trial_id] = stored or {
+                "trial": trial.trial_id,
+                "setup": self.shared,
+                "params": trial_params(trial.config),
+                "history": [],
+            }
+        return self.records[trial.trial_id]
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self.records[trial.trial_id] = {**add_epoch(self._record(trial), result), "status": "running"}
@@ -173,17 +212,38 @@ class TrialRecords(TuneCallback):
         write_record(self.directory, record)
 
 
+def provider_identity(provider_uri: str | Path) -> str:
+    """The data a search ran on, in words that do not depend on the machine: the provider folder's name and its
+    calendar's span (``cn_csi300 2010-01-04..2022-12-30``), or the name alone where it has no day calendar."""
+    path = Path(provider_uri).expanduser()
+    calendar = path / "calendars" / "day.txt"
+    days = calendar.read_text(encoding="utf-8").split() if calendar.is_file() else []
+    return f"{path.name} {days[0]}..{days[-1]}" if days else path.name
+
+
+def model_identity(model_path: str | Path) -> str:
+    """The pretrained file the trials start from, as its name and the start of its SHA-256, or ``none`` where
+    there is no such file (the trials then train from scratch)."""
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        return "none"
+    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
 def search_setup(args: argparse.Namespace) -> dict:
-    """What every trial of one search shares (data, budget, space): records made under another are refused."""
+    """What every trial of one search shares (data, starting weights, budget, space), with no machine path in it:
+    records made under another setup are refused."""
+    from optuna.distributions import distribution_to_json
+
     return {
-        "provider": repo_relative(Path(args.provider_uri).resolve()),
+        "provider": provider_identity(args.provider_uri),
         "market": args.market,
-        "model_path": repo_relative(Path(args.model_path).resolve()),
+        "model": model_identity(args.model_path),
         "profile": "cpu-quick",
         "max_epochs": MAX_EPOCHS,
         "asha": dict(ASHA),
         "metric": METRIC,
-        "space": sorted(space()),
+        "space": {name: json.loads(distribution_to_json(dist)) for name, dist in space().items()},
     }
 
 
@@ -239,26 +299,25 @@ def seed_rungs(scheduler: Any, past: list[dict]) -> None:
     for bracket in scheduler._brackets:
         for milestone, recorded in bracket._rungs:
             for record in past:
-                reached = [row for row in record["history"] if row["epoch"] >= milestone]
+                reached = [r for r in record["history"] if r["epoch"] >= milestone and r[METRIC] is not None]
                 if reached:
                     recorded[record["trial"]] = scheduler._metric_op * reached[0][METRIC]
 
 
-def tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
-    """The search's Tuner: the stored Ray experiment restored where there is one (finished trials kept,
-    unfinished and errored ones rerun); otherwise a new one that takes the finished trial records under
-    ``--results-dir`` as its past and runs the ``--trials`` not yet finished. Returns None when none is missing."""
+def experiment_path(args: argparse.Namespace) -> Path:
+    """The Ray experiment of a search in progress (``<cache>/search_ray/search``)."""
+    return Path(args.cache_dir).resolve() / "search_ray" / NAME
+
+
+def new_tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
+    """A Tuner for the ``--trials`` not yet finished, which takes the finished trial records under
+    ``--results-dir`` as its past (TPE's told points, ASHA's rungs). Records of trials cut by a stop are dropped:
+    those trials run again as new ones. Returns None when no trial is missing."""
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    storage = str(Path(args.cache_dir).resolve() / "search_ray")
-    trainable = tune.with_resources(run_trial, trial_resources(args))
-    path = str(Path(storage) / NAME)
-    if tune.Tuner.can_restore(path):
-        print(f"restoring {path}", flush=True)
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     directory = records_dir(args.results_dir)
-    records = load_records(directory, setup)
+    records = load_records(directory, setup, param_problems)
     for stale in (r for r in records if r["status"] == "running"):  # cut by a stop: run again as a new trial
         (directory / f"{stale['trial']}.json").unlink()
     past = finished(records)
@@ -274,17 +333,40 @@ def tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
         searcher.add_evaluated_point(
             {f"params/{k}": v for k, v in record["params"].items()},
             record["history"][-1][METRIC],
-            intermediate_values=[row[METRIC] for row in record["history"]],
+            intermediate_values=[row[METRIC] for row in record["history"] if row[METRIC] is not None],
         )
     seed_rungs(scheduler, past)
     return tune.Tuner(
-        trainable,
+        tune.with_resources(run_trial, trial_resources(args)),
         param_space={"ctx": ctx},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=missing, max_concurrent_trials=args.concurrent
         ),
-        run_config=tune.RunConfig(name=NAME, storage_path=storage, callbacks=[TrialRecords(directory, setup)]),
+        run_config=tune.RunConfig(
+            name=NAME, storage_path=str(experiment_path(args).parent), callbacks=[TrialRecords(directory, setup)]
+        ),
     )
+
+
+def run_search(args: argparse.Namespace, ctx: dict, setup: dict) -> None:
+    """Run the search until ``--trials`` trials have finished.
+
+    A search cut by a stop on this machine is restored first (``Tuner.restore``: its finished trials stay, its
+    unfinished and errored ones resume from their HIST checkpoints) and run to its end. An experiment that has
+    ended is removed: every trial of it is in the records by then. Then a new Tuner (:func:`new_tuner`) runs the
+    trials the records still miss, so a raised ``--trials`` is honoured after a restore too."""
+    from ray import tune
+
+    path = experiment_path(args)
+    if tune.Tuner.can_restore(str(path)):
+        print(f"restoring {path}", flush=True)
+        trainable = tune.with_resources(run_trial, trial_resources(args))
+        tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True).fit()
+        shutil.rmtree(path)
+    search = new_tuner(args, ctx, setup)
+    if search is not None:
+        search.fit()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def trial_table(records: list[dict]) -> list[dict]:
@@ -383,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = search_setup(args)
     directory = records_dir(args.results_dir)
     try:  # records of another setup are refused before anything is built
-        records = load_records(directory, setup)
+        records = load_records(directory, setup, param_problems)
     except RecordError as err:
         parser.error(str(err))
     if args.report:
@@ -425,10 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             str(cache),
         )
     ray.init(address=args.address, num_cpus=None if args.address else args.cpus, include_dashboard=False)
-    search = tuner(args, ctx, setup)
-    if search is not None:
-        search.fit()
-    rows = trial_table(load_records(directory, setup))
+    run_search(args, ctx, setup)
+    rows = trial_table(load_records(directory, setup, param_problems))
     print(f"search: {len(rows)} finished trials; best valid IC {rows[0][METRIC]:.4f}" if rows else "search: none")
     print(f"provider {repo_relative(ctx['provider_uri'])}; write the choice with --report")
     return 0

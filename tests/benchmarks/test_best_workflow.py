@@ -16,7 +16,7 @@ from benchmarks.search import METRIC, trial_kwargs  # noqa: E402
 from qlib_hist.settings import HISTSettings  # noqa: E402
 
 CHOICE = {
-    "lr": 0.000231,
+    "lr": 0.00023117093650126773,  # unrounded, as TPE proposes it
     "loss": "mse+ic",
     "weight_decay": 0.001,
     "dropout": 0.1,
@@ -77,9 +77,12 @@ def test_the_yaml_keeps_the_trials_train_window_on_qlibs_segments_and_the_rest_o
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"loss": "huber"}, "loss = 'huber' is not in the searched"),
-        ({"lr": 0.5}, "lr = 0.5 is outside the searched"),
-        ({"keep_start": None}, "keep_start = None is not in the searched"),
+        ({"loss": "huber"}, "loss = 'huber' is not one of the searched"),
+        ({"lr": 0.5}, r"lr = 0.5 is not a number in the searched \[2e-05, 0.002\]"),
+        ({"lr": "1e-4"}, "lr = '1e-4' is not a number in the searched"),
+        ({"keep_start": None}, "keep_start = None is not one of the searched"),
+        ({"keep_start": 1}, r"keep_start = 1 is not one of the searched \[False, True\]"),  # 1 == True in Python
+        ({"hidden_size": 64.0}, "hidden_size = 64.0 is not one of the searched"),
     ],
 )
 def test_a_choice_outside_the_space_is_refused_by_name(change, message):
@@ -92,11 +95,22 @@ def test_the_command_refuses_a_choice_without_a_setting_and_writes_nothing(tmp_p
     (tmp_path / "c.json").write_text(json.dumps(choice))
     with pytest.raises(SystemExit) as exit_:
         bw.main(["--choice", str(tmp_path / "c.json"), "--out", str(tmp_path / "best.yaml")])
-    assert exit_.value.code == 2 and "c.json: the choice has no 'individual'" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "c.json: 'individual' is missing" in capsys.readouterr().err
     assert not (tmp_path / "best.yaml").exists()
     (tmp_path / "c.json").write_text(json.dumps(CHOICE))
     assert bw.main(["--choice", str(tmp_path / "c.json"), "--out", str(tmp_path / "best.yaml")]) == 0
     assert load_workflow(tmp_path / "best.yaml")["task"]["model"]["kwargs"]["early_stop"] == 8
+
+
+@pytest.mark.parametrize("lr", [0.00023117093650126773, 2e-05, 3e-05, 0.002, 1.5e-04])
+def test_lr_is_written_unrounded_and_read_back_as_the_same_float(tmp_path, lr):
+    """Rounding would ship another lr than the trial's; PyYAML (YAML 1.1) reads ``3e-05`` as a string."""
+    import yaml
+
+    kwargs = _written(tmp_path, dict(CHOICE, lr=lr))["task"]["model"]["kwargs"]  # ruamel, as qrun reads it
+    assert type(kwargs["lr"]) is float and kwargs["lr"] == lr
+    pyyaml = yaml.safe_load((tmp_path / "best.yaml").read_text())["task"]["model"]["kwargs"]["lr"]
+    assert type(pyyaml) is float and pyyaml == lr
 
 
 def test_the_committed_best_yaml_is_what_the_committed_choice_writes():

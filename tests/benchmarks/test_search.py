@@ -92,28 +92,32 @@ def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     monkeypatch.setattr(search, "run_trial", _stand_in)
     directory = records_dir(tmp_path / "results")
+    experiment = search.experiment_path(_search_args(tmp_path, 6))
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        search.tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP).fit()
+        search.new_tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP).fit()  # as if cut after its end
         rows = search.trial_table(load_records(directory, SETUP))
         assert len(rows) == 6 and rows == sorted(rows, key=lambda r: -r[search.METRIC])
         assert all(r["epochs"] in (4, 6) and set(PARAMS) <= set(r) for r in rows)  # ASHA cuts at epoch 4 or not
-        search.tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP).fit()  # restored: no new trial
-        assert len(load_records(directory, SETUP)) == 6
+        assert experiment.is_dir()
+        # the same machine, --trials raised: the experiment is restored (no new trial in it), ended and removed,
+        # then a new one runs the 1 trial still missing
+        search.run_search(_search_args(tmp_path, 7), {"stand_in": True}, SETUP)
+        assert len(load_records(directory, SETUP)) == 7 and not experiment.exists()
         # a new machine: no Ray experiment, only the records; one of them was cut by a stop
-        shutil.rmtree(tmp_path / "cache")
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
         cut = json.loads((directory / f"{rows[-1]['trial']}.json").read_text())
         (directory / f"{rows[-1]['trial']}.json").write_text(json.dumps({**cut, "status": "running"}))
-        assert search.tuner(_search_args(tmp_path, 5), {"stand_in": True}, SETUP) is None  # 5 finished: none due
+        assert search.new_tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP) is None  # 6 finished: none due
         assert not (directory / f"{rows[-1]['trial']}.json").exists()  # the cut trial's record is dropped
-        search.tuner(_search_args(tmp_path, 8), {"stand_in": True}, SETUP).fit()  # runs the 3 still missing
+        search.run_search(_search_args(tmp_path, 9), {"stand_in": True}, SETUP)  # runs the 3 still missing
         records = load_records(directory, SETUP)
     finally:
         ray.shutdown()
-    assert len(records) == 8 and all(r["status"] == "finished" for r in records)
+    assert len(records) == 9 and all(r["status"] == "finished" for r in records)
     assert {r["trial"] for r in rows[:5]} < {r["trial"] for r in records}
     rows = search.trial_table(records)
-    weights = search.importances(rows)  # 8 trials: TPE's picks depend on which trial ends first, so no ranking here
+    weights = search.importances(rows)  # 9 trials: TPE's picks depend on which trial ends first, so no ranking here
     assert set(weights) == set(search.space()) and sum(weights.values()) == pytest.approx(1.0)
     choice = search.write_report(rows, weights, tmp_path)
     assert choice == rows[0] and json.loads((tmp_path / "search_choice.json").read_text())["trial"] == rows[0]["trial"]
@@ -254,3 +258,106 @@ def test_gpus_a_local_ray_cannot_give_are_a_usage_error(value, message, capsys, 
         search.main(["--gpus-per-trial", value, "--cache-dir", str(tmp_path)])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "search_ray").exists()  # nothing started
+
+
+def test_asha_seeded_past_fills_the_later_rungs_and_takes_the_first_epoch_past_a_gap():
+    """A past trial's score enters each rung (4, 8, 16) at the first epoch that reaches it, also where its history
+    skips the rung's own epoch; a new trial below the past's top half at epoch 8 is stopped there."""
+    from ray.tune.schedulers import TrialScheduler
+
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    past = []
+    for i in range(4):  # epochs 1-3, 5-16 (no epoch 4): 0.05 + 0.01 i until epoch 7, 0.06 + 0.01 i from epoch 8
+        record = _record(f"past{i}", [0.05 + 0.01 * i] * 7 + [0.06 + 0.01 * i] * 9)
+        record["history"] = [row for row in record["history"] if row["epoch"] != 4]
+        past.append(record)
+    scheduler = search.asha()
+    search.seed_rungs(scheduler, past)
+    rungs = {milestone: dict(recorded) for milestone, recorded in scheduler._brackets[0]._rungs}
+    assert set(rungs) >= {4, 8, 16}
+    assert rungs[4]["past1"] == pytest.approx(0.06) and rungs[8]["past1"] == pytest.approx(0.07)  # epoch 5, epoch 8
+    assert rungs[16]["past3"] == pytest.approx(0.09)
+    new = Trial("new")
+    scheduler.on_trial_add(None, new)
+    assert scheduler.on_trial_result(None, new, {"epoch": 4, search.METRIC: 0.09}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, new, {"epoch": 8, search.METRIC: 0.065}) == TrialScheduler.STOP
+
+
+def test_a_restored_experiments_callback_continues_the_record_on_disk(tmp_path):
+    """After Tuner.restore the callback starts empty: a trial's next epoch is added to its stored history."""
+    from types import SimpleNamespace
+
+    from benchmarks.search_records import load_records
+
+    trial = SimpleNamespace(trial_id="t1", config={"params": dict(PARAMS)})
+    before = search.TrialRecords(tmp_path, SETUP)
+    for epoch in (1, 2):
+        result = {"epoch": epoch, "valid_ic": 0.07, "valid_rank_ic": 0.0, search.METRIC: 0.07, "best_epoch": epoch}
+        before.on_trial_result(0, [], trial, result)
+    restored = search.TrialRecords(tmp_path, SETUP)  # what a restored experiment holds
+    restored.set_state({})  # Ray hands it no state when the stop came before its last checkpoint
+    result = {"epoch": 3, "valid_ic": 0.08, "valid_rank_ic": 0.0, search.METRIC: 0.08, "best_epoch": 3}
+    restored.on_trial_result(0, [], trial, result)
+    restored.on_trial_complete(0, [], trial)
+    (record,) = load_records(tmp_path, SETUP, search.param_problems)
+    assert [row["epoch"] for row in record["history"]] == [1, 2, 3] and record["status"] == "finished"
+    again = search.TrialRecords(tmp_path, SETUP)
+    again.set_state(restored.get_state())
+    assert again.records == restored.records
+
+
+def test_a_score_that_is_not_finite_is_stored_as_null_and_is_never_the_past_or_the_choice(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.search_records import finished, load_records
+
+    callback = search.TrialRecords(tmp_path, SETUP)
+    trial = SimpleNamespace(trial_id="flat", config={"params": dict(PARAMS)})
+    result = {"epoch": 1, "valid_ic": float("nan"), "valid_rank_ic": float("nan"), "best_epoch": 1}
+    callback.on_trial_result(0, [], trial, {**result, search.METRIC: float("-inf")})
+    callback.on_trial_complete(0, [], trial)
+    text = (tmp_path / "flat.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text and json.loads(text)["history"][0][search.METRIC] is None
+    (record,) = load_records(tmp_path, SETUP)
+    assert finished([record]) == [] and search.trial_table([record]) == []
+
+
+def test_the_setup_names_data_and_pretrained_file_without_a_machine_path(tmp_path):
+    """Two machines with the same data and file under other paths share a setup; another file does not."""
+    setups = []
+    for machine in ("a", "b"):
+        provider = tmp_path / machine / "data" / "cn_csi300"
+        (provider / "calendars").mkdir(parents=True)
+        (provider / "calendars" / "day.txt").write_text("2010-01-04\n2010-01-05\n2022-12-30\n")
+        (tmp_path / machine / "lstm.pkl").write_bytes(b"weights")
+        args = argparse.Namespace(
+            provider_uri=str(provider), market="csi300", model_path=f"{tmp_path}/{machine}/lstm.pkl"
+        )
+        setups.append(search.search_setup(args))
+    assert setups[0] == setups[1] and setups[0]["provider"] == "cn_csi300 2010-01-04..2022-12-30"
+    assert str(tmp_path) not in json.dumps(setups[0]) and setups[0]["model"].startswith("lstm.pkl sha256:")
+    (tmp_path / "b" / "lstm.pkl").write_bytes(b"other weights")
+    assert search.search_setup(args)["model"] != setups[0]["model"]
+    assert search.search_setup(argparse.Namespace(**{**vars(args), "model_path": "missing.pkl"}))["model"] == "none"
+    assert setups[0]["space"]["lr"]["attributes"]["low"] == 2e-05  # the space's ranges, not its names only
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"params": dict(PARAMS, keep_start=1)}, r"t\.json: params keep_start = 1 is not one of the searched"),
+        ({"params": dict(PARAMS, lr=0.5)}, r"t\.json: params lr = 0\.5 is not a number in the searched"),
+        ({"params": {k: v for k, v in PARAMS.items() if k != "loss"}}, r"t\.json: params 'loss' is missing"),
+        ({"trial": "other"}, r"t\.json: holds trial 'other', not 't'"),
+        ({"setup": "data"}, r"t\.json: setup must be a mapping"),
+    ],
+)
+def test_a_record_outside_the_space_or_under_another_name_is_refused(tmp_path, change, message):
+    from benchmarks.search_records import RecordError, load_records
+
+    (tmp_path / "t.json").write_text(json.dumps({**_record("t", [0.07]), **change}))
+    with pytest.raises(RecordError, match=message):
+        load_records(tmp_path, None, search.param_problems)
