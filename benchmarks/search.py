@@ -294,7 +294,9 @@ def seed_rungs(scheduler: Any, past: list[dict]) -> None:
     """Enter the past trials' epoch scores into ASHA's rungs, as if they had run under ``scheduler``.
 
     ASHA records a trial's :data:`METRIC` at the first epoch that reaches each rung and stops a newer trial that
-    falls below the rung's top ``1 / reduction_factor``. Ray keeps the rungs in ``_brackets[i]._rungs`` as
+    falls below the rung's top ``1 / reduction_factor``. Only finished trials are entered (an errored trial's
+    scores would let a rung judge against a run that broke), each at the first epoch with a score that reaches the
+    rung. Ray keeps the rungs in ``_brackets[i]._rungs`` as
     ``(milestone, {trial_id: score})``; ``tests/benchmarks/test_search.py`` checks that this still holds."""
     for bracket in scheduler._brackets:
         for milestone, recorded in bracket._rungs:
@@ -329,7 +331,7 @@ def new_tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
         space={f"params/{k}": v for k, v in space().items()}, metric=METRIC, mode="max", seed=args.seed
     )
     scheduler = asha()
-    for record in past:
+    for record in past:  # Ray numbers the intermediate values from 0; only a pruner (none here) would read them
         searcher.add_evaluated_point(
             {f"params/{k}": v for k, v in record["params"].items()},
             record["history"][-1][METRIC],
