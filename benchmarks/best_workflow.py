@@ -27,6 +27,7 @@ from benchmarks import script_parser
 from benchmarks.config import PROFILES, WORKFLOW, WORKFLOW_YAML
 from benchmarks.paths import HERE, ROOT, repo_relative
 from benchmarks.search import CONCEPT_WEIGHT, MAX_EPOCHS, METRIC, PRETRAINED_HIDDEN, param_problems
+from benchmarks.search_records import ROW_KEYS
 from qlib_hist._io import atomic_write_text
 
 BEST_YAML = ROOT / "workflow_config_hist_best.yaml"
@@ -40,10 +41,11 @@ class ChoiceError(ValueError):
 
 def check_choice(choice: dict, source: str) -> None:
     """Refuse a choice that is not a point of the search space: a setting missing, of another type (``1`` for
-    ``true``, ``"1e-4"`` for a number) or outside its range. The choice's own keys (trial, score, epochs) pass."""
+    ``true``, ``"1e-4"`` for a number) or outside its range, or a key that is neither a setting nor a table row's
+    (trial, score, epochs)."""
     if not isinstance(choice, dict):
         raise ChoiceError(f"{source}: a search choice is a JSON object, got {type(choice).__name__}")
-    problems = [problem for problem in param_problems(choice) if "is not a searched setting" not in problem]
+    problems = param_problems(choice, ignore=ROW_KEYS)
     if problems:
         raise ChoiceError(f"{source}: {'; '.join(problems)}")
 

@@ -88,13 +88,14 @@ def space() -> dict:
     }
 
 
-def param_problems(params: dict) -> list[str]:
-    """What is wrong with ``params`` against :func:`space`: a setting missing, unknown, of another type (``1`` is not
-    ``True`` here) or outside its range. Empty when they are a point of the space."""
+def param_problems(params: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with ``params`` against :func:`space`: a setting missing, unknown (but for the keys in
+    ``ignore``), of another type (``1`` is not ``True`` here) or outside its range. Empty when they are a point of
+    the space."""
     from optuna.distributions import CategoricalDistribution
 
     problems = [f"{name!r} is missing" for name in space() if name not in params]
-    problems += [f"{name!r} is not a searched setting" for name in params if name not in space()]
+    problems += [f"{name!r} is not a searched setting" for name in params if name not in space() and name not in ignore]
     for name, dist in space().items():
         if name not in params:
             continue
@@ -172,27 +173,26 @@ def trial_params(config: dict) -> dict:
 class TrialRecords(TuneCallback):
     """Writes each trial's record (:mod:`benchmarks.search_records`) as it reports, and its end status.
 
-    A trial this callback has not seen yet (a restored experiment's, whose callback starts empty) continues the
-    record already on disk, so a restore never drops the epochs reported before the stop. A restored experiment
-    writes its records where the cut search did (the folder is part of the experiment)."""
+    The records on disk are the state: a restored experiment's callback (unpickled as it was when the search began)
+    continues the record already written for a trial it has not seen, so a restore keeps every epoch reported
+    before the stop. A stored record is continued only when it is this search's (its setup and params); another
+    is a :class:`RecordError` naming its file."""
 
     def __init__(self, directory: str | Path, setup: dict) -> None:
         self.directory, self.shared = Path(directory), setup
         self.records: dict[str, dict] = {}
 
-    def get_state(self) -> dict:
-        return {"records": self.records}
-
-    def set_state(self, state: dict) -> None:
-        self.records = dict(state.get("records", {}))
-
     def _record(self, trial: Any) -> dict:
         if trial.trial_id not in self.records:
-            stored = read_record(self.directory / f"{trial.trial_id}.json")
+            params = trial_params(trial.config)
+            path = self.directory / f"{trial.trial_id}.json"
+            stored = read_record(path)
+            if stored is not None and (stored.get("setup") != self.shared or stored.get("params") != params):
+                raise RecordError(f"{path}: a record of another search or trial; move it away to run this one")
             self.records[trial.trial_id] = stored or {
                 "trial": trial.trial_id,
                 "setup": self.shared,
-                "params": trial_params(trial.config),
+                "params": params,
                 "history": [],
             }
         return self.records[trial.trial_id]
@@ -311,6 +311,48 @@ def experiment_path(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir).resolve() / "search_ray" / NAME
 
 
+def experiment_owner(args: argparse.Namespace) -> Path:
+    """Beside the experiment: the setup and records folder it writes to (a restore must write to the same)."""
+    return experiment_path(args).parent / f"{NAME}.owner.json"
+
+
+def _owner(args: argparse.Namespace, setup: dict) -> dict:
+    return {"setup": setup, "records": str(records_dir(args.results_dir).resolve())}
+
+
+def check_experiment(args: argparse.Namespace, setup: dict) -> None:
+    """Refuse to restore an experiment begun under another setup or writing its records to another folder: its
+    callback would go on writing records this search refuses, or where this one does not look."""
+    owner = experiment_owner(args)
+    try:
+        stored = json.loads(owner.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if stored != _owner(args, setup):
+        raise RecordError(
+            f"{experiment_path(args)}: a cut search of another setup or --results-dir ({owner} says "
+            f"{'nothing' if stored is None else stored.get('records')}); rerun it with its own, or remove that folder"
+        )
+
+
+def remove_experiment(args: argparse.Namespace) -> None:
+    """An ended experiment and its trials' HIST checkpoints: every trial of it is in the records by then."""
+    shutil.rmtree(experiment_path(args), ignore_errors=True)
+    experiment_owner(args).unlink(missing_ok=True)
+    shutil.rmtree(Path(args.cache_dir).resolve() / "checkpoints" / NAME, ignore_errors=True)
+
+
+def _ended(args: argparse.Namespace) -> bool:
+    """Whether every trial of the experiment ended (finished, stopped by ASHA, or errored), as its saved state
+    says. After Ctrl+C or SIGUSR1 ``fit`` returns with the trials it cut saved as pending (in memory Ray marks them
+    terminated), and the experiment must stay to be restored."""
+    from ray.tune import ExperimentAnalysis
+
+    return all(
+        trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(experiment_path(args))).trials
+    )
+
+
 def new_tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
     """A Tuner for the ``--trials`` not yet finished, which takes the finished trial records under
     ``--results-dir`` as its past (TPE's told points, ASHA's rungs). Records of trials cut by a stop are dropped:
@@ -350,25 +392,35 @@ def new_tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
     )
 
 
-def run_search(args: argparse.Namespace, ctx: dict, setup: dict) -> None:
-    """Run the search until ``--trials`` trials have finished.
+def run_search(args: argparse.Namespace, ctx: dict, setup: dict) -> bool:
+    """Run the search until ``--trials`` trials have finished; False when it was stopped before (Ctrl+C).
 
     A search cut by a stop on this machine is restored first (``Tuner.restore``: its finished trials stay, its
-    unfinished and errored ones resume from their HIST checkpoints) and run to its end. An experiment that has
-    ended is removed: every trial of it is in the records by then. Then a new Tuner (:func:`new_tuner`) runs the
-    trials the records still miss, so a raised ``--trials`` is honoured after a restore too."""
+    unfinished and errored ones resume from their HIST checkpoints, and their records continue) and run to its
+    end. An experiment whose trials have all ended is removed, with its trials' checkpoints: every trial of it is
+    in the records by then. Then a new Tuner (:func:`new_tuner`) runs the trials the records still miss, so a raised
+    ``--trials`` is honoured after a restore too. A stopped experiment stays, to be restored by the next run."""
     from ray import tune
 
     path = experiment_path(args)
     if tune.Tuner.can_restore(str(path)):
+        check_experiment(args, setup)
         print(f"restoring {path}", flush=True)
         trainable = tune.with_resources(run_trial, trial_resources(args))
         tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True).fit()
-        shutil.rmtree(path)
+        if not _ended(args):
+            return False
+        remove_experiment(args)
     search = new_tuner(args, ctx, setup)
-    if search is not None:
-        search.fit()
-        shutil.rmtree(path, ignore_errors=True)
+    if search is None:
+        return True
+    experiment_owner(args).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(experiment_owner(args), json.dumps(_owner(args, setup)))
+    search.fit()
+    if not _ended(args):
+        return False
+    remove_experiment(args)
+    return True
 
 
 def trial_table(records: list[dict]) -> list[dict]:
@@ -509,7 +561,12 @@ def main(argv: list[str] | None = None) -> int:
             str(cache),
         )
     ray.init(address=args.address, num_cpus=None if args.address else args.cpus, include_dashboard=False)
-    run_search(args, ctx, setup)
+    try:
+        complete = run_search(args, ctx, setup)
+    except RecordError as err:
+        parser.error(str(err))
+    if not complete:
+        print(f"search stopped with trials unfinished: the same command resumes it from {experiment_path(args)}")
     rows = trial_table(load_records(directory, setup, param_problems))
     print(f"search: {len(rows)} finished trials; best valid IC {rows[0][METRIC]:.4f}" if rows else "search: none")
     print(f"provider {repo_relative(ctx['provider_uri'])}; write the choice with --report")

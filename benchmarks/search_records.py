@@ -55,8 +55,14 @@ def write_record(directory: Path, record: dict) -> Path:
 
 
 def read_record(path: Path) -> dict | None:
-    """The record stored at ``path``, or None where there is none (a trial's first report)."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The record stored at ``path``, or None where there is none (a trial's first report); a file that is not
+    JSON is a :class:`RecordError` naming it."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RecordError(f"{path}: not a readable trial record ({err})") from err
 
 
 def _finite(value: Any) -> Any:
@@ -81,11 +87,10 @@ def load_records(
     when ``setup`` is given — for one made under another setup (other data, budget or space)."""
     records = []
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise RecordError(f"{path}: not a readable trial record ({err})") from err
-        missing = {"trial", "setup", "params", "status", "history"} - set(record if isinstance(record, dict) else {})
+        record = read_record(path)
+        if not isinstance(record, dict):
+            raise RecordError(f"{path}: not a trial record (a JSON object)")
+        missing = {"trial", "setup", "params", "status", "history"} - set(record)
         if missing:
             raise RecordError(f"{path}: not a trial record (missing {sorted(missing)})")
         if record["trial"] != path.stem:
@@ -98,9 +103,6 @@ def load_records(
             raise RecordError(f"{path}: every history entry needs {list(HISTORY_KEYS)}")
         if any(not _is_epoch(row["epoch"]) or not _is_score(row[SCORE]) for row in record["history"]):
             raise RecordError(f"{path}: a history entry's epoch must be a positive integer and its score a number")
-        problems = check_params(record["params"]) if check_params and isinstance(record["params"], dict) else []
-        if problems or not isinstance(record["params"], dict):
-            raise RecordError(f"{path}: params {'; '.join(problems) or 'must be a mapping'}")
         if not isinstance(record["setup"], dict):
             raise RecordError(f"{path}: setup must be a mapping")
         if setup is not None and record["setup"] != setup:
@@ -109,6 +111,9 @@ def load_records(
                 f"{path}: made by a search with another setup ({', '.join(changed)} differ from this one's): move "
                 f"the folder {directory} away or pass another --results-dir"
             )
+        problems = check_params(record["params"]) if check_params and isinstance(record["params"], dict) else []
+        if problems or not isinstance(record["params"], dict):
+            raise RecordError(f"{path}: params {'; '.join(problems) or 'must be a mapping'}")
         records.append(record)
     return records
 
@@ -128,6 +133,9 @@ def finished(records: Iterable[dict]) -> list[dict]:
         for record in records
         if record["status"] == "finished" and record["history"] and record["history"][-1][SCORE] is not None
     ]
+
+
+ROW_KEYS = (SCORE, "best_epoch", "epochs", "trial")  # what a table row (and the choice) holds beside the settings
 
 
 def trial_row(record: dict, metric: str) -> dict[str, Any]:

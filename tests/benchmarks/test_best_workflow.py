@@ -83,6 +83,7 @@ def test_the_yaml_keeps_the_trials_train_window_on_qlibs_segments_and_the_rest_o
         ({"keep_start": None}, "keep_start = None is not one of the searched"),
         ({"keep_start": 1}, r"keep_start = 1 is not one of the searched \[False, True\]"),  # 1 == True in Python
         ({"hidden_size": 64.0}, "hidden_size = 64.0 is not one of the searched"),
+        ({"dropuot": 0.1}, "'dropuot' is not a searched setting"),
     ],
 )
 def test_a_choice_outside_the_space_is_refused_by_name(change, message):

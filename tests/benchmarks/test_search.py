@@ -57,13 +57,23 @@ def test_every_searched_setting_is_in_the_space():
 
 
 def _stand_in(config):
-    """A trial whose valid IC peaks at lr = 1e-4 and rises by epoch."""
+    """A trial whose valid IC peaks at lr = 1e-4 and rises by epoch. With ``ctx["stop"]`` the first trial to reach
+    epoch 2 stops the search as Ctrl+C would (SIGUSR1 to the driver, which Tune handles alike)."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
     from ray import tune
 
-    lr = config["params"]["lr"]
+    lr, stop = config["params"]["lr"], config["ctx"].get("stop")
     for epoch in range(1, 7):
         ic = 0.08 - 0.01 * abs(math.log10(lr) + 4) + 0.001 * epoch
         tune.report({"epoch": epoch, "valid_ic": ic, "valid_rank_ic": 0.0, search.METRIC: ic, "best_epoch": epoch})
+        if stop and epoch == 2 and not Path(stop["marker"]).exists():
+            Path(stop["marker"]).write_text("stopped")
+            os.kill(stop["driver"], signal.SIGUSR1)
+            time.sleep(10)  # the driver stops this trial meanwhile
 
 
 def _search_args(tmp_path, trials):
@@ -81,6 +91,7 @@ SETUP = {"provider": "data", "max_epochs": search.MAX_EPOCHS}
 
 
 def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_valid(tmp_path, monkeypatch):
+    import os
     import shutil
     import sys
 
@@ -92,37 +103,56 @@ def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     monkeypatch.setattr(search, "run_trial", _stand_in)
     directory = records_dir(tmp_path / "results")
-    experiment = search.experiment_path(_search_args(tmp_path, 6))
+    experiment = search.experiment_path(_search_args(tmp_path, 4))
+    ctx = {"stop": {"marker": str(tmp_path / "stopped"), "driver": os.getpid()}}
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        search.new_tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP).fit()  # as if cut after its end
-        rows = search.trial_table(load_records(directory, SETUP))
-        assert len(rows) == 6 and rows == sorted(rows, key=lambda r: -r[search.METRIC])
+        # stopped (Ctrl+C) while a trial runs: the experiment stays, the cut trial's record says so
+        assert search.run_search(_search_args(tmp_path, 4), ctx, SETUP) is False
+        assert experiment.is_dir() and (tmp_path / "stopped").exists()
+        cut = [r for r in load_records(directory, SETUP) if r["status"] == "running"]
+        assert cut and all(r["history"] for r in cut)
+        # the same command, --trials raised: the experiment is restored and run to its end (the cut trials'
+        # records continue to "finished"), then removed, and a new one runs the 2 trials still missing
+        assert search.run_search(_search_args(tmp_path, 6), ctx, SETUP) is True
+        records = load_records(directory, SETUP)
+        assert len(records) == 6 and all(r["status"] == "finished" for r in records)
+        assert {r["trial"] for r in cut} <= {r["trial"] for r in records} and not experiment.exists()
+        rows = search.trial_table(records)
+        assert rows == sorted(rows, key=lambda r: -r[search.METRIC])
         assert all(r["epochs"] in (4, 6) and set(PARAMS) <= set(r) for r in rows)  # ASHA cuts at epoch 4 or not
-        assert experiment.is_dir()
-        # the same machine, --trials raised: the experiment is restored (no new trial in it), ended and removed,
-        # then a new one runs the 1 trial still missing
-        search.run_search(_search_args(tmp_path, 7), {"stand_in": True}, SETUP)
-        assert len(load_records(directory, SETUP)) == 7 and not experiment.exists()
         # a new machine: no Ray experiment, only the records; one of them was cut by a stop
         shutil.rmtree(tmp_path / "cache", ignore_errors=True)
-        cut = json.loads((directory / f"{rows[-1]['trial']}.json").read_text())
-        (directory / f"{rows[-1]['trial']}.json").write_text(json.dumps({**cut, "status": "running"}))
-        assert search.new_tuner(_search_args(tmp_path, 6), {"stand_in": True}, SETUP) is None  # 6 finished: none due
-        assert not (directory / f"{rows[-1]['trial']}.json").exists()  # the cut trial's record is dropped
-        search.run_search(_search_args(tmp_path, 9), {"stand_in": True}, SETUP)  # runs the 3 still missing
+        dropped = directory / f"{rows[-1]['trial']}.json"
+        dropped.write_text(json.dumps({**json.loads(dropped.read_text()), "status": "running"}))
+        assert search.new_tuner(_search_args(tmp_path, 5), ctx, SETUP) is None  # 5 finished: none due
+        assert not dropped.exists()  # the cut trial's record is dropped
+        assert search.run_search(_search_args(tmp_path, 8), ctx, SETUP) is True  # runs the 3 still missing
         records = load_records(directory, SETUP)
     finally:
         ray.shutdown()
-    assert len(records) == 9 and all(r["status"] == "finished" for r in records)
+    assert len(records) == 8 and all(r["status"] == "finished" for r in records)
     assert {r["trial"] for r in rows[:5]} < {r["trial"] for r in records}
     rows = search.trial_table(records)
-    weights = search.importances(rows)  # 9 trials: TPE's picks depend on which trial ends first, so no ranking here
+    weights = search.importances(rows)  # 8 trials: TPE's picks depend on which trial ends first, so no ranking here
     assert set(weights) == set(search.space()) and sum(weights.values()) == pytest.approx(1.0)
     choice = search.write_report(rows, weights, tmp_path)
     assert choice == rows[0] and json.loads((tmp_path / "search_choice.json").read_text())["trial"] == rows[0]["trial"]
     text = (tmp_path / "search.md").read_text()
     assert "fixed before any test score" in text and text.count("\n| ") >= len(rows) + len(weights)
+
+
+def test_a_cut_search_of_another_results_folder_or_setup_is_not_restored(tmp_path):
+    from benchmarks.search_records import RecordError
+
+    args = _search_args(tmp_path, 4)
+    search.experiment_owner(args).parent.mkdir(parents=True)
+    search.experiment_owner(args).write_text(json.dumps(search._owner(args, SETUP)))
+    search.check_experiment(args, SETUP)  # its own: restored
+    elsewhere = argparse.Namespace(**{**vars(args), "results_dir": str(tmp_path / "other")})
+    for other_args, other_setup in ((elsewhere, SETUP), (args, {**SETUP, "max_epochs": 8})):
+        with pytest.raises(RecordError, match="a cut search of another setup or --results-dir"):
+            search.check_experiment(other_args, other_setup)
 
 
 def _record(trial, scores, status="finished"):
@@ -287,26 +317,26 @@ def test_asha_seeded_past_fills_the_later_rungs_and_takes_the_first_epoch_past_a
 
 
 def test_a_restored_experiments_callback_continues_the_record_on_disk(tmp_path):
-    """After Tuner.restore the callback starts empty: a trial's next epoch is added to its stored history."""
+    """A restored experiment's callback is the one pickled when the search began (no record in it): a trial's next
+    epoch is added to its stored history; a stored record of other params is refused by name."""
     from types import SimpleNamespace
 
-    from benchmarks.search_records import load_records
+    from benchmarks.search_records import RecordError, load_records
 
     trial = SimpleNamespace(trial_id="t1", config={"params": dict(PARAMS)})
     before = search.TrialRecords(tmp_path, SETUP)
     for epoch in (1, 2):
         result = {"epoch": epoch, "valid_ic": 0.07, "valid_rank_ic": 0.0, search.METRIC: 0.07, "best_epoch": epoch}
         before.on_trial_result(0, [], trial, result)
-    restored = search.TrialRecords(tmp_path, SETUP)  # what a restored experiment holds
-    restored.set_state({})  # Ray hands it no state when the stop came before its last checkpoint
+    restored = search.TrialRecords(tmp_path, SETUP)
     result = {"epoch": 3, "valid_ic": 0.08, "valid_rank_ic": 0.0, search.METRIC: 0.08, "best_epoch": 3}
     restored.on_trial_result(0, [], trial, result)
     restored.on_trial_complete(0, [], trial)
     (record,) = load_records(tmp_path, SETUP, search.param_problems)
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3] and record["status"] == "finished"
-    again = search.TrialRecords(tmp_path, SETUP)
-    again.set_state(restored.get_state())
-    assert again.records == restored.records
+    other = SimpleNamespace(trial_id="t1", config={"params": dict(PARAMS, lr=2e-4)})
+    with pytest.raises(RecordError, match=r"t1\.json: a record of another search or trial"):
+        search.TrialRecords(tmp_path, SETUP).on_trial_result(0, [], other, result)
 
 
 def test_a_score_that_is_not_finite_is_stored_as_null_and_is_never_the_past_or_the_choice(tmp_path):
