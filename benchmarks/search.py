@@ -7,8 +7,8 @@ Each trial fits ``hist_pit`` (cpu-quick, point-in-time SW concepts, qlib's pretr
 the settings of :func:`space` on a dataset of **train and valid only** — the test segment is not in it, so no trial
 can read it — and reports after every epoch (:class:`ReportValidIC`, a trainer callback) the valid IC of the
 weights it would keep: its best epoch's, or its starting weights' under ``keep_start``. ASHA stops the trials that
-trail at epochs 4, 8 and 16; Optuna's TPE proposes the next settings from the finished ones. The trials run as Ray
-tasks (``--cpus``, ``--threads``, ``--address`` as in :mod:`benchmarks.run`).
+trail at epochs 2, 4, 8 and 16; Optuna's TPE proposes the next settings from the finished ones. The trials run as
+Ray tasks (``--cpus``, ``--threads``, ``--address`` as in :mod:`benchmarks.run`).
 
 A stopped search resumes two ways:
 
@@ -60,7 +60,7 @@ except ImportError:  # pragma: no cover - the module still imports, for --help
 NAME = "search"
 METRIC = SCORE  # the valid IC of the weights a trial keeps so far (what its model would predict with)
 MAX_EPOCHS = 20  # the modules grid's budget; ASHA cuts the trailing trials at its rungs
-ASHA = {"grace_period": 4, "reduction_factor": 2}  # rungs at epochs 4, 8, 16
+ASHA = {"grace_period": 2, "reduction_factor": 2}  # rungs at epochs 2, 4, 8, 16
 TRAIN_STARTS = ("2010-01-01", "2012-01-01", "2014-01-01")  # the data begins in 2010
 CONCEPT_WEIGHT = "$close * $volume"
 PRETRAINED_HIDDEN = 64  # qlib's pretrained LSTM file is 64 wide: other widths train from scratch

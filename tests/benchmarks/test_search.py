@@ -120,7 +120,7 @@ def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_
         assert {r["trial"] for r in cut} <= {r["trial"] for r in records} and not experiment.exists()
         rows = search.trial_table(records)
         assert rows == sorted(rows, key=lambda r: -r[search.METRIC])
-        assert all(r["epochs"] in (4, 6) and set(PARAMS) <= set(r) for r in rows)  # ASHA cuts at epoch 4 or not
+        assert all(r["epochs"] in (2, 4, 6) and set(PARAMS) <= set(r) for r in rows)  # ASHA cuts at 2, 4 or not
         # a new machine: no Ray experiment, only the records; one of them was cut by a stop
         shutil.rmtree(tmp_path / "cache", ignore_errors=True)
         dropped = directory / f"{rows[-1]['trial']}.json"
