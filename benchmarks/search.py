@@ -2,6 +2,8 @@
 
     python -m benchmarks.search --provider-uri ../shared/data/cn_csi300 --trials 40 --cpus 2     # runs or resumes
     python -m benchmarks.search --report      # results/search.md: the trial table, Optuna's importances, the choice
+    python -m benchmarks.search --trials 40 --confirm 3       # then refit the 3 best with seeds 1 and 2, on valid
+    python -m benchmarks.search --report --confirm 3          # the choice: the best mean valid IC over 3 seeds
 
 Each trial fits ``hist_pit`` (cpu-quick, point-in-time SW concepts, qlib's pretrained LSTM as ``model_path``) with
 the settings of :func:`space` on a dataset of **train and valid only** — the test segment is not in it, so no trial
@@ -22,6 +24,12 @@ A stopped search resumes two ways:
 ``--report`` writes the table and the choice — the finished trial of the highest valid IC — to
 ``benchmarks/results/search.md`` and ``search_choice.json`` **before** any test score exists, from the records
 alone; the chosen settings are then scored once, on test, by the final grid.
+
+One seed's valid IC is a noisy ranking: in the module ablation rows whose test IC differs by 0.004 sit within
+0.0017 of each other on valid, and seeds of one row spread by up to 0.0012. The best of 40 noisy scores is partly
+the luckiest. ``--confirm K`` therefore refits the K best trials with ``--confirm-seeds`` (1 and 2), on train and
+valid only, and ``--report --confirm K`` chooses the best *mean* valid IC over the three seeds; the confirmation's
+records go to ``benchmarks/results/search/confirm`` (``<trial>_seed<k>.json``).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ except ImportError:  # pragma: no cover - the module still imports, for --help
     TuneCallback = object  # type: ignore[assignment,misc]
 
 NAME = "search"
+CONFIRM = "confirm"  # the refits of the best trials with other seeds (``--confirm``)
 METRIC = SCORE  # the valid IC of the weights a trial keeps so far (what its model would predict with)
 MAX_EPOCHS = 20  # the modules grid's budget; ASHA cuts the trailing trials at its rungs
 ASHA = {"grace_period": 2, "reduction_factor": 2}  # rungs at epochs 2, 4, 8, 16
@@ -124,8 +133,9 @@ def trial_profile(params: dict) -> dict:
     return profile
 
 
-def trial_kwargs(params: dict, membership: str, model_path: str | None) -> dict:
-    """HIST's kwargs for a trial's ``params`` (the hist_pit row's, with the searched settings)."""
+def trial_kwargs(params: dict, membership: str, model_path: str | None, seed: int = 0) -> dict:
+    """HIST's kwargs for a trial's ``params`` (the hist_pit row's, with the searched settings); search trials use
+    seed 0, the confirmation runs other seeds."""
     kwargs = hist_kwargs(
         trial_profile(params),
         model_path if params["hidden_size"] == PRETRAINED_HIDDEN else None,
@@ -139,7 +149,7 @@ def trial_kwargs(params: dict, membership: str, model_path: str | None) -> dict:
         keep_start=params["keep_start"],
         concept_weight=CONCEPT_WEIGHT if params["concept_weight"] else None,
         metric="ic",
-        seed=0,
+        seed=seed,
     )
     return kwargs
 
@@ -165,9 +175,19 @@ class ReportValidIC(Callback):
 
 
 def trial_params(config: dict) -> dict:
-    """The searched settings in a trial's config (Tune nests OptunaSearch's ``params/<name>`` keys as ``params``)."""
+    """The searched settings in a trial's config (Tune nests OptunaSearch's ``params/<name>`` keys as ``params``;
+    a confirmation run holds them in ``run``)."""
+    if "run" in config:
+        return dict(config["run"]["params"])
     flat = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("params/")}
     return flat or dict(config.get("params", {}))
+
+
+def run_name(config: dict, trial_id: str) -> str:
+    """A trial's record name: its Ray id for a search trial, ``<search trial>_seed<k>`` for a confirmation run (so
+    a rerun of it continues its record and its HIST checkpoint)."""
+    run = config.get("run")
+    return f"{run['source']}_seed{run['seed']}" if run else trial_id
 
 
 class TrialRecords(TuneCallback):
@@ -183,22 +203,26 @@ class TrialRecords(TuneCallback):
         self.records: dict[str, dict] = {}
 
     def _record(self, trial: Any) -> dict:
-        if trial.trial_id not in self.records:
+        name = run_name(trial.config, trial.trial_id)
+        if name not in self.records:
             params = trial_params(trial.config)
-            path = self.directory / f"{trial.trial_id}.json"
+            path = self.directory / f"{name}.json"
             stored = read_record(path)
             if stored is not None and (stored.get("setup") != self.shared or stored.get("params") != params):
                 raise RecordError(f"{path}: a record of another search or trial; move it away to run this one")
-            self.records[trial.trial_id] = stored or {
-                "trial": trial.trial_id,
+            run = trial.config.get("run", {})
+            self.records[name] = stored or {
+                "trial": name,
                 "setup": self.shared,
                 "params": params,
                 "history": [],
+                **{key: run[key] for key in ("source", "seed") if key in run},
             }
-        return self.records[trial.trial_id]
+        return self.records[name]
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        record = self.records[trial.trial_id] = {**add_epoch(self._record(trial), result), "status": "running"}
+        record = {**add_epoch(self._record(trial), result), "status": "running"}
+        self.records[record["trial"]] = record
         write_record(self.directory, record)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -208,7 +232,8 @@ class TrialRecords(TuneCallback):
         self._end(trial, "error")
 
     def _end(self, trial: Any, status: str) -> None:
-        record = self.records[trial.trial_id] = {**self._record(trial), "status": status}
+        record = {**self._record(trial), "status": status}
+        self.records[record["trial"]] = record
         write_record(self.directory, record)
 
 
@@ -257,15 +282,15 @@ def run_trial(config: dict) -> None:
     from qlib_hist import HIST
     from qlib_hist.qlib_edge.handler_cache import cached_handler
 
-    params, ctx = config["params"], config["ctx"]
+    params, ctx, seed = trial_params(config), config["ctx"], config.get("run", {}).get("seed", 0)
     torch.set_num_threads(ctx["threads"])
     qlib.init(**qlib_init_kwargs(ctx["provider_uri"], ctx["tracking_uri"], kernels=1))
     profile = trial_profile(params)
     handler = handler_config(ctx["market"], profile["start"], profile["end"], profile["fit"])
     dataset = DatasetH(cached_handler(handler, ctx["provider_uri"], ctx["cache_dir"]), segments=profile["segments"])
-    kwargs = trial_kwargs(params, ctx["membership"], ctx["model_path"])
-    trial = tune.get_context().get_trial_id()
-    kwargs["checkpoint_dir"] = str(Path(ctx["cache_dir"]) / "checkpoints" / NAME / trial)
+    kwargs = trial_kwargs(params, ctx["membership"], ctx["model_path"], seed=seed)
+    name = run_name(config, tune.get_context().get_trial_id())
+    kwargs["checkpoint_dir"] = str(Path(ctx["cache_dir"]) / "checkpoints" / NAME / name)
     HIST(**kwargs).fit(dataset, callbacks=[ReportValidIC(tune.report)])
 
 
@@ -423,6 +448,73 @@ def run_search(args: argparse.Namespace, ctx: dict, setup: dict) -> bool:
     return True
 
 
+def confirm_dir(results_dir: str | Path) -> Path:
+    """Where the confirmation runs' records live: ``<results>/search/confirm``."""
+    return records_dir(results_dir).parent / CONFIRM
+
+
+def confirm_runs(rows: list[dict], top: int, seeds: list[int], done: set[str]) -> list[dict]:
+    """The confirmation runs still to do: each of the ``top`` trials of ``rows`` (the search's table, best first)
+    refitted with each of ``seeds``, but those whose record (``<trial>_seed<k>``) is in ``done``."""
+    return [
+        {"source": row["trial"], "seed": seed, "params": {name: row[name] for name in space()}}
+        for row in rows[:top]
+        for seed in seeds
+        if f"{row['trial']}_seed{seed}" not in done
+    ]
+
+
+def run_confirm(args: argparse.Namespace, ctx: dict, setup: dict) -> None:
+    """Refit the search's ``--confirm`` best trials with the ``--confirm-seeds`` (full epoch budget, each its own
+    early stop, no ASHA), on train and valid only, writing a record per run to :func:`confirm_dir`. A run cut by a
+    stop continues its record and its HIST checkpoint when the command is run again."""
+    from ray import tune
+
+    directory = confirm_dir(args.results_dir)
+    rows = trial_table(load_records(records_dir(args.results_dir), setup, param_problems))
+    done = {record["trial"] for record in finished(load_records(directory, setup, param_problems))}
+    runs = confirm_runs(rows, args.confirm, args.confirm_seeds, done)
+    print(f"confirmation: {len(runs)} run(s) to do for the best {args.confirm} trial(s)", flush=True)
+    if not runs:
+        return
+    storage = experiment_path(args).parent
+    tune.Tuner(
+        tune.with_resources(run_trial, trial_resources(args)),
+        param_space={"ctx": ctx, "run": tune.grid_search(runs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=args.concurrent),
+        run_config=tune.RunConfig(name=CONFIRM, storage_path=str(storage), callbacks=[TrialRecords(directory, setup)]),
+    ).fit()
+    shutil.rmtree(storage / CONFIRM, ignore_errors=True)
+
+
+def confirmed(rows: list[dict], confirm: list[dict], top: int, seeds: list[int]) -> list[dict]:
+    """The ``top`` trials of ``rows`` with their valid IC over seed 0 (the search's run) and ``seeds`` (the
+    confirmation's): each row gains ``confirmed`` = ``{"seeds", "valid_ic", "mean", "std"}``, best mean first.
+    Raises :class:`RecordError` naming the runs still missing."""
+    import numpy as np
+
+    scores = {record["trial"]: record["history"][-1][METRIC] for record in finished(confirm)}
+    missing = [
+        f"{row['trial']}_seed{seed}"
+        for row in rows[:top]
+        for seed in seeds
+        if f"{row['trial']}_seed{seed}" not in scores
+    ]
+    if missing:
+        raise RecordError(f"the confirmation lacks {', '.join(missing)}: run the search with --confirm {top} first")
+    out = []
+    for row in rows[:top]:
+        values = [row[METRIC], *(scores[f"{row['trial']}_seed{seed}"] for seed in seeds)]
+        summary = {
+            "seeds": [0, *seeds],
+            "valid_ic": values,
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)),
+        }
+        out.append({**row, "confirmed": summary})
+    return sorted(out, key=lambda row: -row["confirmed"]["mean"])
+
+
 def trial_table(records: list[dict]) -> list[dict]:
     """One row per finished trial (:func:`benchmarks.search_records.trial_row`), the highest valid IC first."""
     return sorted((trial_row(record, METRIC) for record in finished(records)), key=lambda row: -row[METRIC])
@@ -445,10 +537,18 @@ def importances(rows: list[dict]) -> dict:
         return {}
 
 
-def write_report(rows: list[dict], weights: dict, out: Path) -> dict:
-    """``search.md`` (the choice first, then the importances and the trial table) and ``search_choice.json``."""
-    choice = rows[0]
+def write_report(rows: list[dict], weights: dict, out: Path, confirmed_rows: list[dict] | None = None) -> dict:
+    """``search.md`` (the choice first, then the confirmation, the importances and the trial table) and
+    ``search_choice.json``. The choice is the best mean valid IC of ``confirmed_rows`` (:func:`confirmed`) where
+    given, else the trial of the highest valid IC."""
+    choice = confirmed_rows[0] if confirmed_rows else rows[0]
     keys = list(space())
+    rule = (
+        f"the best mean valid IC over seeds {', '.join(map(str, choice['confirmed']['seeds']))} among the "
+        f"{len(confirmed_rows)} best trials"
+        if confirmed_rows
+        else "the highest valid IC, one seed"
+    )
     lines = [
         "# Recipe search (valid segment only)",
         "",
@@ -456,14 +556,33 @@ def write_report(rows: list[dict], weights: dict, out: Path) -> dict:
         f"{MAX_EPOCHS}), cpu-quick train (from the trial's start) and valid 2017-2018. The test segment was not in "
         "any trial's dataset. Each trial's score is the valid IC of the weights it keeps (`best_epoch` 0: its "
         "starting weights). Made by `python -m benchmarks.search --report` from the trial records in "
-        "`search/trials/`.",
+        "`search/trials/` (and `search/confirm/`).",
         "",
-        "## The choice (highest valid IC), fixed before any test score",
+        f"## The choice ({rule}), fixed before any test score",
         "",
         "```json",
-        json.dumps({k: choice[k] for k in keys + [METRIC, "best_epoch"]}, indent=1),
+        json.dumps(
+            {k: choice[k] for k in [*keys, METRIC, "best_epoch", *(["confirmed"] if confirmed_rows else [])]}, indent=1
+        ),
         "```",
         "",
+    ]
+    if confirmed_rows:
+        seeds = confirmed_rows[0]["confirmed"]["seeds"]
+        lines += [
+            "## Confirmation on valid (the best trials refitted with other seeds)",
+            "",
+            "| trial | " + " | ".join(f"valid IC, seed {seed}" for seed in seeds) + " | mean ± std |",
+            "|---|" + "---|" * (len(seeds) + 1),
+            *[
+                f"| {row['trial']} | "
+                + " | ".join(f"{value:.4f}" for value in row["confirmed"]["valid_ic"])
+                + f" | {row['confirmed']['mean']:.4f} ± {row['confirmed']['std']:.4f} |"
+                for row in confirmed_rows
+            ],
+            "",
+        ]
+    lines += [
         "## Importances (Optuna, for valid IC)",
         "",
         "| setting | importance |",
@@ -504,7 +623,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
     parser.add_argument("--report", action="store_true", help="write the table and the choice, run nothing")
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="K",
+        help="refit the K best trials with --confirm-seeds once the search has ended; --report then chooses by "
+        "their mean valid IC",
+    )
+    parser.add_argument("--confirm-seeds", type=int, nargs="+", default=[1, 2], metavar="SEED")
     args = parser.parse_args(argv)
+    if args.confirm < 0 or (
+        args.confirm and (0 in args.confirm_seeds or len(set(args.confirm_seeds)) < len(args.confirm_seeds))
+    ):
+        parser.error(
+            f"--confirm must be at least 0 (got {args.confirm}) and --confirm-seeds distinct seeds other than 0, "
+            f"the search's own (got {args.confirm_seeds})"
+        )
     if args.gpus_per_trial < 0:
         parser.error(f"--gpus-per-trial must be at least 0, got {args.gpus_per_trial:g}")
     if not args.report:
@@ -526,8 +661,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = trial_table(records)
         if not rows:
             parser.error(f"no finished trial in {directory}: run the search first")
-        choice = write_report(rows, importances(rows), Path(args.results_dir))
-        print(f"{len(rows)} trials; chosen (valid IC {choice[METRIC]:.4f}): {choice['trial']}")
+        try:
+            confirm = load_records(confirm_dir(args.results_dir), setup, param_problems)
+            ranked = confirmed(rows, confirm, args.confirm, args.confirm_seeds) if args.confirm else None
+        except RecordError as err:
+            parser.error(str(err))
+        choice = write_report(rows, importances(rows), Path(args.results_dir), ranked)
+        print(f"{len(rows)} trials; chosen (valid IC {choice[METRIC]:.4f} on seed 0): {choice['trial']}")
         return 0
     import ray
 
@@ -567,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if not complete:
         print(f"search stopped with trials unfinished: the same command resumes it from {experiment_path(args)}")
+    elif args.confirm:
+        try:
+            run_confirm(args, ctx, setup)
+        except RecordError as err:
+            parser.error(str(err))
     rows = trial_table(load_records(directory, setup, param_problems))
     print(f"search: {len(rows)} finished trials; best valid IC {rows[0][METRIC]:.4f}" if rows else "search: none")
     print(f"provider {repo_relative(ctx['provider_uri'])}; write the choice with --report")

@@ -135,7 +135,8 @@ def finished(records: Iterable[dict]) -> list[dict]:
     ]
 
 
-ROW_KEYS = (SCORE, "best_epoch", "epochs", "trial")  # what a table row (and the choice) holds beside the settings
+# what a table row (and the choice) holds beside the settings; ``confirmed``: the choice's valid IC over seeds
+ROW_KEYS = (SCORE, "best_epoch", "epochs", "trial", "confirmed")
 
 
 def trial_row(record: dict, metric: str) -> dict[str, Any]:

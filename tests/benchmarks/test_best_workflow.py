@@ -114,6 +114,15 @@ def test_lr_is_written_unrounded_and_read_back_as_the_same_float(tmp_path, lr):
     assert type(pyyaml) is float and pyyaml == lr
 
 
+def test_a_confirmed_choice_writes_the_same_model_and_names_its_mean(tmp_path):
+    confirmed = dict(
+        CHOICE, confirmed={"seeds": [0, 1, 2], "valid_ic": [0.0781, 0.0777, 0.0779], "mean": 0.0779, "std": 0.0002}
+    )
+    text = bw.best_workflow(confirmed, WORKFLOW_YAML.read_text())
+    assert "valid IC 0.0781; mean over seeds 0, 1, 2: 0.0779)" in text
+    assert text.split("\n", 3)[3] == bw.best_workflow(CHOICE, WORKFLOW_YAML.read_text()).split("\n", 3)[3]
+
+
 def test_the_committed_best_yaml_is_what_the_committed_choice_writes():
     """The shipped YAML exists exactly when the search's choice does, and is its output byte for byte."""
     if not bw.CHOICE_JSON.exists():

@@ -66,7 +66,7 @@ def _stand_in(config):
 
     from ray import tune
 
-    lr, stop = config["params"]["lr"], config["ctx"].get("stop")
+    lr, stop = search.trial_params(config)["lr"], config["ctx"].get("stop")
     for epoch in range(1, 7):
         ic = 0.08 - 0.01 * abs(math.log10(lr) + 4) + 0.001 * epoch
         tune.report({"epoch": epoch, "valid_ic": ic, "valid_rank_ic": 0.0, search.METRIC: ic, "best_epoch": epoch})
@@ -243,7 +243,7 @@ def test_report_from_records_alone_writes_the_choice(tmp_path, capsys):
     assert search.main(["--report", *args]) == 0
     choice = json.loads((tmp_path / "search_choice.json").read_text())
     assert choice["trial"] == "t1" and choice[search.METRIC] == 0.08 and choice["epochs"] == 3  # errors: no row
-    assert "3 trials; chosen (valid IC 0.0800): t1" in capsys.readouterr().out
+    assert "3 trials; chosen (valid IC 0.0800 on seed 0): t1" in capsys.readouterr().out
     assert "(none yet: the trials' scores do not vary)" in (tmp_path / "search.md").read_text()  # one setting
 
 
@@ -391,3 +391,93 @@ def test_a_record_outside_the_space_or_under_another_name_is_refused(tmp_path, c
     (tmp_path / "t.json").write_text(json.dumps({**_record("t", [0.07]), **change}))
     with pytest.raises(RecordError, match=message):
         load_records(tmp_path, None, search.param_problems)
+
+
+def _row(trial, score, **params):
+    return {**PARAMS, **params, search.METRIC: score, "best_epoch": 3, "epochs": 6, "trial": trial}
+
+
+def test_the_confirmation_refits_the_best_trials_with_the_seeds_still_missing():
+    rows = [_row("a", 0.080), _row("b", 0.079, lr=2e-4), _row("c", 0.070)]
+    runs = search.confirm_runs(rows, 2, [1, 2], done={"a_seed2"})
+    assert [(run["source"], run["seed"]) for run in runs] == [("a", 1), ("b", 1), ("b", 2)]
+    assert runs[2]["params"] == dict(PARAMS, lr=2e-4)  # the settings alone: no score, no id
+    assert search.run_name({"run": runs[0]}, "ray-id") == "a_seed1" and search.run_name({}, "ray-id") == "ray-id"
+
+
+def test_the_confirmed_choice_is_the_best_mean_over_seeds_not_the_luckiest_seed(tmp_path, capsys):
+    """Trial a leads on seed 0 by luck; b leads on the mean of seeds 0-2: the report chooses b."""
+    from benchmarks.search_records import RecordError, load_records, records_dir, write_record
+
+    args = ["--results-dir", str(tmp_path), "--provider-uri", "p", "--model-path", "m.pkl"]
+    setup = search.search_setup(search_args(args))
+    for trial, score, lr in (("a", 0.081, 1e-4), ("b", 0.080, 2e-4), ("c", 0.070, 3e-4)):
+        record = {**_record(trial, [0.07, score]), "setup": setup, "params": dict(PARAMS, lr=lr)}
+        write_record(records_dir(tmp_path), record)
+    confirm = search.confirm_dir(tmp_path)
+    for trial, seed, score, lr in (("a", 1, 0.076, 1e-4), ("a", 2, 0.077, 1e-4), ("b", 1, 0.0795, 2e-4)):
+        record = {**_record(f"{trial}_seed{seed}", [score]), "setup": setup, "params": dict(PARAMS, lr=lr)}
+        write_record(confirm, {**record, "source": trial, "seed": seed})
+    with pytest.raises(SystemExit) as exit_:  # b's seed 2 is missing: no choice is written
+        search.main(["--report", "--confirm", "2", *args])
+    assert exit_.value.code == 2 and "the confirmation lacks b_seed2" in capsys.readouterr().err
+    assert not (tmp_path / "search_choice.json").exists()
+    record = {**_record("b_seed2", [0.0805]), "setup": setup, "params": dict(PARAMS, lr=2e-4)}
+    write_record(confirm, {**record, "source": "b", "seed": 2})
+    assert search.main(["--report", "--confirm", "2", *args]) == 0
+    choice = json.loads((tmp_path / "search_choice.json").read_text())
+    assert choice["trial"] == "b" and choice["confirmed"]["seeds"] == [0, 1, 2]
+    assert choice["confirmed"]["mean"] == pytest.approx((0.080 + 0.0795 + 0.0805) / 3)
+    assert choice["confirmed"]["std"] == pytest.approx(0.0005)
+    text = (tmp_path / "search.md").read_text()
+    assert "best mean valid IC over seeds 0, 1, 2 among the 2 best trials" in text
+    assert "| a | 0.0810 | 0.0760 | 0.0770 | 0.0780 ± 0.0026 |" in text
+    assert search.main(["--report", *args]) == 0  # without --confirm: one seed's best, said so
+    assert json.loads((tmp_path / "search_choice.json").read_text())["trial"] == "a"
+    rows = search.trial_table(load_records(records_dir(tmp_path), setup))
+    with pytest.raises(RecordError, match=r"the confirmation lacks c_seed1, c_seed2: run the search with --confirm 3"):
+        search.confirmed(rows, load_records(confirm, setup), 3, [1, 2])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--confirm", "-1"],
+        ["--confirm", "2", "--confirm-seeds", "0", "1"],
+        ["--confirm", "2", "--confirm-seeds", "1", "1"],
+    ],
+)
+def test_a_confirmation_without_new_distinct_seeds_is_a_usage_error(argv, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        search.main([*argv, "--report", "--results-dir", str(tmp_path)])
+    assert exit_.value.code == 2 and "--confirm-seeds distinct seeds other than 0" in capsys.readouterr().err
+
+
+def test_the_confirmation_runs_write_one_record_per_trial_and_seed(tmp_path, monkeypatch):
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    from benchmarks.search_records import load_records, records_dir, write_record
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(search, "run_trial", _stand_in)
+    for trial, score, lr in (("a", 0.081, 1e-4), ("b", 0.080, 2e-4)):
+        record = {**_record(trial, [score]), "params": dict(PARAMS, lr=lr)}
+        write_record(records_dir(tmp_path / "results"), record)
+    args = argparse.Namespace(**{**vars(_search_args(tmp_path, 2)), "confirm": 2, "confirm_seeds": [1, 2]})
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        search.run_confirm(args, {}, SETUP)
+    finally:
+        ray.shutdown()
+    records = load_records(search.confirm_dir(tmp_path / "results"), SETUP, search.param_problems)
+    assert sorted((r["trial"], r["source"], r["seed"]) for r in records) == [
+        ("a_seed1", "a", 1),
+        ("a_seed2", "a", 2),
+        ("b_seed1", "b", 1),
+        ("b_seed2", "b", 2),
+    ]
+    assert all(r["status"] == "finished" and len(r["history"]) == 6 for r in records)  # no ASHA: every epoch
+    assert not (tmp_path / "cache" / "search_ray" / search.CONFIRM).exists()
