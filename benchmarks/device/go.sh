@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device side of bundle.sh: unpack the bundle and the provider, run one command with them on the GPU, and put under
 # $OUT its log (run.log), nvidia-smi samples (smi.log) and back.tgz: .devwork/results, the rolling result files, the
-# search experiment (.devwork/cache/search_ray) and
+# search's trial records (benchmarks/results/search), the search experiment (.devwork/cache/search_ray) and
 # the checkpoints of unfinished runs. The command is stopped BUDGET seconds after go.sh starts (default 540), so
 # that the call ends inside its limit. From the repository root:
 #   bash benchmarks/device/go.sh python3 -m benchmarks.run --grid benchmarks/device/ablation_seeds12.yaml \
@@ -27,5 +27,5 @@ timeout -s INT "$((${BUDGET:-540} - ($(date +%s) - t0)))" "$@" > "$OUT/run.log" 
 echo "command exit $? at $(($(date +%s) - t0)) s"
 kill "$sampler"
 ray stop --force > /dev/null 2>&1
-tar czf "$OUT/back.tgz" $(ls -d .devwork/results benchmarks/results/rolling/runs .devwork/cache/checkpoints .devwork/cache/search_ray 2>/dev/null)
+tar czf "$OUT/back.tgz" $(ls -d .devwork/results benchmarks/results/rolling/runs benchmarks/results/search .devwork/cache/checkpoints .devwork/cache/search_ray 2>/dev/null)
 grep -a "===\|grid \|rolling step" "$OUT/run.log" | tail -20
