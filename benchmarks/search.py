@@ -187,7 +187,12 @@ def run_name(config: dict, trial_id: str) -> str:
     """A trial's record name: its Ray id for a search trial, ``<search trial>_seed<k>`` for a confirmation run (so
     a rerun of it continues its record and its HIST checkpoint)."""
     run = config.get("run")
-    return f"{run['source']}_seed{run['seed']}" if run else trial_id
+    return confirm_name(run["source"], run["seed"]) if run else trial_id
+
+
+def confirm_name(trial: str, seed: int) -> str:
+    """The record name of search trial ``trial`` refitted with ``seed``: ``<trial>_seed<k>``."""
+    return f"{trial}_seed{seed}"
 
 
 class TrialRecords(TuneCallback):
@@ -460,7 +465,7 @@ def confirm_runs(rows: list[dict], top: int, seeds: list[int], done: set[str]) -
         {"source": row["trial"], "seed": seed, "params": {name: row[name] for name in space()}}
         for row in rows[:top]
         for seed in seeds
-        if f"{row['trial']}_seed{seed}" not in done
+        if confirm_name(row["trial"], seed) not in done
     ]
 
 
@@ -495,16 +500,16 @@ def confirmed(rows: list[dict], confirm: list[dict], top: int, seeds: list[int])
 
     scores = {record["trial"]: record["history"][-1][METRIC] for record in finished(confirm)}
     missing = [
-        f"{row['trial']}_seed{seed}"
+        confirm_name(row["trial"], seed)
         for row in rows[:top]
         for seed in seeds
-        if f"{row['trial']}_seed{seed}" not in scores
+        if confirm_name(row["trial"], seed) not in scores
     ]
     if missing:
         raise RecordError(f"the confirmation lacks {', '.join(missing)}: run the search with --confirm {top} first")
     out = []
     for row in rows[:top]:
-        values = [row[METRIC], *(scores[f"{row['trial']}_seed{seed}"] for seed in seeds)]
+        values = [row[METRIC], *(scores[confirm_name(row["trial"], seed)] for seed in seeds)]
         summary = {
             "seeds": [0, *seeds],
             "valid_ic": values,
