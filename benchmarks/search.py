@@ -117,6 +117,12 @@ def param_problems(params: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     return problems
 
 
+def checked_records(directory: Path, setup: dict) -> list[dict]:
+    """The records in ``directory`` (trials or confirmation runs), each checked against this search's ``setup``
+    and space (:func:`param_problems`); a record that fails is a :class:`RecordError` naming its file."""
+    return load_records(directory, setup, param_problems)
+
+
 def trial_profile(params: dict) -> dict:
     """cpu-quick with the trial's train start: the handler starts (and its processors are fitted) there, and the
     segments are train and valid only."""
@@ -391,7 +397,7 @@ def new_tuner(args: argparse.Namespace, ctx: dict, setup: dict) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     directory = records_dir(args.results_dir)
-    records = load_records(directory, setup, param_problems)
+    records = checked_records(directory, setup)
     for stale in (r for r in records if r["status"] == "running"):  # cut by a stop: run again as a new trial
         (directory / f"{stale['trial']}.json").unlink()
     past = finished(records)
@@ -476,8 +482,8 @@ def run_confirm(args: argparse.Namespace, ctx: dict, setup: dict) -> None:
     from ray import tune
 
     directory = confirm_dir(args.results_dir)
-    rows = trial_table(load_records(records_dir(args.results_dir), setup, param_problems))
-    done = {record["trial"] for record in finished(load_records(directory, setup, param_problems))}
+    rows = trial_table(checked_records(records_dir(args.results_dir), setup))
+    done = {record["trial"] for record in finished(checked_records(directory, setup))}
     runs = confirm_runs(rows, args.confirm, args.confirm_seeds, done)
     print(f"confirmation: {len(runs)} run(s) to do for the best {args.confirm} trial(s)", flush=True)
     if not runs:
@@ -659,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = search_setup(args)
     directory = records_dir(args.results_dir)
     try:  # records of another setup are refused before anything is built
-        records = load_records(directory, setup, param_problems)
+        records = checked_records(directory, setup)
     except RecordError as err:
         parser.error(str(err))
     if args.report:
@@ -667,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             parser.error(f"no finished trial in {directory}: run the search first")
         try:
-            confirm = load_records(confirm_dir(args.results_dir), setup, param_problems)
+            confirm = checked_records(confirm_dir(args.results_dir), setup)
             ranked = confirmed(rows, confirm, args.confirm, args.confirm_seeds) if args.confirm else None
         except RecordError as err:
             parser.error(str(err))
@@ -717,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             run_confirm(args, ctx, setup)
         except RecordError as err:
             parser.error(str(err))
-    rows = trial_table(load_records(directory, setup, param_problems))
+    rows = trial_table(checked_records(directory, setup))
     print(f"search: {len(rows)} finished trials; best valid IC {rows[0][METRIC]:.4f}" if rows else "search: none")
     print(f"provider {repo_relative(ctx['provider_uri'])}; write the choice with --report")
     return 0
