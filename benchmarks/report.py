@@ -99,6 +99,13 @@ def fit_seconds(run: dict) -> float:
     return float(sum(run["epoch_seconds"])) if run.get("epoch_seconds") else float(run["fit_seconds"])
 
 
+def n_fits(run: dict) -> int:
+    """How many models a run trained: an ``ensemble: K`` run's K, a seed average's members (its ``fits``), else 1."""
+    if "fits" in run:
+        return int(run["fits"])
+    return int(run.get("config", {}).get("kwargs", {}).get("ensemble", 1))
+
+
 #: result fields that must agree between a borrowed run and this grid's runs of its model
 SAME_FIELDS = ("profile", "provider_uri")
 
@@ -155,10 +162,13 @@ def summary_table(runs: list[dict]) -> str:
     """Markdown: one row per (model, variant), each metric as mean ± std over its seeds.
 
     Runs of a grid (they record the early-stopping metric) also get the valid score at the best epoch, the best
-    epoch (0-based) and the fit time (:func:`fit_seconds`).
+    epoch (0-based) and the fit time (:func:`fit_seconds`). A table with an ensemble or seed-average row has a
+    ``Fits`` column, the models each run trained (:func:`n_fits`): their cost, which ``Fit s`` and ``Epochs run``
+    sum over the members.
     """
     with_valid = any("valid_score" in r for r in runs)
-    extra = ["Valid (best epoch)", "Best epoch", "Fit s"] if with_valid else []
+    with_fits = any(n_fits(r) > 1 for r in runs)
+    extra = (["Fits"] if with_fits else []) + (["Valid (best epoch)", "Best epoch", "Fit s"] if with_valid else [])
     header = ["Model", "Seeds"] + extra + list(REPORT_METRICS) + ["Epochs run", "Sec/epoch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows_in_order(runs):
@@ -170,6 +180,8 @@ def summary_table(runs: list[dict]) -> str:
             lines.append(f"| {label(row)} | {seeds} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
             continue
         cells = [label(row), ", ".join(str(r["seed"]) for r in ok)]
+        if with_fits:
+            cells.append("/".join(sorted({str(n_fits(r)) for r in ok})))
         if with_valid:
             cells.append(_mean_std([r.get("valid_score", np.nan) for r in ok], 4))
             cells.append(_mean_std([r.get("best_epoch", np.nan) for r in ok], 1))

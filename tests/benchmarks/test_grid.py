@@ -187,6 +187,20 @@ def test_report_rows_per_variant():
     assert fit_seconds(lightgbm) == 7.0 and fit_seconds(runs[3]) == 6.0
 
 
+def test_report_shows_the_fits_of_ensemble_and_seed_average_rows():
+    single = _run("hist_pit", DEFAULT, 0, 0.03, 0.04)
+    assert "Fits" not in summary_table([single]).splitlines()[0]  # a table of single fits has no such column
+    ensemble = {**_run("hist_pit", "best_x5", 0, 0.04, 0.05), "config": {"kwargs": {"ensemble": 5}}}
+    ensemble["best_epoch"] = [1, 2, 3, 4, 5]  # one per member: the table shows their mean
+    average = {**_run("qlib_hist_patched", "avg5", 0, 0.02, 0.03), "fits": 5}
+    table = summary_table([single, ensemble, average]).splitlines()
+    assert table[0].startswith("| Model | Seeds | Fits | Valid (best epoch) | Best epoch |")
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[2:5] for line in table[2:]}
+    assert cells["HIST (qlib_hist, point-in-time SW concepts)"] == ["1", "0.0400 ± 0.0000", "0.0 ± 0.0"]
+    assert cells["HIST (qlib_hist, point-in-time SW concepts), best_x5"] == ["5", "0.0500 ± 0.0000", "3.0 ± 1.4"]
+    assert next(v for k, v in cells.items() if "avg5" in k)[0] == "5"
+
+
 def test_report_names_every_host_of_a_mixed_grid():
     cpu, gpu = {"host": "x86_64 2 cores", "device": "cpu"}, {"host": "x86_64 16 cores", "device": "NVIDIA H200"}
     assert hosts_line([cpu, cpu]) == "host: x86_64 2 cores"
