@@ -11,6 +11,12 @@
       best: {from_workflow: workflow_config_hist_best.yaml}   # the model kwargs of a qrun YAML (see below)
     variant_models:                # variant -> the models it runs on (optional; a variant not named runs on all)
       hidden_topk: [hidden_topk]
+    row_seeds:                     # row -> its seeds, instead of the grid's (optional)
+      hist_pit+best: [0, 1, 2, 3, 4, 5, 6, 7, 8]
+
+``row_seeds`` gives a row (``model`` or ``model+variant``, as the table names it) other seeds than the grid's:
+the members a seed average of ``K`` seeds ``s..s+K-1`` needs beyond the grid's seeds (see
+:mod:`benchmarks.seed_average`), so only the rows averaged pay for them.
 
 ``from_workflow`` (a path relative to the repository root, or absolute) takes the variant's kwargs from the
 ``task.model.kwargs`` of a qrun workflow YAML, without its file kwargs (``model_path``, the concept files: each run
@@ -37,7 +43,7 @@ from benchmarks.paths import ROOT
 from qlib_hist._io import ConfigDateError
 
 DEFAULT = "default"  # the variant that changes nothing
-GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants", "variant_models")
+GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants", "variant_models", "row_seeds")
 FROM_WORKFLOW = "from_workflow"  # a variant's kwargs from a qrun YAML's task.model.kwargs
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # names that are safe in a file name and hold no "+"
 
@@ -77,16 +83,20 @@ class Grid:
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {DEFAULT: {}})
     source: str = "command line"  # the grid file, for messages and the report
     variant_models: dict[str, list[str]] = field(default_factory=dict)  # variant -> its models; absent: all
+    row_seeds: dict[str, list[int]] = field(default_factory=dict)  # row -> its seeds; absent: the grid's seeds
 
     def runs(self) -> list[RunKey]:
-        """Every run, seed-major (the first seed of every row first, so a stopped grid has whole seeds)."""
-        return [
+        """Every run, seed-major (the first seed of every row first, so a stopped grid has whole seeds); the seeds
+        only some rows have (``row_seeds``) after the grid's."""
+        extra = sorted({s for seeds in self.row_seeds.values() for s in seeds} - set(self.seeds))
+        keys = [
             RunKey(m, v, s)
-            for s in self.seeds
+            for s in [*self.seeds, *extra]
             for v in self.variants
             for m in self.models
             if m in self.variant_models.get(v, self.models)
         ]
+        return [key for key in keys if key.seed in self.row_seeds.get(key.row, self.seeds)]
 
 
 def profile_with(name: str, settings: dict | None, where: str) -> dict:
@@ -165,6 +175,29 @@ def _variant_models(spec: Any, variants: dict, models: list[str], source: str) -
     return {variant: list(names) for variant, names in spec.items()}
 
 
+def _seeds(seeds: Any, where: str) -> list[int]:
+    """``seeds`` checked: a non-empty list of distinct integers; ``where`` names the key in errors."""
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not integers or not seeds:
+        raise GridError(f"{where} must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise GridError(f"{where} lists a seed twice: {seeds}")
+    return list(seeds)
+
+
+def _row_seeds(spec: Any, rows: list[str], source: str) -> dict[str, list[int]]:
+    """``row_seeds`` checked: each key a row of the grid (``model`` or ``model+variant``), each value its seeds."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise GridError(f"{source}: row_seeds must be a mapping of row -> seeds, got {spec!r}")
+    for row, seeds in spec.items():
+        if row not in rows:
+            raise GridError(f"{source}: row_seeds.{row} is not a row of the grid (one of {rows})")
+        _seeds(seeds, f"{source}: row_seeds.{row}")
+    return {row: list(seeds) for row, seeds in spec.items()}
+
+
 def make_grid(
     name: str,
     profile: str,
@@ -175,6 +208,7 @@ def make_grid(
     settings: dict | None = None,
     source: str = "command line",
     variant_models: dict | None = None,
+    row_seeds: dict | None = None,
 ) -> Grid:
     """A checked :class:`Grid`; ``known_models`` are the rows the runner can train."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -182,11 +216,7 @@ def make_grid(
     for model in _names(models, "models", source):
         if model not in known_models:
             raise GridError(f"{source}: models: {model!r} is not a benchmark row (one of {sorted(known_models)})")
-    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    if not integers or not seeds:
-        raise GridError(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise GridError(f"{source}: seeds lists a seed twice: {seeds}")
+    seeds = _seeds(seeds, f"{source}: seeds")
     variants = {DEFAULT: {}} if variants is None else variants
     if not isinstance(variants, dict) or not variants:
         raise GridError(f"{source}: variants must be a mapping of name -> model kwargs, got {variants!r}")
@@ -202,16 +232,18 @@ def make_grid(
             rest = {k: v for k, v in kwargs.items() if k != FROM_WORKFLOW}
             kwargs = {**workflow_kwargs(kwargs[FROM_WORKFLOW], f"{source}: variants.{variant}"), **rest}
         checked[variant] = kwargs
-    return Grid(
+    grid = Grid(
         name,
         profile,
         profile_with(profile, settings, source),
         list(models),
-        list(seeds),
+        seeds,
         checked,
         source,
         _variant_models(variant_models, checked, list(models), source),
     )
+    grid.row_seeds = _row_seeds(row_seeds, list(dict.fromkeys(key.row for key in grid.runs())), source)
+    return grid
 
 
 def load_grid(path: str | Path, known_models: list[str]) -> Grid:
@@ -245,4 +277,5 @@ def load_grid(path: str | Path, known_models: list[str]) -> Grid:
         settings=spec.get("settings"),
         source=f"grid file {path}",
         variant_models=spec.get("variant_models"),
+        row_seeds=spec.get("row_seeds"),
     )

@@ -59,6 +59,45 @@ def test_bad_variant_models_name_the_key(tmp_path, extra, message):
     assert message in str(err.value) and str(path) in str(err.value)
 
 
+def test_row_seeds_give_only_the_averaged_rows_their_extra_members(tmp_path):
+    text = (
+        "name: g\nmodels: [qlib_hist_patched, hist_pit]\nseeds: [0, 1]\n"
+        "variants: {default: {}, best: {lr: 0.001}}\nvariant_models: {best: [hist_pit]}\n"
+        "row_seeds: {hist_pit+best: [0, 1, 2, 3], qlib_hist_patched: [1, 2]}\n"
+    )
+    grid = load_grid(write(tmp_path, text), list(ROWS))
+    assert [(key.row, key.seed) for key in grid.runs()] == [
+        ("hist_pit", 0),
+        ("hist_pit+best", 0),
+        ("qlib_hist_patched", 1),
+        ("hist_pit", 1),
+        ("hist_pit+best", 1),
+        ("qlib_hist_patched", 2),  # the seeds beyond the grid's come last, seed-major too
+        ("hist_pit+best", 2),
+        ("hist_pit+best", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("row_seeds: [0, 1]\n", "row_seeds must be a mapping"),
+        ("row_seeds: {qlib_hist_patched+best: [0]}\n", "row_seeds.qlib_hist_patched+best is not a row of the grid"),
+        ("row_seeds: {hist_pit+best: []}\n", "row_seeds.hist_pit+best must be a non-empty list of integers"),
+        ("row_seeds: {hist_pit+best: [0, 0]}\n", "row_seeds.hist_pit+best lists a seed twice"),
+    ],
+)
+def test_bad_row_seeds_name_the_row(tmp_path, extra, message):
+    text = (
+        "name: g\nmodels: [qlib_hist_patched, hist_pit]\nseeds: [0]\n"
+        "variants: {default: {}, best: {lr: 0.001}}\nvariant_models: {best: [hist_pit]}\n" + extra
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as err:
+        load_grid(path, list(ROWS))
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
 def test_a_variant_from_a_workflow_yaml_takes_its_model_kwargs_but_files_and_seed(tmp_path):
     workflow = write(
         tmp_path,
