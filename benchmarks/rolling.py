@@ -10,6 +10,8 @@ HIST settings, epochs, early stop, processors, label and backtest are cpu-quick'
 concepts are the point-in-time SW table (``hist_warm``, ``hist_cold``) or its legacy snapshot at the first train end
 (``qlib_hist_patched``, which has no ``finetune`` and so rolls cold; ``hist_legacy_cold``, ours on those same
 concepts, tells a gap between the two apart into code and concepts), LightGBM takes qlib's settings and rolls cold.
+``hist_best_warm`` is ``hist_warm`` with the recipe of ``workflow_config_hist_best.yaml`` (its model kwargs: loss,
+lr, weight decay, modules, ...; the windows, epochs and early stop stay the table's).
 Everything runs through :class:`qlib_hist.qlib_edge.rolling.HISTRolling` (qlib's ``RollingGen`` / ``TrainerR`` /
 ``Rolling``), one experiment per (row, seed, step) in one sqlite store in the cache. Each window's Alpha360
 handler (processors fitted on its train segment) is built once, by the driver with one qlib process per CPU of
@@ -42,6 +44,7 @@ import pandas as pd
 from benchmarks import script_parser
 from benchmarks.cluster import Resources, check_local_gpus, driver_kernels, run_tasks
 from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
+from benchmarks.grid import workflow_kwargs
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
 from qlib_hist._io import atomic_write_text
@@ -63,7 +66,12 @@ ROWS = {
     "hist_legacy_cold": ("hist_legacy", False),  # ours on qlib_hist_patched's concepts: code or concepts?
     "qlib_hist_patched": ("qlib_hist_patched", False),
     "lightgbm": ("lightgbm", False),
+    "hist_best_warm": ("hist_pit", True),  # with the recipe of workflow_config_hist_best.yaml (ROW_WORKFLOWS)
 }
+#: row -> the qrun YAML whose model kwargs it takes (not its files, seed, epochs or early stop: every row of the
+#: rolling table keeps the same windows, epochs and early stopping)
+ROW_WORKFLOWS = {"hist_best_warm": "workflow_config_hist_best.yaml"}
+BUDGET_KWARGS = ("n_epochs", "early_stop")
 RESULTS = HERE / "results" / "rolling"
 STORE = "rolling_mlruns.db"  # in the cache: every (row, seed) logs to this one store
 
@@ -71,6 +79,9 @@ STORE = "rolling_mlruns.db"  # in the cache: every (row, seed) logs to this one 
 def workflow(row: str, seed: int, concepts: dict, args: argparse.Namespace, store: Path) -> dict:
     """The qrun workflow of one (row, seed): its task is the first window, the handler a shared cached Alpha360."""
     model = model_config(ROWS[row][0], ROLLING, concepts, args, seed)
+    if row in ROW_WORKFLOWS:
+        recipe = workflow_kwargs(ROW_WORKFLOWS[row], f"rolling row {row}")
+        model["kwargs"].update({key: value for key, value in recipe.items() if key not in BUDGET_KWARGS})
     start, end = ROLLING["segments"]["train"][0], ROLLING["segments"]["test"][1]
     handler = {
         "class": "CachedHandler",
@@ -265,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     resources = Resources(args.address, args.cpus, args.threads, args.gpus_per_run, args.max_retries)
     try:
         check_local_gpus(resources)
+        for row in set(args.rows) & set(ROW_WORKFLOWS):  # a missing or broken recipe YAML, before anything runs
+            workflow_kwargs(ROW_WORKFLOWS[row], f"--rows {row}")
     except ValueError as err:
         parser.error(str(err))
     args.provider_uri = Path(args.provider_uri).expanduser().resolve()

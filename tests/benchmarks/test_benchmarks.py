@@ -287,6 +287,17 @@ def test_rolling_benchmark_refuses_gpu_runs_without_gpus(monkeypatch, capsys, tm
     assert not any(tmp_path.iterdir())  # refused before the cache or a result folder
 
 
+def test_the_best_rolling_row_without_its_yaml_is_refused_before_anything_runs(monkeypatch, capsys, tmp_path):
+    import benchmarks.rolling as rolling
+
+    monkeypatch.setitem(rolling.ROW_WORKFLOWS, "hist_best_warm", str(tmp_path / "gone.yaml"))
+    with pytest.raises(SystemExit) as exit_:
+        rolling.main(["--rows", "hist_best_warm", "--cache-dir", str(tmp_path), "--provider-uri", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--rows hist_best_warm" in err and "gone.yaml does not exist" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_rolling_report_counts_the_epochs_of_every_window():
     from benchmarks.rolling import _epochs_cell
 
@@ -295,6 +306,27 @@ def test_rolling_report_counts_the_epochs_of_every_window():
     assert _epochs_cell([{"epoch_seconds": [70.0] * 8}]) == "8.0"  # the static row: its one fit's epochs
     assert _epochs_cell([warm(None, None)]) == "n/a"  # LightGBM: no epochs
     assert _epochs_cell([warm(8, 8), {"windows": [{"fit_seconds": 1.0}]}]) == "16.0"  # a file without counts
+
+
+def test_the_best_rolling_row_takes_the_recipe_but_not_the_budget_of_its_yaml(tmp_path, monkeypatch):
+    import benchmarks.rolling as rolling
+
+    recipe = tmp_path / "best.yaml"
+    recipe.write_text(
+        "task:\n  model:\n    class: HIST\n    module_path: qlib_hist\n    kwargs:\n      loss: ic\n"
+        "      lr: 2.0e-4\n      n_epochs: 20\n      early_stop: 8\n      seed: 7\n      model_path: x.pkl\n"
+    )
+    monkeypatch.setitem(rolling.ROW_WORKFLOWS, "hist_best_warm", str(recipe))
+    args = argparse.Namespace(
+        provider_uri=tmp_path, market="csi300", benchmark="SH000300", model_path=None, cache_dir=tmp_path
+    )
+    concepts = {"membership": "m.csv"}
+    best = rolling.workflow("hist_best_warm", 3, concepts, args, tmp_path / "s.db")["task"]["model"]["kwargs"]
+    warm = rolling.workflow("hist_warm", 3, concepts, args, tmp_path / "s.db")["task"]["model"]["kwargs"]
+    assert (best["loss"], best["lr"], best["seed"]) == ("ic", 2.0e-4, 3)  # the recipe; the run's own seed
+    assert {k: best[k] for k in ("n_epochs", "early_stop")} == {k: warm[k] for k in ("n_epochs", "early_stop")}
+    assert "model_path" not in best or best["model_path"] != "x.pkl"
+    assert rolling.ROWS["hist_best_warm"] == rolling.ROWS["hist_warm"]  # warm, on the same point-in-time concepts
 
 
 def test_rolling_benchmark_windows(shared_data, tmp_path, monkeypatch):
