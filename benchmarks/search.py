@@ -548,10 +548,23 @@ def importances(rows: list[dict]) -> dict:
         return {}
 
 
-def write_report(rows: list[dict], weights: dict, out: Path, confirmed_rows: list[dict] | None = None) -> dict:
+def warm_rows(rows: list[dict]) -> list[dict]:
+    """The trials that start from qlib's pretrained file (:data:`PRETRAINED_HIDDEN` wide): their importances say
+    what matters once the width, and with it the cold or warm start, is set."""
+    return [row for row in rows if row["hidden_size"] == PRETRAINED_HIDDEN]
+
+
+def write_report(
+    rows: list[dict],
+    weights: dict,
+    out: Path,
+    confirmed_rows: list[dict] | None = None,
+    warm_weights: dict | None = None,
+) -> dict:
     """``search.md`` (the choice first, then the confirmation, the importances and the trial table) and
     ``search_choice.json``. The choice is the best mean valid IC of ``confirmed_rows`` (:func:`confirmed`) where
-    given, else the trial of the highest valid IC."""
+    given, else the trial of the highest valid IC. ``warm_weights`` (the importances among :func:`warm_rows`), where
+    given, are a second column of the importances."""
     choice = confirmed_rows[0] if confirmed_rows else rows[0]
     keys = list(space())
     rule = (
@@ -593,12 +606,18 @@ def write_report(rows: list[dict], weights: dict, out: Path, confirmed_rows: lis
             ],
             "",
         ]
+    columns = [(f"all {len(rows)} trials", weights)]
+    if warm_weights is not None:
+        columns.append((f"{PRETRAINED_HIDDEN}-wide trials (warm, {len(warm_rows(rows))})", warm_weights))
     lines += [
-        "## Importances (Optuna, for valid IC)",
+        "## Importances (Optuna's fANOVA, for valid IC)",
         "",
-        "| setting | importance |",
-        "|---|---|",
-        *([f"| {k} | {v:.3f} |" for k, v in weights.items()] or ["| (none yet: the trials' scores do not vary) | |"]),
+        "| setting | " + " | ".join(title for title, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *(
+            [f"| {k} | " + " | ".join(f"{w[k]:.3f}" if k in w else "" for _, w in columns) + " |" for k in weights]
+            or ["| (none yet: the trials' scores do not vary) | |"]
+        ),
         "",
         "## Trials",
         "",
@@ -677,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             ranked = confirmed(rows, confirm, args.confirm, args.confirm_seeds) if args.confirm else None
         except RecordError as err:
             parser.error(str(err))
-        choice = write_report(rows, importances(rows), Path(args.results_dir), ranked)
+        choice = write_report(rows, importances(rows), Path(args.results_dir), ranked, importances(warm_rows(rows)))
         print(f"{len(rows)} trials; chosen (valid IC {choice[METRIC]:.4f} on seed 0): {choice['trial']}")
         return 0
     import ray

@@ -273,6 +273,22 @@ def test_importances_find_the_setting_that_drives_valid_ic():
     assert max(weights, key=weights.get) == "lr" and weights["lr"] > 0.5
 
 
+def test_the_report_shows_the_importances_among_the_warm_trials_beside_all(tmp_path):
+    rows = [
+        {**PARAMS, "hidden_size": width, "lr": lr, search.METRIC: score, "best_epoch": 1, "epochs": 2, "trial": name}
+        for name, width, lr, score in (("a", 64, 1e-4, 0.08), ("b", 128, 1e-4, 0.03), ("c", 64, 1e-3, 0.07))
+    ]
+    assert [row["trial"] for row in search.warm_rows(rows)] == ["a", "c"]
+    weights = {name: 1.0 if name == "hidden_size" else 0.0 for name in search.space()}
+    warm = {name: 1.0 if name == "lr" else 0.0 for name in search.space()}
+    search.write_report(rows, weights, tmp_path, warm_weights=warm)
+    text = (tmp_path / "search.md").read_text()
+    assert "| setting | all 3 trials | 64-wide trials (warm, 2) |" in text
+    assert "| hidden_size | 1.000 | 0.000 |" in text and "| lr | 0.000 | 1.000 |" in text
+    search.write_report(rows, weights, tmp_path)  # without warm weights: one column
+    assert "| hidden_size | 1.000 |\n" in (tmp_path / "search.md").read_text()
+
+
 def test_trials_share_a_gpu_by_fraction_and_ask_for_none_by_default():
     args = argparse.Namespace(threads=2, gpus_per_trial=0.125)
     assert search.trial_resources(args) == {"cpu": 2, "gpu": 0.125}
