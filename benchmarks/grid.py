@@ -144,7 +144,7 @@ def _names(values: Any, key: str, where: str) -> list[str]:
 def workflow_kwargs(path: str | Path, where: str) -> dict:
     """The model kwargs of the qrun workflow YAML ``path`` (relative to the repository root unless absolute),
     without the file kwargs and the seed; ``where`` names the grid key in errors."""
-    if not isinstance(path, str) or not path:
+    if not isinstance(path, (str, Path)) or not str(path):
         raise GridError(f"{where}: {FROM_WORKFLOW} must be the path of a qrun YAML, got {path!r}")
     full = Path(path) if Path(path).is_absolute() else ROOT / path
     if not full.is_file():

@@ -276,11 +276,15 @@ def test_a_crashing_model_is_a_row_but_a_stale_checkpoint_is_not():
 
 
 def test_qlib_segments_grid_is_the_issues_capped_cpu_design():
+    from benchmarks.grid import workflow_kwargs
+
     grid = load_grid(ROOT / "benchmarks" / "grids" / "qlib_segments.yaml", list(ROWS))
     assert grid.profile_name == "qlib-bench" and grid.name.endswith("capped")  # the table says it is capped
     assert (grid.profile["n_epochs"], grid.profile["early_stop"]) == (30, 10) and grid.seeds == [0]
     assert grid.profile["segments"] == PROFILES["qlib-bench"]["segments"]
-    assert [key.row for key in grid.runs()] == ["qlib_hist_patched", "hist_pit+pretrained_as_is"]
+    assert [key.row for key in grid.runs()] == ["qlib_hist_patched", "hist_pit+best", "hist_pit+pretrained_as_is"]
+    best = workflow_kwargs(ROOT / "workflow_config_hist_best.yaml", "test")
+    assert grid.variants["best"] == {**best, "n_epochs": 30, "early_stop": 10}  # the recipe on the grid's budget
     off = {"predefined_concepts": False, "hidden_concepts": False, "individual": False}
     assert grid.variants["pretrained_as_is"] == {**off, "n_epochs": 0}
 
@@ -299,3 +303,37 @@ def test_a_row_without_valid_scores_shows_na_not_nan():
     trained = {**_result("no_hidden", {"hidden_concepts": False}, 0, "modules"), "valid_score": 0.07, "best_epoch": 3}
     line = next(row for row in summary_table([untrained, trained]).splitlines() if "untrained" in row)
     assert "| 0 | n/a | n/a |" in line and "nan" not in line
+
+
+def test_final_grid_gives_every_row_the_same_data_and_budget_and_the_averaged_rows_nine_seeds():
+    """The issue's final table: ours best is the shipped YAML's recipe (its budget equal to the grid's, so no row
+    trains longer), and the two 5-fit rows' members are seeds 0-8 of their single rows."""
+    from benchmarks.grid import workflow_kwargs
+
+    path = ROOT / "benchmarks" / "grids" / "final.yaml"
+    best_yaml = ROOT / "workflow_config_hist_best.yaml"
+    if not best_yaml.exists():
+        with pytest.raises(GridError, match="workflow_config_hist_best.yaml does not exist"):
+            load_grid(path, list(ROWS))
+        return
+    grid = load_grid(path, list(ROWS))
+    assert grid.name == "final" and grid.profile_name == "cpu-quick" and grid.seeds == [0, 1, 2, 3, 4]
+    assert grid.profile["segments"]["test"] == PROFILES["cpu-quick"]["segments"]["test"]
+    assert grid.profile["segments"]["train"][0] == grid.profile["fit"][0] == "2010-01-01"  # the chosen train start
+    best = grid.variants["best"]
+    assert best == workflow_kwargs(best_yaml, "test")
+    assert (best["n_epochs"], best["early_stop"]) == (grid.profile["n_epochs"], grid.profile["early_stop"])
+    rows = {key.row for key in grid.runs()}
+    assert rows == {
+        "qlib_hist_patched",
+        "hist_pit",
+        "lstm",
+        "gru",
+        "lightgbm",
+        "hist_pit+best",
+        "hist_pit+pretrained_as_is",
+    }
+    seeds = {row: sorted(key.seed for key in grid.runs() if key.row == row) for row in rows}
+    assert seeds["hist_pit+best"] == seeds["qlib_hist_patched"] == list(range(9))
+    assert seeds["hist_pit+pretrained_as_is"] == [0]  # untrained: a seed changes nothing
+    assert all(seeds[row] == list(range(5)) for row in ("hist_pit", "lstm", "gru", "lightgbm"))
