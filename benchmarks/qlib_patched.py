@@ -7,6 +7,10 @@ Three patches, active only inside ``fit`` / ``predict`` of :class:`PatchedQlibHI
 3. pandas 3 returns read-only ``Series.values`` and qlib writes into them (``stock_index[np.isnan(...)] = 733``):
    give a writable copy, as pandas < 3 did.
 
+It also keeps, beside qlib's ``evals_result``, what a table needs from each fit and qlib's loop only logs:
+``history`` (per epoch: ``valid_score``, qlib's early-stopping score, and ``seconds``, from the start of one
+epoch's training to the next's, so the extra train scoring pass is in it), ``best_epoch`` and ``best_score``.
+
 Everything else — row 733 for unknown stocks, the ``.npy`` read every epoch, the extra train scoring pass,
 the test segment prepared in ``fit`` — is qlib's behaviour, unchanged.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 
 import pandas as pd
 import torch
@@ -40,8 +45,24 @@ class PatchedQlibHIST(HIST):
     # qlib's own signatures, not ``*args, **kwargs``: qlib's trainers pass keywords through ``auto_filter_kwargs``
     # (``reweighter=...``), which forwards every keyword to a function that takes ``**kwargs``.
     def fit(self, dataset: DatasetH, evals_result: dict | None = None, save_path: str | None = None) -> None:
+        evals_result = {} if evals_result is None else evals_result
+        self._epoch_starts: list[float] = []
         with cpu_pandas3_patches():
-            return super().fit(dataset, evals_result={} if evals_result is None else evals_result, save_path=save_path)
+            super().fit(dataset, evals_result=evals_result, save_path=save_path)
+        ends = [*self._epoch_starts[1:], time.perf_counter()]
+        valid = [float(score) for score in evals_result.get("valid", [])]
+        self.history = [
+            {"epoch": epoch, "valid_score": score, "seconds": end - start}
+            for epoch, (score, start, end) in enumerate(zip(valid, self._epoch_starts, ends))
+        ]
+        # qlib keeps the first epoch with the highest valid score (strict ``>``), as the first argmax is
+        best = max(range(len(valid)), key=valid.__getitem__) if valid else None
+        self.best_epoch, self.best_score = best, (None if best is None else valid[best])
+
+    def train_epoch(self, *args: object) -> None:
+        """qlib's epoch of training, its start time noted: qlib's ``fit`` calls it first in every epoch."""
+        self._epoch_starts.append(time.perf_counter())
+        return super().train_epoch(*args)
 
     def predict(self, dataset: DatasetH, segment: str | slice = "test") -> pd.Series:
         with cpu_pandas3_patches():

@@ -205,6 +205,28 @@ def test_patched_qlib_hist_takes_qlibs_trainer_keywords(monkeypatch):
     assert calls == [{"evals_result": {}, "save_path": None}]
 
 
+def test_patched_qlib_hist_keeps_each_epochs_valid_score_and_time_and_qlibs_best_epoch(monkeypatch):
+    """The table's epochs and best epoch for qlib's row come from qlib's own loop: its ``evals_result`` and
+    ``train_epoch`` calls, the first of the tied best scores kept (qlib's strict ``>``)."""
+    from qlib.contrib.model.pytorch_hist import HIST as QlibHIST
+
+    from benchmarks.qlib_patched import PatchedQlibHIST
+
+    def qlib_fit(self, dataset, evals_result, save_path):  # qlib's loop, shape only: train, then score
+        evals_result["train"], evals_result["valid"] = [], []
+        for score in (0.01, 0.03, 0.03, 0.02):
+            self.train_epoch("x", "y", "index")
+            evals_result["valid"].append(score)
+
+    monkeypatch.setattr(QlibHIST, "fit", qlib_fit)
+    monkeypatch.setattr(QlibHIST, "train_epoch", lambda self, *args: None)
+    model = object.__new__(PatchedQlibHIST)
+    model.fit("dataset")
+    assert [h["valid_score"] for h in model.history] == [0.01, 0.03, 0.03, 0.02]
+    assert [h["epoch"] for h in model.history] == [0, 1, 2, 3] and all(h["seconds"] >= 0 for h in model.history)
+    assert (model.best_epoch, model.best_score) == (1, 0.03)
+
+
 def test_paper_yaml_differs_from_qlibs_only_by_the_paper_options():
     ours, paper = WORKFLOW["task"]["model"]["kwargs"], PAPER_WORKFLOW["task"]["model"]["kwargs"]
     assert {k: v for k, v in paper.items() if k in ours and k not in FILE_KWARGS} == {
