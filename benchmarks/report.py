@@ -195,6 +195,60 @@ def summary_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: the metrics :func:`margins` compares
+MARGIN_METRICS = ("IC", "Rank IC")
+
+
+def untrained(runs: list[dict]) -> bool:
+    """Whether ``runs`` train no epoch (``n_epochs: 0``): scored as loaded, so every seed gives the same figures."""
+    return bool(runs) and all(r.get("config", {}).get("kwargs", {}).get("n_epochs") == 0 for r in runs)
+
+
+def margins(runs: list[dict], versus: str) -> str:
+    """Markdown: each row's lead over the row ``versus`` on :data:`MARGIN_METRICS`, as a difference of means and in
+    units of the larger of the two rows' seed standard deviations (ddof 0, as in :func:`summary_table`); ``+inf`` or
+    ``-inf`` when both spreads are 0.
+
+    The means and spreads are taken over the seeds both rows have; an :func:`untrained` row has one value whatever
+    the seed, so it stands beside every seed of the other row. A row with other ``Fits`` than ``versus`` says so: a
+    5-fit row's lead over a 1-fit row is bought with 5 fits."""
+    by_row: dict[str, dict[int, dict]] = {}
+    for run in runs:
+        if "metrics" in run:
+            by_row.setdefault(row_of(run), {})[run["seed"]] = run
+    if versus not in by_row:
+        raise ValueError(f"--versus {versus!r}: no finished run of that row (rows: {sorted(by_row)})")
+    header = ["Row", "Fits", "Seeds"] + [f"{m} {part}" for m in MARGIN_METRICS for part in ("lead", "in std")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows_in_order(runs):
+        if row == versus or row not in by_row:
+            continue
+        pairs = _paired(by_row[row], by_row[versus])
+        if not pairs:
+            continue
+        fits = {n_fits(run) for pair in pairs.values() for run in pair}
+        cells = [label(row), "/".join(str(n) for n in sorted(fits)), ", ".join(map(str, pairs))]
+        for metric in MARGIN_METRICS:
+            mine = np.array([pair[0]["metrics"][metric] for pair in pairs.values()])
+            theirs = np.array([pair[1]["metrics"][metric] for pair in pairs.values()])
+            lead, spread = mine.mean() - theirs.mean(), max(mine.std(), theirs.std())
+            cells += [
+                f"{lead:+.4f}",
+                f"{lead / spread:+.1f}" if spread > 0 else ("0" if lead == 0 else f"{np.sign(lead) * np.inf:+}"),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _paired(mine: dict[int, dict], theirs: dict[int, dict]) -> dict[int, tuple[dict, dict]]:
+    """seed -> (my run, their run) over the seeds both have; an :func:`untrained` side pairs with every seed."""
+    if untrained(list(theirs.values())):
+        return {seed: (run, next(iter(theirs.values()))) for seed, run in sorted(mine.items())}
+    if untrained(list(mine.values())):
+        return {seed: (next(iter(mine.values())), run) for seed, run in sorted(theirs.items())}
+    return {seed: (mine[seed], theirs[seed]) for seed in sorted(set(mine) & set(theirs))}
+
+
 def _mean_over_seeds(runs: list[dict], key: str) -> dict:
     """row -> mean over seeds of the daily series ``key`` (a pd.Series indexed by date)."""
     out = {}
@@ -264,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--borrow", action="append", default=[], metavar="GRID:ROW=AS", help="add another grid's runs of ROW as AS"
     )
+    parser.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="ROW",
+        help="add each row's lead over ROW in seed standard deviations (repeatable)",
+    )
     args = parser.parse_args(argv)
     results = Path(args.results_dir)
     runs = load_runs(results / args.name / "runs")
@@ -271,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no runs in {results / args.name / 'runs'}")
     borrowed = [run for spec in args.borrow for run in borrow(results, spec, runs)]
     runs += borrowed
+    lead_tables = {}
+    for versus in args.versus:  # refused before any file is written
+        try:
+            lead_tables[versus] = margins(runs, versus)
+        except ValueError as err:
+            parser.error(str(err))
     pngs = plot(runs, results / args.name)
     provider = repo_relative(runs[0]["provider_uri"])
     page = [f"# Benchmark `{args.name}`", "", f"Provider: `{provider}`; {hosts_line(runs)}.", ""]
@@ -281,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         source = next(r["borrowed_from"] for r in borrowed if row_of(r) == row)
         page += [
             f"Row `{row}` is `{source}`'s runs: the same model, data and settings, fitted once for both grids.",
+            "",
+        ]
+    for versus, lead_table in lead_tables.items():
+        page += [
+            f"Lead over {label(versus)}: the difference of the means over the seeds both rows have (an untrained row "
+            "has one value for every seed), and that difference in units of the larger of the two rows' seed "
+            "standard deviations over those seeds.",
+            "",
+            lead_table,
             "",
         ]
     page += [

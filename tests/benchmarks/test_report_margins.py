@@ -1,0 +1,83 @@
+"""``benchmarks.report --versus ROW``: each row's lead over ROW in seed standard deviations, the issue's target
+measure (the larger row's spread, on the seeds both rows have)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.report import main as report_main
+from benchmarks.report import margins
+
+
+def _run(model: str, seed: int, ic: float, rank_ic: float, variant: str = "default", **extra) -> dict:
+    return {
+        "model": model,
+        "variant": variant,
+        "seed": seed,
+        "provider_uri": "../shared/data/cn_csi300",
+        "metrics": {"IC": ic, "Rank IC": rank_ic},
+        "fit_seconds": 10.0,
+        "daily_ic": {"2019-01-02": ic},
+        "daily_excess": {"2019-01-02": 0.0},
+        **extra,
+    }
+
+
+def _rows(table: str) -> dict[str, list[str]]:
+    lines = table.splitlines()[2:]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+
+def test_the_lead_is_in_units_of_the_larger_rows_std_over_the_shared_seeds():
+    base = [_run("qlib_hist_patched", s, ic, 0.04) for s, ic in enumerate([0.030, 0.032, 0.034])]
+    # ours: IC std 0.0008, smaller than qlib's 0.0016; Rank IC std 0 in both rows: an exact tie
+    ours = [_run("hist_pit", s, ic, 0.04, variant="best") for s, ic in enumerate([0.035, 0.036, 0.037])]
+    extra_seed = _run("hist_pit", 7, 0.5, 0.5, variant="best")  # qlib has no seed 7: not compared
+    rows = _rows(margins(base + ours + [extra_seed], "qlib_hist_patched"))
+    (cells,) = rows.values()
+    assert cells[:2] == ["1", "0, 1, 2"]
+    lead, spread = 0.036 - 0.032, (((0.002**2) * 2) / 3) ** 0.5  # qlib's std, ddof 0
+    assert cells[2] == f"{lead:+.4f}" and cells[3] == f"{lead / spread:+.1f}" == "+2.4"
+    assert cells[4:] == ["+0.0000", "0"]
+
+
+def test_a_five_fit_row_names_its_fits_and_a_lead_without_spread_is_inf():
+    base = [_run("qlib_hist_patched", 0, 0.03, 0.04)]
+    avg = [_run("qlib_hist_patched", 0, 0.031, 0.039, variant="avg5", fits=5)]
+    cells = _rows(margins(base + avg, "qlib_hist_patched"))["HIST (qlib's, patched only to run: CPU + pandas 3), avg5"]
+    assert cells == ["1/5", "0", "+0.0010", "+inf", "-0.0010", "-inf"]
+
+
+def test_an_unknown_versus_row_is_refused_before_anything_is_written(tmp_path, capsys):
+    folder = tmp_path / "g" / "runs"
+    folder.mkdir(parents=True)
+    (folder / "lstm_seed0.json").write_text(json.dumps(_run("lstm", 0, 0.02, 0.03)))
+    with pytest.raises(SystemExit) as exit_:
+        report_main(["--grid", "g", "--results-dir", str(tmp_path), "--versus", "qlib_hist_patched"])
+    assert exit_.value.code == 2 and "--versus 'qlib_hist_patched': no finished run" in capsys.readouterr().err
+    assert not (tmp_path / "g.md").exists()
+
+
+def test_an_untrained_row_stands_beside_every_seed_of_the_other_row():
+    """The pretrained file scored with no epoch has one value whatever the seed: ours is compared on all its seeds,
+    and the spread is ours alone."""
+    file = _run("hist_pit", 0, 0.028, 0.038, variant="pretrained_as_is", config={"kwargs": {"n_epochs": 0}})
+    ours = [_run("hist_pit", s, ic, 0.040, variant="best") for s, ic in enumerate([0.029, 0.031, 0.033])]
+    cells = _rows(margins([file, *ours], "hist_pit+pretrained_as_is"))[
+        "HIST (qlib_hist, point-in-time SW concepts), best"
+    ]
+    spread = ((0.002**2 * 2) / 3) ** 0.5
+    assert (
+        cells[1] == "0, 1, 2"
+        and cells[2:4] == ["+0.0030", f"{0.003 / spread:+.1f}"]
+        and cells[4:] == ["+0.0020", "+inf"]
+    )
+    # and the other way round: the file's lead over ours, on the same three seeds
+    cells = _rows(margins([file, *ours], "hist_pit+best"))[
+        "qlib's pretrained LSTM file, untrained (hist_pit, every module off, 0 epochs)"
+    ]
+    assert cells[1:4] == ["0, 1, 2", "-0.0030", f"{-0.003 / spread:+.1f}"]
+    trained_once = dict(file, config={"kwargs": {"n_epochs": 20}})  # one trained seed is not a constant
+    assert "0, 1, 2" not in margins([trained_once, *ours], "hist_pit+best")
