@@ -152,10 +152,14 @@ def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
 
 
 def _mean_std(values: list[float], digits: int) -> str:
+    """``mean ± std`` of the values that exist (not NaN), ``(k of n)`` after it when only some do (e.g. runs made
+    before a field was recorded), ``n/a`` when none does (e.g. the valid score of a row that trains no epoch)."""
     array = np.array(values, dtype=float)
-    if np.isnan(array).all():  # e.g. the valid score of a row that trains no epoch
+    known = array[~np.isnan(array)]
+    if not len(known):
         return "n/a"
-    return f"{array.mean():.{digits}f} ± {array.std(ddof=0):.{digits}f}"
+    cell = f"{known.mean():.{digits}f} ± {known.std(ddof=0):.{digits}f}"
+    return cell if len(known) == len(array) else f"{cell} ({len(known)} of {len(array)})"
 
 
 def summary_table(runs: list[dict]) -> str:
@@ -189,8 +193,10 @@ def summary_table(runs: list[dict]) -> str:
         cells += [_mean_std([r["metrics"].get(metric, np.nan) for r in ok], 4) for metric in REPORT_METRICS]
         epochs = [len(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
         seconds = [np.median(r["epoch_seconds"]) for r in ok if r.get("epoch_seconds")]
-        cells.append(f"{np.mean(epochs):.1f}" if epochs else "n/a")
-        cells.append(f"{np.mean(seconds):.0f}" if seconds else f"fit {np.mean([r['fit_seconds'] for r in ok]):.0f}s")
+        some = "" if len(epochs) == len(ok) else f" ({len(epochs)} of {len(ok)})"  # runs before epochs were kept
+        cells.append(f"{np.mean(epochs):.1f}{some}" if epochs else "n/a")
+        fit = f"fit {np.mean([r['fit_seconds'] for r in ok]):.0f}s"
+        cells.append(f"{np.mean(seconds):.0f}{some}" if seconds else fit)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """``benchmarks.report --versus ROW``: each row's lead over ROW in seed standard deviations, the issue's target
-measure (the larger row's spread, on the seeds both rows have)."""
+measure (the larger row's spread, on the seeds both rows have); and table cells over runs that only partly record
+a field."""
 
 from __future__ import annotations
 
@@ -81,3 +82,16 @@ def test_an_untrained_row_stands_beside_every_seed_of_the_other_row():
     assert cells[1:4] == ["0, 1, 2", "-0.0030", f"{-0.003 / spread:+.1f}"]
     trained_once = dict(file, config={"kwargs": {"n_epochs": 20}})  # one trained seed is not a constant
     assert "0, 1, 2" not in margins([trained_once, *ours], "hist_pit+best")
+
+
+def test_a_field_only_some_runs_have_is_averaged_over_those_and_says_how_many():
+    """qlib's row recorded its epochs only from some run on: its cells cover those runs and say so, never nan."""
+    from benchmarks.report import summary_table
+
+    old = _run("qlib_hist_patched", 0, 0.03, 0.04)
+    new = _run("qlib_hist_patched", 1, 0.03, 0.04, valid_score=0.08, best_epoch=13, epoch_seconds=[100.0] * 20)
+    line = summary_table([old, new]).splitlines()[2]
+    assert "nan" not in line
+    assert "| 0.0800 ± 0.0000 (1 of 2) | 13.0 ± 0.0 (1 of 2) |" in line and line.endswith(
+        "| 20.0 (1 of 2) | 100 (1 of 2) |"
+    )
