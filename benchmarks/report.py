@@ -152,14 +152,16 @@ def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
 
 
 def _mean_std(values: list[float], digits: int) -> str:
-    """``mean ± std`` of the values that exist (not NaN), ``(k of n)`` after it when only some do (e.g. runs made
+    """``mean ± std`` of the values that exist (not NaN), ``(k of n)`` after it when only k of n runs do (e.g. runs made
     before a field was recorded), ``n/a`` when none does (e.g. the valid score of a row that trains no epoch)."""
-    array = np.array(values, dtype=float)
-    known = array[~np.isnan(array)]
-    if not len(known):
+    per_run = [np.atleast_1d(np.asarray(v, dtype=float)) for v in values]  # an ensemble run holds one per member
+    present = [v[~np.isnan(v)] for v in per_run]
+    have = sum(1 for v in present if len(v))
+    if not have:
         return "n/a"
+    known = np.concatenate(present)
     cell = f"{known.mean():.{digits}f} ± {known.std(ddof=0):.{digits}f}"
-    return cell if len(known) == len(array) else f"{cell} ({len(known)} of {len(array)})"
+    return cell if have == len(values) else f"{cell} ({have} of {len(values)})"
 
 
 def summary_table(runs: list[dict]) -> str:

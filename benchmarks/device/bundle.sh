@@ -7,7 +7,9 @@
 #                              for benchmarks.search
 #   .devbundle/data.tar.xz     the provider from FIRST_DAY on (default 2013-06-03: the cpu-quick profile's first fit
 #                              date less its 60-day window and more; the search and the qlib-bench profile start in
-#                              2010 and need FIRST_DAY=2010-01-04), values unchanged, as .devwork/data/cn_csi300
+#                              2010 and need FIRST_DAY=2010-01-04), to LAST_DAY if set (qlib-bench's test ends in
+#                              2020: LAST_DAY=2020-09-30 keeps the bundle under the cap), values unchanged, as
+#                              .devwork/data/cn_csi300
 #   .devdata/                  the SW table and qlib's pretrained LSTM
 # Run from the repository root: bash benchmarks/device/bundle.sh ../shared/data [packages-on-device.txt]
 # The second argument lists the device's installed distributions, one name per line; those are not packed.
@@ -62,7 +64,7 @@ def __getattr__(name):
     raise ImportError(f"cvxpy.{name}: cvxpy is not in this device bundle")
 PY
 XZ_OPT=-9e tar cJf .devbundle/site312.tar.xz -C "$WORK" site312
-python3 benchmarks/device/cut_provider.py "$DATA/cn_csi300" .devwork/data/cn_csi300 "${FIRST_DAY:-2013-06-03}"
+python3 benchmarks/device/cut_provider.py "$DATA/cn_csi300" .devwork/data/cn_csi300 "${FIRST_DAY:-2013-06-03}" ${LAST_DAY:-}
 tar cJf .devbundle/data.tar.xz -C .devwork data
 cp -r "$DATA/sw_industry_history.csv" "$DATA/qlib_reference" .devdata/
 rm -rf "$WORK"

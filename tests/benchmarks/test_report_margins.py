@@ -95,3 +95,13 @@ def test_a_field_only_some_runs_have_is_averaged_over_those_and_says_how_many():
     assert "| 0.0800 ± 0.0000 (1 of 2) | 13.0 ± 0.0 (1 of 2) |" in line and line.endswith(
         "| 20.0 (1 of 2) | 100 (1 of 2) |"
     )
+
+
+def test_an_ensemble_run_counts_once_however_many_members_it_records():
+    """An ensemble run keeps one best epoch per member: it is one run of the row, not five ("5 of 1" was a bug)."""
+    from benchmarks.report import summary_table
+
+    members = _run("hist_pit", 0, 0.03, 0.04, valid_score=0.08, best_epoch=[1, 2, 3, 4, 5])
+    assert "| 3.0 ± 1.4 |" in summary_table([members]).splitlines()[2]
+    older = _run("hist_pit", 1, 0.03, 0.04, valid_score=0.08)
+    assert "| 3.0 ± 1.4 (1 of 2) |" in summary_table([members, older]).splitlines()[2]
