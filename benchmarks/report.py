@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +65,18 @@ ROW_LABELS = {
 }
 
 
-def label(row: str) -> str:
-    """The row's name in tables and legends: the model's label, then the variant (or :data:`ROW_LABELS`')."""
+def label(row: str, rows: Iterable[str] = ()) -> str:
+    """The row's name in tables and legends: the model's label, then the variant (or :data:`ROW_LABELS`').
+
+    ``rows`` are the rows of the same table: a model's default row is named ``<label>, default`` when one of them
+    is a variant of that model under the model's label (beside ``<label>, best`` the bare label would be ambiguous).
+    """
     if row in ROW_LABELS:
         return ROW_LABELS[row]
     model, _, variant = row.partition("+")
     name = LABELS.get(model, model)
+    if not variant and any(r.partition("+")[0] == model and "+" in r and r not in ROW_LABELS for r in rows):
+        variant = DEFAULT
     return f"{name}, {variant}" if variant else name
 
 
@@ -177,15 +184,16 @@ def summary_table(runs: list[dict]) -> str:
     extra = (["Fits"] if with_fits else []) + (["Valid (best epoch)", "Best epoch", "Fit s"] if with_valid else [])
     header = ["Model", "Seeds"] + extra + list(REPORT_METRICS) + ["Epochs run", "Sec/epoch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows_in_order(runs):
+    rows = rows_in_order(runs)
+    for row in rows:
         mine = [r for r in runs if row_of(r) == row]
         ok = [r for r in mine if "metrics" in r]
         if not ok:
             err = mine[0].get("error", "no result")
             seeds = ", ".join(str(r["seed"]) for r in mine)
-            lines.append(f"| {label(row)} | {seeds} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
+            lines.append(f"| {label(row, rows)} | {seeds} | crashed: `{err[:120]}` |" + " |" * (len(header) - 3))
             continue
-        cells = [label(row), ", ".join(str(r["seed"]) for r in ok)]
+        cells = [label(row, rows), ", ".join(str(r["seed"]) for r in ok)]
         if with_fits:
             cells.append("/".join(sorted({str(n_fits(r)) for r in ok})))
         if with_valid:
@@ -215,7 +223,8 @@ def untrained(runs: list[dict]) -> bool:
 def margins(runs: list[dict], versus: str) -> str:
     """Markdown: each row's lead over the row ``versus`` on :data:`MARGIN_METRICS`, as a difference of means and in
     units of the larger of the two rows' seed standard deviations (ddof 0, as in :func:`summary_table`); ``+inf`` or
-    ``-inf`` when both spreads are 0.
+    ``-inf`` when both spreads are 0 over two or more seeds (or both rows are untrained), ``n/a (1 seed)`` when the
+    rows share one seed, whose spread is unknown rather than 0.
 
     The means and spreads are taken over the seeds both rows have; an :func:`untrained` row has one value whatever
     the seed, so it stands beside every seed of the other row. A row with other ``Fits`` than ``versus`` says so: a
@@ -228,22 +237,27 @@ def margins(runs: list[dict], versus: str) -> str:
         raise ValueError(f"--versus {versus!r}: no finished run of that row (rows: {sorted(by_row)})")
     header = ["Row", "Fits", "Seeds"] + [f"{m} {part}" for m in MARGIN_METRICS for part in ("lead", "in std")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows_in_order(runs):
+    rows = rows_in_order(runs)
+    for row in rows:
         if row == versus or row not in by_row:
             continue
         pairs = _paired(by_row[row], by_row[versus])
         if not pairs:
             continue
         fits = {n_fits(run) for pair in pairs.values() for run in pair}
-        cells = [label(row), "/".join(str(n) for n in sorted(fits)), ", ".join(map(str, pairs))]
+        deterministic = untrained(list(by_row[row].values())) and untrained(list(by_row[versus].values()))
+        cells = [label(row, rows), "/".join(str(n) for n in sorted(fits)), ", ".join(map(str, pairs))]
         for metric in MARGIN_METRICS:
             mine = np.array([pair[0]["metrics"][metric] for pair in pairs.values()])
             theirs = np.array([pair[1]["metrics"][metric] for pair in pairs.values()])
             lead, spread = mine.mean() - theirs.mean(), max(mine.std(), theirs.std())
-            cells += [
-                f"{lead:+.4f}",
-                f"{lead / spread:+.1f}" if spread > 0 else ("0" if lead == 0 else f"{np.sign(lead) * np.inf:+}"),
-            ]
+            if spread > 0:
+                in_std = f"{lead / spread:+.1f}"
+            elif len(pairs) < 2 and not deterministic:  # one seed: its spread is not measured, not zero
+                in_std = "n/a (1 seed)"
+            else:
+                in_std = "0" if lead == 0 else f"{np.sign(lead) * np.inf:+}"
+            cells += [f"{lead:+.4f}", in_std]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -288,9 +302,12 @@ def plot(runs: list[dict], out_prefix: Path) -> list[Path]:
         plt.close(fig)
         return path
 
-    excess = pd.DataFrame({label(m): daily.cumsum() for m, daily in _mean_over_seeds(runs, "daily_excess").items()})
+    rows = rows_in_order(runs)
+    excess = pd.DataFrame(
+        {label(m, rows): daily.cumsum() for m, daily in _mean_over_seeds(runs, "daily_excess").items()}
+    )
     daily_ic = _mean_over_seeds(runs, "daily_ic")
-    monthly_ic = pd.DataFrame({label(m): s.resample("ME").mean() for m, s in daily_ic.items()})
+    monthly_ic = pd.DataFrame({label(m, rows): s.resample("ME").mean() for m, s in daily_ic.items()})
     monthly_ic.index = monthly_ic.index.strftime("%Y-%m")
     return [
         line_plot(
@@ -358,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Row `{row}` is `{source}`'s runs: the same model, data and settings, fitted once for both grids.",
             "",
         ]
+    rows = rows_in_order(runs)
     for versus, lead_table in lead_tables.items():
         page += [
-            f"Lead over {label(versus)}: the difference of the means over the seeds both rows have (an untrained row "
-            "has one value for every seed), and that difference in units of the larger of the two rows' seed "
-            "standard deviations over those seeds.",
+            f"Lead over {label(versus, rows)}: the difference of the means over the seeds both rows have (an "
+            "untrained row has one value for every seed), and that difference in units of the larger of the two "
+            "rows' seed standard deviations over those seeds.",
             "",
             lead_table,
             "",

@@ -181,7 +181,9 @@ def test_report_rows_per_variant():
     assert row_of({"model": "gru", "seed": 0}) == "gru"  # result files from before grids have no variant
     table = summary_table(runs).splitlines()
     assert table[0].startswith("| Model | Seeds | Valid (best epoch) | Best epoch | Fit s | IC |")
-    default = next(line for line in table if line.startswith("| HIST (qlib_hist, point-in-time SW concepts) |"))
+    default = next(
+        line for line in table if line.startswith("| HIST (qlib_hist, point-in-time SW concepts), default |")
+    )
     assert "| 0, 1 | 0.0500 ± 0.0100 | 0.5 ± 0.5 | 5 | 0.0400 ± 0.0100 |" in default  # fit: mean of 4 and 6
     lightgbm = {"model": "lightgbm", "seed": 0, "metrics": {"IC": 0.01}, "fit_seconds": 7.0}
     assert fit_seconds(lightgbm) == 7.0 and fit_seconds(runs[3]) == 6.0
@@ -196,7 +198,7 @@ def test_report_shows_the_fits_of_ensemble_and_seed_average_rows():
     table = summary_table([single, ensemble, average]).splitlines()
     assert table[0].startswith("| Model | Seeds | Fits | Valid (best epoch) | Best epoch |")
     cells = {line.split(" | ")[0][2:]: line.split(" | ")[2:5] for line in table[2:]}
-    assert cells["HIST (qlib_hist, point-in-time SW concepts)"] == ["1", "0.0400 ± 0.0000", "0.0 ± 0.0"]
+    assert cells["HIST (qlib_hist, point-in-time SW concepts), default"] == ["1", "0.0400 ± 0.0000", "0.0 ± 0.0"]
     assert cells["HIST (qlib_hist, point-in-time SW concepts), best_x5"] == ["5", "0.0500 ± 0.0000", "3.0 ± 1.4"]
     assert next(v for k, v in cells.items() if "avg5" in k)[0] == "5"
 

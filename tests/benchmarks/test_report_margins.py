@@ -44,11 +44,38 @@ def test_the_lead_is_in_units_of_the_larger_rows_std_over_the_shared_seeds():
     assert cells[4:] == ["+0.0000", "0"]
 
 
-def test_a_five_fit_row_names_its_fits_and_a_lead_without_spread_is_inf():
+def test_a_five_fit_row_names_its_fits_and_a_lead_over_one_shared_seed_has_no_std():
+    """One seed in common: the spread is not measured, so the lead has no size in std (it was ``+inf``)."""
     base = [_run("qlib_hist_patched", 0, 0.03, 0.04)]
     avg = [_run("qlib_hist_patched", 0, 0.031, 0.039, variant="avg5", fits=5)]
     cells = _rows(margins(base + avg, "qlib_hist_patched"))["HIST (qlib's, patched only to run: CPU + pandas 3), avg5"]
-    assert cells == ["1/5", "0", "+0.0010", "+inf", "-0.0010", "-inf"]
+    assert cells == ["1/5", "0", "+0.0010", "n/a (1 seed)", "-0.0010", "n/a (1 seed)"]
+    # two seeds that agree exactly have a measured spread of 0: the lead is infinite in std
+    base.append(_run("qlib_hist_patched", 1, 0.03, 0.04))
+    avg.append(_run("qlib_hist_patched", 1, 0.031, 0.039, variant="avg5", fits=5))
+    cells = _rows(margins(base + avg, "qlib_hist_patched"))["HIST (qlib's, patched only to run: CPU + pandas 3), avg5"]
+    assert cells == ["1/5", "0, 1", "+0.0010", "+inf", "-0.0010", "-inf"]
+
+
+def test_two_untrained_rows_are_deterministic_so_their_lead_is_infinite_in_std():
+    file = _run("hist_pit", 0, 0.028, 0.038, variant="pretrained_as_is", config={"kwargs": {"n_epochs": 0}})
+    other = _run("lstm", 0, 0.027, 0.038, config={"kwargs": {"n_epochs": 0}})
+    cells = _rows(margins([file, other], "hist_pit+pretrained_as_is"))["LSTM (qlib, Alpha360)"]
+    assert cells[2:] == ["-0.0010", "-inf", "+0.0000", "0"]
+
+
+def test_a_default_row_beside_a_variant_of_its_model_is_named_default():
+    from benchmarks.report import label, summary_table
+
+    runs = [_run("hist_pit", 0, 0.03, 0.04), _run("hist_pit", 0, 0.031, 0.04, variant="best")]
+    names = [line.split("|")[1].strip() for line in summary_table(runs).splitlines()[2:]]
+    assert names == [
+        "HIST (qlib_hist, point-in-time SW concepts), default",
+        "HIST (qlib_hist, point-in-time SW concepts), best",
+    ]
+    # alone, or beside a row labelled as another model (the untrained file), it keeps the model's label
+    assert label("hist_pit", ["hist_pit", "hist_pit+pretrained_as_is"]) == "HIST (qlib_hist, point-in-time SW concepts)"
+    assert label("hist_pit") == "HIST (qlib_hist, point-in-time SW concepts)"
 
 
 def test_an_unknown_versus_row_is_refused_before_anything_is_written(tmp_path, capsys):
