@@ -75,7 +75,7 @@ def label(row: str, rows: Iterable[str] = ()) -> str:
         return ROW_LABELS[row]
     model, _, variant = row.partition("+")
     name = LABELS.get(model, model)
-    if not variant and any(r.partition("+")[0] == model and "+" in r and r not in ROW_LABELS for r in rows):
+    if not variant and any(r.startswith(f"{model}+") and r not in ROW_LABELS for r in rows):
         variant = DEFAULT
     return f"{name}, {variant}" if variant else name
 
