@@ -190,3 +190,15 @@ def qlib_init_kwargs(provider_uri: str | Path, tracking_uri: str, kernels: int =
 def sqlite_uri(path: Path) -> str:
     """The mlflow tracking URI of the sqlite file ``path``; writers wait up to 60 s for each other's lock."""
     return f"sqlite:///{path}?timeout=60"
+
+
+def create_store_tables(tracking_uri: str) -> None:
+    """Create (and migrate) the mlflow store's tables at ``tracking_uri`` now, in this one process.
+
+    mlflow builds a new sqlite store's tables on first use with alembic migrations that copy tables through
+    ``_alembic_tmp_*``; two workers opening the same fresh store at once race those copies and one fails with
+    "table _alembic_tmp_metrics already exists", leaving a half-migrated file. A driver calls this before it
+    starts its workers."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)

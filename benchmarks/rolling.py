@@ -43,7 +43,15 @@ import pandas as pd
 
 from benchmarks import script_parser
 from benchmarks.cluster import Resources, check_local_gpus, driver_kernels, run_tasks
-from benchmarks.config import HANDLER, PROFILES, WORKFLOW, qlib_init_kwargs, record_configs, sqlite_uri
+from benchmarks.config import (
+    HANDLER,
+    PROFILES,
+    WORKFLOW,
+    create_store_tables,
+    qlib_init_kwargs,
+    record_configs,
+    sqlite_uri,
+)
 from benchmarks.grid import workflow_kwargs
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     import qlib
 
     logging.basicConfig(level=logging.INFO)
+    create_store_tables(sqlite_uri(cache / STORE))  # before any task: tasks that migrate a fresh store race
     qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(cache / STORE), kernels=driver_kernels(args.cpus)))
     models = [ROWS[row][0] for row in args.rows]
     concepts = build_concepts(ROLLING, args.provider_uri, args.market, cache, models, sw_csv=args.sw_csv)

@@ -44,7 +44,14 @@ from typing import Any
 
 from benchmarks import script_parser
 from benchmarks.cluster import Resources, check_local_gpus
-from benchmarks.config import PROFILES, handler_config, hist_kwargs, qlib_init_kwargs, sqlite_uri
+from benchmarks.config import (
+    PROFILES,
+    create_store_tables,
+    handler_config,
+    hist_kwargs,
+    qlib_init_kwargs,
+    sqlite_uri,
+)
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.search_records import (
     SCORE,
@@ -722,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qlib_hist.qlib_edge.handler_cache import ensure_cached
 
+    create_store_tables(ctx["tracking_uri"])  # before any trial: trials that migrate a fresh store race
     qlib.init(**qlib_init_kwargs(ctx["provider_uri"], ctx["tracking_uri"], kernels=args.cpus or 2))
     for start in TRAIN_STARTS:  # each train start's handler built once, here, before any trial loads it
         profile = trial_profile({"train_start": start, "early_stop": 5})

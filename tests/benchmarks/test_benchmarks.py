@@ -320,6 +320,57 @@ def test_the_best_rolling_row_without_its_yaml_is_refused_before_anything_runs(m
     assert not any(tmp_path.iterdir())
 
 
+def _store_state(path) -> tuple[str | None, set]:
+    """The alembic revision of the mlflow sqlite store at ``path`` and its table names."""
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        tables = {name for (name,) in con.execute("select name from sqlite_master where type='table'")}
+        revision = (
+            con.execute("select version_num from alembic_version").fetchone() if "alembic_version" in tables else None
+        )
+    return (revision[0] if revision else None), tables
+
+
+def test_create_store_tables_leaves_a_fresh_store_at_mlflows_head_revision(tmp_path):
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from benchmarks.config import create_store_tables, sqlite_uri
+
+    store = tmp_path / "new" / "mlruns.db"
+    store.parent.mkdir()
+    create_store_tables(sqlite_uri(store))
+    revision, tables = _store_state(store)
+    assert revision == _get_latest_schema_revision()
+    assert {"experiments", "runs", "metrics"} <= tables and not any(t.startswith("_alembic_tmp") for t in tables)
+
+
+def test_the_rolling_driver_migrates_its_store_before_any_task_opens_it(monkeypatch, tmp_path):
+    """Tasks that each open a fresh store race alembic's table copies ("table _alembic_tmp_metrics already
+    exists"): the driver must leave the store migrated before it starts them."""
+    import qlib
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    import benchmarks.rolling as rolling
+
+    seen = {}
+
+    def run_tasks(task, items, resources, args, concepts, on_done):
+        seen["items"] = items
+        seen["store"] = _store_state(tmp_path / rolling.STORE)
+        return {}
+
+    monkeypatch.chdir(tmp_path)  # main moves into its cache; put back afterwards
+    monkeypatch.setattr(qlib, "init", lambda **kwargs: None)
+    monkeypatch.setattr(rolling, "build_concepts", lambda *args, **kwargs: {})
+    monkeypatch.setattr(rolling, "prepare_window_handlers", lambda *args: None)
+    monkeypatch.setattr(rolling, "run_tasks", run_tasks)
+    argv = ["--rows", "hist_cold", "--seeds", "987", "--cache-dir", str(tmp_path), "--provider-uri", str(tmp_path)]
+    assert rolling.main(argv) == 0
+    assert seen["items"] == [("hist_cold", 987)]
+    assert seen["store"][0] == _get_latest_schema_revision()
+
+
 def test_rolling_report_counts_the_epochs_of_every_window():
     from benchmarks.rolling import _epochs_cell
 
