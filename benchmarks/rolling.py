@@ -306,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     import qlib
 
     logging.basicConfig(level=logging.INFO)
-    create_store_tables(sqlite_uri(cache / STORE))  # before any task: tasks that migrate a fresh store race
-    qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(cache / STORE), kernels=driver_kernels(args.cpus)))
+    tracking_uri = sqlite_uri(cache / STORE)
+    create_store_tables(tracking_uri)  # before any task: tasks that migrate a fresh store race
+    qlib.init(**qlib_init_kwargs(args.provider_uri, tracking_uri, kernels=driver_kernels(args.cpus)))
     models = [ROWS[row][0] for row in args.rows]
     concepts = build_concepts(ROLLING, args.provider_uri, args.market, cache, models, sw_csv=args.sw_csv)
     prepare_window_handlers(missing[0], concepts, args, cache / STORE)

@@ -323,8 +323,9 @@ def test_the_best_rolling_row_without_its_yaml_is_refused_before_anything_runs(m
 def _store_state(path) -> tuple[str | None, set]:
     """The alembic revision of the mlflow sqlite store at ``path`` and its table names."""
     import sqlite3
+    from contextlib import closing
 
-    with sqlite3.connect(path) as con:
+    with closing(sqlite3.connect(path)) as con:
         tables = {name for (name,) in con.execute("select name from sqlite_master where type='table'")}
         revision = (
             con.execute("select version_num from alembic_version").fetchone() if "alembic_version" in tables else None
