@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks.paths import ROOT
+from benchmarks.report import _mean_std as report_mean_std
 from benchmarks.report import label, load_runs, margins, row_of, rows_in_order
 
 PAGE = ROOT / "benchmarks" / "results" / "what-carries-hist.md"
@@ -83,7 +84,8 @@ def _seed_range(seeds: list[int]) -> str:
 
 
 def _mean_std(values: np.ndarray) -> str:
-    return f"{values.mean():.4f} ± {values.std(ddof=0):.4f}"
+    """The report's own ``mean ± std`` cell (population std, 4 decimals)."""
+    return report_mean_std(list(values), 4)
 
 
 @pytest.fixture(scope="module")
