@@ -59,6 +59,17 @@ def test_device_slice_is_a_subset_of_the_ablation_grid():
     assert set(part.runs()) < set(full.runs()) and len(part.runs()) == 8
 
 
+
+def test_device_qlib_segments_slice_is_the_capped_grids_best_row():
+    """The GPU slice of qlib's segments (ours best, seeds 1-4) writes where the capped grid's runs would: same name,
+    profile and settings, the same recipe for its one row, and only seeds the full grid does not already run."""
+    full = load_grid(ROOT / "benchmarks" / "grids" / "qlib_segments.yaml", list(ROWS))
+    part = load_grid(ROOT / "benchmarks" / "device" / "qlib_segments_best_seeds1to4.yaml", list(ROWS))
+    assert (part.name, part.profile) == (full.name, full.profile)
+    assert part.variants == {"best": full.variants["best"]}
+    assert {key.row for key in part.runs()} == {"hist_pit+best"} and part.seeds == [1, 2, 3, 4]
+    assert not {key.seed for key in part.runs()} & {key.seed for key in full.runs()}
+
 def _has_commit(rev: str) -> bool:
     probe = subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True)
     return probe.returncode == 0
