@@ -4,7 +4,8 @@ Section 4's tables are typed by hand from ``benchmarks/results/final/runs/*.json
 context row) the page goes stale unless someone retypes it. These tests recompute every cell of both tables, and the
 seed ranges and means its prose repeats, from the committed run files with :mod:`benchmarks.report`'s own functions
 (population standard deviation, 4 decimals), so a stale or mistyped figure fails here rather than in a reader's hands.
-They need no data beyond the repository.
+Section 2's table (qlib's segments, capped) is checked the same way against its CPU and GPU run files. They need no
+data beyond the repository.
 """
 
 from __future__ import annotations
@@ -156,3 +157,46 @@ def test_the_prose_quotes_the_context_rows_current_seeds(by_row, row, name):
         assert f"{name} seeds {seeds} score IC {ic}, Rank IC {rank}" in section, (
             f"{PAGE.name}: the LSTM/GRU bullet should quote {name} seeds {seeds}: IC {ic}, Rank IC {rank}"
         )
+
+
+#: section 2 (qlib's segments, capped): the start of a table row label -> (results folder, run row); qlib's
+#: published rows are quoted from its README and have no run file here
+SEGMENT_ROWS = {
+    "qlib's pretrained LSTM file": ("qlib-segments-capped", "hist_pit+pretrained_as_is"),
+    "qlib's HIST patched": ("qlib-segments-capped", "qlib_hist_patched"),
+    "ours best, same cap (CPU": ("qlib-segments-capped", "hist_pit+best"),
+    "ours best, same cap, on a lent H200": ("gpu/qlib-segments-capped", "hist_pit+best"),
+    "qlib's published": None,
+}
+
+
+def test_section_2_rows_are_what_their_run_files_give():
+    """Section 2's table (qlib's segments): each measured row's seeds and its IC and Rank IC, one value for one seed
+    and the report's mean ± std for several, from its committed run files (the CPU grid's, or the GPU's)."""
+    text = PAGE.read_text()
+    start = text.index("\n## 2.")
+    (table, *_) = _tables(text[start : text.index("\n## ", start + 1)])
+    measured = set()
+    for label_cell, seeds_cell, ic, rank in table:
+        source = _match(label_cell, SEGMENT_ROWS)
+        if source is None:
+            continue
+        folder, row = source
+        runs = {
+            run["seed"]: run
+            for run in load_runs(ROOT / "benchmarks" / "results" / folder / "runs")
+            if "metrics" in run and row_of(run) == row
+        }
+        where = f"{PAGE.name} section 2, row {label_cell[:40]!r}"
+        assert runs, f"{where}: no run file of {row} under {folder}"
+        ic_values, rank_values = _metric(runs, "IC"), _metric(runs, "Rank IC")
+        if row == "hist_pit+pretrained_as_is":
+            assert seeds_cell == "deterministic", where
+        else:
+            assert seeds_cell == _seed_range(list(runs)), f"{where}: seeds"
+        if len(runs) == 1:
+            assert (ic, rank) == (f"{ic_values[0]:.4f}", f"{rank_values[0]:.4f}"), where
+        else:
+            assert (ic, rank) == (_mean_std(ic_values), _mean_std(rank_values)), f"{where}: mean ± std"
+        measured.add(source)
+    assert measured == {source for source in SEGMENT_ROWS.values() if source}, f"{PAGE.name} section 2: rows missing"
