@@ -59,7 +59,6 @@ def test_device_slice_is_a_subset_of_the_ablation_grid():
     assert set(part.runs()) < set(full.runs()) and len(part.runs()) == 8
 
 
-
 def test_device_qlib_segments_slice_is_the_capped_grids_best_row():
     """The GPU slice of qlib's segments (ours best, seeds 1-4) writes where the capped grid's runs would: same name,
     profile and settings, the same recipe for its one row, and only seeds the full grid does not already run."""
@@ -69,6 +68,7 @@ def test_device_qlib_segments_slice_is_the_capped_grids_best_row():
     assert part.variants == {"best": full.variants["best"]}
     assert {key.row for key in part.runs()} == {"hist_pit+best"} and part.seeds == [1, 2, 3, 4]
     assert not {key.seed for key in part.runs()} & {key.seed for key in full.runs()}
+
 
 def _has_commit(rev: str) -> bool:
     probe = subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True)
