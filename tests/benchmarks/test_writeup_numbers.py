@@ -45,9 +45,10 @@ LEAD_ROWS = {
 AVERAGED = {"hist_pit+best_avg5", "qlib_hist_patched+avg5"}
 
 
-def _section_4() -> str:
+def _section(number: int) -> str:
+    """Section ``number`` of the page, from its ``## N.`` heading to the next heading of that level."""
     text = PAGE.read_text()
-    start = text.index("\n## 4.")
+    start = text.index(f"\n## {number}.")
     end = text.index("\n## ", start + 1)
     return text[start:end]
 
@@ -89,13 +90,19 @@ def _mean_std(values: np.ndarray) -> str:
     return report_mean_std(list(values), 4)
 
 
+def _runs_by_row(runs_dir) -> dict[str, dict[int, dict]]:
+    """The finished runs under ``runs_dir``, as row -> seed -> run."""
+    rows: dict[str, dict[int, dict]] = {}
+    for run in load_runs(runs_dir):
+        if "metrics" in run:
+            rows.setdefault(row_of(run), {})[run["seed"]] = run
+    return rows
+
+
 @pytest.fixture(scope="module")
 def by_row() -> dict[str, dict[int, dict]]:
-    runs = [run for run in load_runs(RUNS_DIR) if "metrics" in run]
-    assert runs, f"no finished run under {RUNS_DIR}"
-    rows: dict[str, dict[int, dict]] = {}
-    for run in runs:
-        rows.setdefault(row_of(run), {})[run["seed"]] = run
+    rows = _runs_by_row(RUNS_DIR)
+    assert rows, f"no finished run under {RUNS_DIR}"
     return rows
 
 
@@ -104,13 +111,13 @@ def _metric(runs: dict[int, dict], metric: str) -> np.ndarray:
 
 
 def test_the_page_has_both_tables_of_section_4():
-    tables = _tables(_section_4())
+    tables = _tables(_section(4))
     assert len(tables) >= 2, f"{PAGE.name} section 4: expected the results table and the lead table"
     assert {_match(row[0], RESULT_ROWS) for row in tables[0]} == set(RESULT_ROWS.values())
 
 
 def test_every_results_cell_is_what_the_run_files_give(by_row):
-    (results, *_) = _tables(_section_4())
+    (results, *_) = _tables(_section(4))
     for label_cell, seeds_cell, ic_each, ic, rank_each, rank in results:
         row = _match(label_cell, RESULT_ROWS)
         runs = by_row[row]
@@ -131,7 +138,7 @@ def test_every_results_cell_is_what_the_run_files_give(by_row):
 
 
 def test_every_lead_is_what_the_report_computes(by_row):
-    _, leads, *_ = _tables(_section_4())
+    _, leads, *_ = _tables(_section(4))
     runs = [run for per_seed in by_row.values() for run in per_seed.values()]
     rows = rows_in_order(runs)
     assert {_match(row[0], LEAD_ROWS) for row in leads} == set(LEAD_ROWS.values())
@@ -148,7 +155,7 @@ def test_every_lead_is_what_the_report_computes(by_row):
 
 @pytest.mark.parametrize("row, name", [("lstm", "LSTM"), ("gru", "GRU"), ("hist_pit", "ours default")])
 def test_the_prose_quotes_the_context_rows_current_seeds(by_row, row, name):
-    section = _section_4()
+    section = _section(4)
     seeds = _seed_range(list(by_row[row]))
     measured = section[section.index("Measured:") :].split("\n")[0]
     assert f"{name} seeds {seeds}" in measured, f"{PAGE.name}: 'Measured:' should say {name} seeds {seeds}"
@@ -173,20 +180,14 @@ SEGMENT_ROWS = {
 def test_section_2_rows_are_what_their_run_files_give():
     """Section 2's table (qlib's segments): each measured row's seeds and its IC and Rank IC, one value for one seed
     and the report's mean ± std for several, from its committed run files (the CPU grid's, or the GPU's)."""
-    text = PAGE.read_text()
-    start = text.index("\n## 2.")
-    (table, *_) = _tables(text[start : text.index("\n## ", start + 1)])
+    (table, *_) = _tables(_section(2))
     measured = set()
     for label_cell, seeds_cell, ic, rank in table:
         source = _match(label_cell, SEGMENT_ROWS)
         if source is None:
             continue
         folder, row = source
-        runs = {
-            run["seed"]: run
-            for run in load_runs(ROOT / "benchmarks" / "results" / folder / "runs")
-            if "metrics" in run and row_of(run) == row
-        }
+        runs = _runs_by_row(ROOT / "benchmarks" / "results" / folder / "runs").get(row, {})
         where = f"{PAGE.name} section 2, row {label_cell[:40]!r}"
         assert runs, f"{where}: no run file of {row} under {folder}"
         ic_values, rank_values = _metric(runs, "IC"), _metric(runs, "Rank IC")
