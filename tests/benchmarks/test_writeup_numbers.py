@@ -181,13 +181,15 @@ def test_section_2_rows_are_what_their_run_files_give():
     """Section 2's table (qlib's segments): each measured row's seeds and its IC and Rank IC, one value for one seed
     and the report's mean ± std for several, from its committed run files (the CPU grid's, or the GPU's)."""
     (table, *_) = _tables(_section(2))
+    folders = {source[0] for source in SEGMENT_ROWS.values() if source}
+    by_folder = {folder: _runs_by_row(ROOT / "benchmarks" / "results" / folder / "runs") for folder in folders}
     measured = set()
     for label_cell, seeds_cell, ic, rank in table:
         source = _match(label_cell, SEGMENT_ROWS)
         if source is None:
             continue
         folder, row = source
-        runs = _runs_by_row(ROOT / "benchmarks" / "results" / folder / "runs").get(row, {})
+        runs = by_folder[folder].get(row, {})
         where = f"{PAGE.name} section 2, row {label_cell[:40]!r}"
         assert runs, f"{where}: no run file of {row} under {folder}"
         ic_values, rank_values = _metric(runs, "IC"), _metric(runs, "Rank IC")
