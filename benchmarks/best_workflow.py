@@ -7,7 +7,10 @@ and backtest) with two things taken from the choice that ``python -m benchmarks.
 
 - ``task.model.kwargs``: the searched settings (lr, loss, weight decay, dropout, width, module switches,
   ``hidden_topk``, concept weights, ``keep_start``, early stop), the search's epoch budget, seed 0, point-in-time
-  concepts (``sw_membership.csv``, as every trial had), and qlib's pretrained LSTM only at its width (64);
+  concepts (``sw_membership.csv``, as every trial had) when the predefined-concept module is on, and qlib's
+  pretrained LSTM only at its width (64). The options of a module the choice switches off (the concept table and
+  weights, ``hidden_topk``: :data:`qlib_hist.settings.MODULE_OPTIONS`) are left out: they change nothing, and
+  ``HIST`` warns about them;
 - the train window: the search's train start is a window length before its valid segment (cpu-quick valid starts
   2017: a 2012 start is 5 years); the YAML keeps that length before qlib's valid start (2015: from 2010), and its
   handler starts and fits its processors there, as the trials' did.
@@ -28,7 +31,8 @@ from benchmarks.config import PROFILES, WORKFLOW, WORKFLOW_YAML
 from benchmarks.paths import HERE, ROOT, repo_relative
 from benchmarks.search import CONCEPT_WEIGHT, MAX_EPOCHS, METRIC, PRETRAINED_HIDDEN, param_problems
 from benchmarks.search_records import ROW_KEYS
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
+from qlib_hist.settings import HISTSettings
 
 BEST_YAML = ROOT / "workflow_config_hist_best.yaml"
 CHOICE_JSON = HERE / "results" / "search_choice.json"
@@ -86,7 +90,14 @@ def model_kwargs_block(choice: dict) -> str:
     if choice["concept_weight"]:
         lines.append(("concept_weight", f'"{CONCEPT_WEIGHT}"'))
     lines += [("seed", 0), ("GPU", 0)]
-    return "".join(f"            {key}: {_yaml(value)}\n" for key, value in lines)
+    unused = set(_switched_off(choice).unused_options())
+    return "".join(f"            {key}: {_yaml(value)}\n" for key, value in lines if key not in unused)
+
+
+def _switched_off(choice: dict) -> HISTSettings:
+    """Settings with the choice's module switches (what decides which options are read)."""
+    switches = {key: choice[key] for key in ("predefined_concepts", "hidden_concepts", "individual")}
+    return HISTSettings.from_kwargs(**switches)[0]
 
 
 def _confirmed(choice: dict) -> str:
@@ -114,13 +125,19 @@ def best_workflow(choice: dict, template: str, source: str = "the choice") -> st
     (the text of ``workflow_config_hist_Alpha360.yaml``)."""
     check_choice(choice, source)
     start = train_start(choice)
+    needs = (
+        "# Needs qlib's cn_data, the pretrained LSTM when hidden_size is 64, and a point-in-time membership table:\n"
+        "# `qlib-hist concepts from-sw sw_industry_history.csv sw_membership.csv`.\n"
+        if choice["predefined_concepts"]
+        else "# Needs qlib's cn_data and the pretrained LSTM when hidden_size is 64; no concept table\n"
+        "# (predefined_concepts is off).\n"
+    )
     header = (
         "# HIST with the recipe the search chose on the valid segment (issue 28): qlib's HIST benchmark otherwise\n"
         "# (workflow_config_hist_Alpha360.yaml). Written by `python -m benchmarks.best_workflow` from\n"
         f"# benchmarks/results/search_choice.json (trial {choice.get('trial', '?')}, valid IC "
         f"{choice.get(METRIC, float('nan')):.4f}{_confirmed(choice)}); do not edit by hand.\n"
-        "# Needs qlib's cn_data, the pretrained LSTM when hidden_size is 64, and a point-in-time membership table:\n"
-        "# `qlib-hist concepts from-sw sw_industry_history.csv sw_membership.csv`.\n"
+        f"{needs}"
         "# Run: qrun workflow_config_hist_best.yaml\n"
     )
     text = re.sub(r"\A(#[^\n]*\n)+", lambda _: header, template, count=1)

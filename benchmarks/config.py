@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.paths import ROOT
-from qlib_hist._io import as_timestamp, config_dates
+from qlib_hist.config_dates import as_timestamp, config_dates
 
 WORKFLOW_YAML = ROOT / "workflow_config_hist_Alpha360.yaml"
 PAPER_YAML = ROOT / "workflow_config_hist_paper.yaml"
@@ -33,8 +33,8 @@ NOT_PAPER_OPTIONS = ("seed", "checkpoint_dir")
 
 
 def _iso(value: Any, key: str) -> str | None:
-    """A date of the YAML (checked by :func:`qlib_hist._io.as_timestamp`: one line naming its key when it is not
-    a date pandas can hold) as its ``YYYY-MM-DD`` string (with the time when it has one)."""
+    """A date of the YAML (checked by :func:`qlib_hist.config_dates.as_timestamp`: one line naming its key when it is
+    not a date pandas can hold) as its ``YYYY-MM-DD`` string (with the time when it has one)."""
     stamp = as_timestamp(value, key)
     if stamp is None:
         return None
@@ -43,7 +43,7 @@ def _iso(value: Any, key: str) -> str | None:
 
 def _iso_dates(node: Any, source: str = "") -> Any:
     """``node`` with every ``datetime.date`` (anywhere) and every date string of a handler's, a backtest's or a
-    segment's (:func:`qlib_hist._io.config_dates`) as its ``YYYY-MM-DD`` string; dicts and lists rebuilt."""
+    segment's (:func:`qlib_hist.config_dates.config_dates`) as its ``YYYY-MM-DD`` string; dicts and lists rebuilt."""
     return config_dates(node, source=source, convert=_iso)
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from benchmarks.config import FILE_KWARGS, PROFILES, load_workflow
 from benchmarks.paths import ROOT
-from qlib_hist._io import ConfigDateError
+from qlib_hist.config_dates import ConfigDateError
 
 DEFAULT = "default"  # the variant that changes nothing
 GRID_KEYS = ("name", "profile", "settings", "models", "seeds", "variants", "variant_models", "row_seeds")

@@ -24,7 +24,7 @@ import time
 
 from benchmarks import script_parser
 from benchmarks.paths import HERE, ROOT, relative_traceback, repo_relative
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 
 N_CONCEPTS, CONCEPTS_PER_STOCK = 400, 3
 

@@ -28,9 +28,10 @@ import pandas as pd
 
 from benchmarks import script_parser
 from benchmarks.grid import DEFAULT
+from benchmarks.paired import DAILY_KEYS, NW_LAGS, paired_t
 from benchmarks.paths import HERE, repo_relative
 from benchmarks.run import REPORT_METRICS
-from qlib_hist._io import atomic_path, atomic_write_text
+from qlib_hist.atomic_files import atomic_path, atomic_write_text
 
 LABELS = {
     "hist_pit": "HIST (qlib_hist, point-in-time SW concepts)",
@@ -228,14 +229,20 @@ def margins(runs: list[dict], versus: str) -> str:
 
     The means and spreads are taken over the seeds both rows have; an :func:`untrained` row has one value whatever
     the seed, so it stands beside every seed of the other row. A row with other ``Fits`` than ``versus`` says so: a
-    5-fit row's lead over a 1-fit row is bought with 5 fits."""
+    5-fit row's lead over a 1-fit row is bought with 5 fits.
+
+    Beside each lead, the paired test over test days (:func:`benchmarks.paired.paired_t`): the Newey–West t of the
+    daily differences, each day's value averaged over the same seeds; ``n/a`` where a run file has no such daily
+    series (run files before ``daily_rank_ic`` was recorded)."""
     by_row: dict[str, dict[int, dict]] = {}
     for run in runs:
         if "metrics" in run:
             by_row.setdefault(row_of(run), {})[run["seed"]] = run
     if versus not in by_row:
         raise ValueError(f"--versus {versus!r}: no finished run of that row (rows: {sorted(by_row)})")
-    header = ["Row", "Fits", "Seeds"] + [f"{m} {part}" for m in MARGIN_METRICS for part in ("lead", "in std")]
+    header = ["Row", "Fits", "Seeds"] + [
+        f"{m} {part}" for m in MARGIN_METRICS for part in ("lead", "in std", f"paired t (NW {NW_LAGS})")
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = rows_in_order(runs)
     for row in rows:
@@ -257,7 +264,8 @@ def margins(runs: list[dict], versus: str) -> str:
                 in_std = "n/a (1 seed)"
             else:
                 in_std = "0" if lead == 0 else f"{np.sign(lead) * np.inf:+}"
-            cells += [f"{lead:+.4f}", in_std]
+            t = paired_t([pair[0] for pair in pairs.values()], [pair[1] for pair in pairs.values()], DAILY_KEYS[metric])
+            cells += [f"{lead:+.4f}", in_std, "n/a" if np.isnan(t) else f"{t:+.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -382,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             "untrained row has one value for every seed), and that difference in units of the larger of the two "
             "rows' seed standard deviations over those seeds (population, ddof 0; the sample standard deviation, "
             "ddof 1, is √(n/(n−1)) times larger over n seeds: 1.22 at 3, 1.12 at 5, 1.06 at 9, so divide an "
-            "'in std' figure by that factor to read it in sample standard deviations).",
+            "'in std' figure by that factor to read it in sample standard deviations). The paired t is the "
+            f"Newey–West t-statistic ({NW_LAGS} lags) of the mean daily difference over the test days both rows "
+            "scored, each day's value averaged over the same seeds (`benchmarks/paired.py`); |t| ≥ 2 is a lead the "
+            "days support, whatever the seed spread says. `n/a`: the run files hold no such daily series.",
             "",
             lead_table,
             "",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks import script_parser
 from benchmarks.paths import HERE, repo_relative
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 from qlib_hist.concepts.report import read_calendar
 from qlib_hist.concepts.returns import ReturnConceptSpec, concepts_from_returns
 from qlib_hist.demo_data import write_demo_provider

@@ -55,7 +55,7 @@ from benchmarks.config import (
 from benchmarks.grid import workflow_kwargs
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import REPORT_METRICS, build_concepts, model_config, recorded_config
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 
 #: the cpu-quick profile with the first window of the roll: train 3 years, valid 1 year, test = cpu-quick's test
 ROLLING = {
@@ -156,6 +156,7 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
     windows = sorted(((w, w.list_tags()) for w in merged_windows(merged)), key=lambda wt: wt[1][TEST_START_TAG])
     metrics = merged.list_metrics()
     ic = merged.load_object("sig_analysis/ic.pkl")
+    rank_ic = merged.load_object("sig_analysis/ric.pkl")
     return {
         "row": row,
         "seed": seed,
@@ -175,6 +176,7 @@ def run_row(row: str, seed: int, concepts: dict, args: argparse.Namespace, store
         ],
         "metrics": {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics},
         "daily_ic": {str(k.date()): float(v) for k, v in ic.items()},
+        "daily_rank_ic": {str(k.date()): float(v) for k, v in rank_ic.items()},
     }
 
 

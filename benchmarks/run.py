@@ -53,8 +53,9 @@ from benchmarks.config import (
 )
 from benchmarks.grid import Grid, GridError, RunKey, load_grid, make_grid
 from benchmarks.paths import HERE, SHARED, relative_traceback, repo_relative
-from qlib_hist._io import atomic_write_text, json_digest
+from qlib_hist.atomic_files import atomic_write_text
 from qlib_hist.callbacks import CheckpointError
+from qlib_hist.digests import json_digest
 from qlib_hist.qlib_edge.model import CHECKPOINT_NAME
 
 #: qlib's LightGBM benchmark settings (examples/benchmarks/LightGBM); qlib's fit boosts up to 1000 rounds, early stop 50
@@ -121,6 +122,9 @@ HIST_ROWS = {
     "qlib_hist": ("HIST", "qlib.contrib.model.pytorch_hist"),
     "qlib_hist_patched": ("PatchedQlibHIST", "benchmarks.qlib_patched"),
 }
+#: the model modules that checkpoint every epoch in a ``checkpoint_dir`` kwarg -> their checkpoint file's name
+#: (``benchmarks.qlib_patched`` is qlib's HIST with a checkpointed loop; qlib's own, unpatched, keeps none)
+CHECKPOINTING = {"qlib_hist": CHECKPOINT_NAME, "benchmarks.qlib_patched": "qlib_hist_checkpoint.pt"}
 #: concept files a row reads (keys of :func:`build_concepts`' dict); the others read none
 ROW_CONCEPTS = {
     "hist_pit": "membership",
@@ -268,10 +272,11 @@ class GridContext:
         return config
 
     def checkpoint_dir(self, key: RunKey) -> Path:
-        """Where a qlib_hist run checkpoints every epoch, so that Ray's rerun of a killed task (or a rerun of the
-        grid after a stopped session) resumes at its last epoch. The name holds a digest of everything the run's
-        checkpoint fingerprint covers (model settings, provider, handler, segments): a changed grid file starts
-        afresh in a new folder instead of meeting a checkpoint it must refuse."""
+        """Where a run of a checkpointing row (qlib_hist's, or qlib's patched HIST: :data:`CHECKPOINTING`)
+        checkpoints every epoch, so that Ray's rerun of a killed task (or a rerun of the grid after a stopped
+        session) resumes at its last epoch. The name holds a digest of everything the run's checkpoint fingerprint
+        covers (model settings, provider, handler, segments): a changed grid file starts afresh in a new folder
+        instead of meeting a checkpoint it must refuse."""
         what = [self.config(key), self.provider_uri, self.handler(), self.grid.profile["segments"]]
         digest = json_digest(what, 12)
         return Path(self.cache_dir) / "checkpoints" / self.grid.name / f"{key.row}_seed{key.seed}_{digest}"
@@ -335,9 +340,10 @@ def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
     }
     config = ctx.config(key)
     result["config"] = recorded_config(config)
-    if config["module_path"] == "qlib_hist":  # not recorded: where to write changes no result (resume is exact)
+    checkpoint_name = CHECKPOINTING.get(config["module_path"])
+    if checkpoint_name:  # not recorded: where to write changes no result (resume is exact)
         config["kwargs"].setdefault("checkpoint_dir", str(ctx.checkpoint_dir(key)))
-        result["resumed"] = (Path(config["kwargs"]["checkpoint_dir"]) / CHECKPOINT_NAME).exists()
+        result["resumed"] = (Path(config["kwargs"]["checkpoint_dir"]) / checkpoint_name).exists()
     end_killed_attempts(ctx, f"{key.row}_seed{key.seed}")
     with R.start(experiment_name=ctx.experiment, recorder_name=f"{key.row}_seed{key.seed}"):
         tic = time.perf_counter()
@@ -361,14 +367,16 @@ def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
 
 def recorded_results(recorder: Any) -> dict:
     """A finished recorder's figures for a result file: ``metrics`` (:data:`REPORT_METRICS`), ``daily_ic`` and
-    ``daily_excess`` (the backtest's excess return with cost), both ``{date: value}``."""
+    ``daily_rank_ic`` and ``daily_excess`` (the backtest's excess return with cost), each ``{date: value}``."""
     metrics = recorder.list_metrics()
     ic = recorder.load_object("sig_analysis/ic.pkl")
+    rank_ic = recorder.load_object("sig_analysis/ric.pkl")
     report = recorder.load_object("portfolio_analysis/report_normal_1day.pkl")
     excess = report["return"] - report["bench"] - report["cost"]
     return {
         "metrics": {k: float(metrics[v]) for k, v in REPORT_METRICS.items() if v in metrics},
         "daily_ic": {str(k.date()): float(v) for k, v in ic.items()},
+        "daily_rank_ic": {str(k.date()): float(v) for k, v in rank_ic.items()},
         "daily_excess": {str(k.date()): float(v) for k, v in excess.items()},
     }
 

@@ -11,9 +11,10 @@
 # folder under $WORK is emptied first, so every call runs both fits. Time each call as a whole process, e.g.
 # `/usr/bin/time -v bash benchmarks/runner_cost.sh ray`, alternating the two a few times.
 #
-# The claim-file runner is benchmarks/run.py as of eabbb7d (the last commit before Ray), read from git, with two
-# edits so that it runs on today's benchmarks.config: qlib_init_kwargs takes a tracking URI (sqlite_uri of its
-# per-process store), and its profile's n_epochs and early_stop are set to EPOCHS. Run from the repository root of a
+# The claim-file runner is benchmarks/run.py as of eabbb7d (the last commit before Ray), read from git, with three
+# edits so that it runs on today's package and benchmarks.config: atomic_write_text comes from qlib_hist.atomic_files
+# (it was qlib_hist._io), qlib_init_kwargs takes a tracking URI (sqlite_uri of its per-process store), and its
+# profile's n_epochs and early_stop are set to EPOCHS. Run from the repository root of a
 # git clone (with history), in the environment of `pip install -e ".[bench]"`.
 set -euo pipefail
 runner=${1:?usage: bash benchmarks/runner_cost.sh ray|claims|prepare [EPOCHS]}
@@ -34,11 +35,12 @@ variants:
   default: {}
 GRID
     git show eabbb7d:benchmarks/run.py \
-        | sed -e 's|^from qlib_hist._io import atomic_write_text$|&\nfrom benchmarks.config import sqlite_uri|' \
+        | sed -e 's|^from qlib_hist._io import atomic_write_text$|from qlib_hist.atomic_files import atomic_write_text\nfrom benchmarks.config import sqlite_uri|' \
             -e 's|cache / f"mlruns_{os.getpid()}.db")|sqlite_uri(cache / f"mlruns_{os.getpid()}.db"))|' \
             -e "s|profile = PROFILES\[args.profile\]|profile = dict(PROFILES[args.profile], n_epochs=$epochs, early_stop=$epochs)|" \
             >"$work/run_claims.py"
-    if ! grep -q 'sqlite_uri(cache' "$work/run_claims.py" || ! grep -q "n_epochs=$epochs," "$work/run_claims.py"; then
+    if ! grep -q '^from qlib_hist.atomic_files import' "$work/run_claims.py" || ! grep -q 'sqlite_uri(cache' "$work/run_claims.py" ||
+        ! grep -q "n_epochs=$epochs," "$work/run_claims.py"; then
         echo "runner_cost.sh: the edits no longer apply to eabbb7d:benchmarks/run.py" >&2
         exit 1
     fi

@@ -64,7 +64,7 @@ from benchmarks.search_records import (
     trial_row,
     write_record,
 )
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 from qlib_hist.callbacks import Callback
 
 try:  # Ray Tune is the search's machinery (the `bench` extra); `main` says how to get it when it is missing

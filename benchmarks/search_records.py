@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 
 STATUSES = ("running", "finished", "error")
 SCORE = "best_valid_ic"  # a trial's score: the valid IC of the weights it keeps so far

@@ -32,7 +32,7 @@ from benchmarks.config import WORKFLOW, qlib_init_kwargs, record_configs, sqlite
 from benchmarks.grid import DEFAULT, GridError, RunKey, load_grid
 from benchmarks.paths import HERE, SHARED, repo_relative
 from benchmarks.run import ROWS, recorded_results
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 
 #: the column of qlib's prediction frames
 SCORE = "score"

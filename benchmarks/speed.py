@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from benchmarks import script_parser
 from benchmarks.config import WORKFLOW
 from benchmarks.paths import HERE, ROOT, SHARED, repo_relative
-from qlib_hist._io import atomic_write_text
+from qlib_hist.atomic_files import atomic_write_text
 
 #: the speed runs' own segments (dates), shorter than the cpu-quick table's
 SEGMENTS = {

@@ -1,7 +1,9 @@
 """qlib-hist: the HIST stock-forecasting model (Xu et al., 2021) as a qlib plugin.
 
-Use ``module_path: qlib_hist`` and ``class: HIST`` in a qlib workflow YAML. ``import qlib_hist`` stays light:
-qlib loads only when ``HIST`` is asked for (everything that imports qlib is in :mod:`qlib_hist.qlib_edge`).
+Use ``module_path: qlib_hist`` and ``class: HIST`` in a qlib workflow YAML (and ``class: HISTExplainRecord``,
+the qrun record of the explanations, under the same ``module_path``). ``import qlib_hist`` stays light: qlib loads
+only when ``HIST`` or ``HISTExplainRecord`` is asked for (everything that imports qlib is in
+:mod:`qlib_hist.qlib_edge`).
 Every error the package raises about its user's input is a :class:`QlibHistError` (a ``ValueError``).
 """
 
@@ -11,9 +13,10 @@ from .errors import QlibHistError
 from .network import HISTModel, RNNRegressor
 from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 __all__ = [
     "HIST",
+    "HISTExplainRecord",
     "HISTModel",
     "RNNRegressor",
     "HISTSettings",
@@ -30,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from .qlib_edge.model import HIST
 
         return HIST
+    if name == "HISTExplainRecord":  # `module_path: qlib_hist` in a YAML's record list
+        from .qlib_edge.record import HISTExplainRecord
+
+        return HISTExplainRecord
     raise AttributeError(f"module 'qlib_hist' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Tuple
 
-from ._io import PathLike, atomic_path
+from .atomic_files import PathLike, atomic_path
 
 
 def new_figure(figsize: Tuple[float, float], dpi: int = 100) -> Any:

@@ -42,6 +42,8 @@ class Day(NamedTuple):
     sample_weight: Optional[torch.Tensor]  # [n] loss weights (a qlib Reweighter's)
     member_weight: Optional[torch.Tensor]  # [n] weights as members of the predefined concepts (e.g. market value)
     mask: Optional[torch.Tensor] = None  # [n] bool: False on padding rows (a day padded to a static size)
+    market: Optional[torch.Tensor] = None  # [M] the day's market state (market_context)
+    aux_label: Optional[torch.Tensor] = None  # [n, K] labels of the auxiliary horizons (NaN = none), training only
 
 
 @dataclass
@@ -59,6 +61,8 @@ class DailyBatches:
     concepts: SegmentConcepts
     order: Optional[np.ndarray] = None  # our row k is the dataset's row order[k]; None when already sorted
     member_weights: Optional[torch.Tensor] = None  # [rows] weights as members of the predefined concepts
+    market: Optional[torch.Tensor] = None  # [days, M] each day's market state (market_context; NaN = no bar)
+    aux_labels: Optional[torch.Tensor] = None  # [rows, K] the auxiliary horizons' labels (NaN = none)
 
     @property
     def n_days(self) -> int:
@@ -86,6 +90,8 @@ class DailyBatches:
             take(self.labels),
             take(self.sample_weights),
             take(self.member_weights),
+            market=None if self.market is None else self.market[day].to(device, non_blocking=True),
+            aux_label=take(self.aux_labels),
         )
 
     def to(self, device: torch.device) -> "DailyBatches":
@@ -103,6 +109,8 @@ class DailyBatches:
             labels=move(self.labels),
             sample_weights=move(self.sample_weights),
             member_weights=move(self.member_weights),
+            market=move(self.market),
+            aux_labels=move(self.aux_labels),
             concept_matrix=self.concept_matrix.to(device),
             concept_rows=self.concept_rows.to(device),
         )
@@ -125,6 +133,9 @@ class DailyBatches:
             np.array([]) if self.labels is None else self.labels.numpy(),
         ):
             digest.update(np.ascontiguousarray(part).tobytes())
+        for extra in (self.market, self.aux_labels):  # only where present: other segments keep their fingerprint
+            if extra is not None:
+                digest.update(np.ascontiguousarray(extra.cpu().numpy()).tobytes())
         digest.update("|".join(map(str, self.index[[0, -1]])).encode())
         return digest.hexdigest()[:16]
 

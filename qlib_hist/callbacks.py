@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_path
+from .atomic_files import atomic_path
 from .errors import QlibHistError
+from .metrics import objective_key, objective_label
 from .settings import TrainSettings
 
 
@@ -44,7 +45,7 @@ class StopperState(Protocol):
 
 class TrainerState(Protocol):
     """The trainer as a callback sees it (:class:`~qlib_hist.training.Trainer`): its settings, network, logger,
-    early stopping, history and epoch counter, and its state for checkpoints."""
+    the name of its objective, early stopping, history and epoch counter, and its state for checkpoints."""
 
     @property
     def settings(self) -> TrainSettings: ...
@@ -54,6 +55,9 @@ class TrainerState(Protocol):
 
     @property
     def logger(self) -> logging.Logger: ...
+
+    @property
+    def objective(self) -> str: ...
 
     @property
     def stopper(self) -> StopperState: ...
@@ -99,18 +103,34 @@ class Callback:
         pass
 
 
+#: a metric's name in the log where it differs from the history's: the ``loss`` metric is the daily MSE
+LOGGED_METRIC = {"loss": "mse"}
+
+
 class LogEpochs(Callback):
-    """One log line per epoch (train loss, every valid metric, seconds), early stops and the best epoch."""
+    """One log line per epoch, early stops and the best epoch.
+
+    The line names what each figure is: the objective the epoch's steps minimised, averaged over them (``ic_loss``
+    for ``loss: ic``, minus the daily IC; ``mse+ic_loss``; ``mse`` for ``loss: mse``), then the train MSE (the
+    ``loss`` metric, logged as ``mse``) unless the objective is the MSE, every valid metric, and the seconds::
+
+        Epoch 3: train ic_loss -0.084123 mse 1.003451 | valid ic 0.0612 rank_ic 0.0590 mse 0.9987 ... | 1.2s
+    """
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
 
     def on_epoch_end(self, trainer: TrainerState, record: Dict[str, float]) -> None:
-        epoch, metric = record["epoch"], trainer.settings.metric
-        valid = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_") and k != "valid_score")
-        self.logger.info(
-            "Epoch %d: train loss %.6f | valid %s | %.1fs", epoch, record["train_loss"], valid, record["seconds"]
+        epoch, metric, objective = record["epoch"], trainer.settings.metric, trainer.objective
+        train = f"{objective_label(objective)} {record[objective_key(objective)]:.6f}"
+        if objective != "mse":
+            train += f" mse {record['train_loss']:.6f}"
+        valid = " ".join(
+            f"{LOGGED_METRIC.get(k[6:], k[6:])} {v:.4f}"
+            for k, v in record.items()
+            if k.startswith("valid_") and k != "valid_score"
         )
+        self.logger.info("Epoch %d: train %s | valid %s | %.1fs", epoch, train, valid, record["seconds"])
         if not np.isfinite(record["valid_score"]):
             self.logger.warning("Epoch %d: valid %s is not finite", epoch, metric)
         if trainer.stopper.bad_epochs >= trainer.stopper.patience:
@@ -159,9 +179,7 @@ class Checkpoint(Callback):
             torch.save({"fingerprint": self.fingerprint, **trainer.state_dict()}, tmp)
 
     def _damaged(self, what: str) -> CheckpointError:
-        return CheckpointError(
-            f"checkpoint {self.path} is damaged ({what}); delete it to start this fit over from epoch 0"
-        )
+        return damaged_checkpoint(self.path, what)
 
     def _check_contents(self, state: Dict[str, Any], expected: Dict[str, Any], trainer: TrainerState) -> None:
         """Every entry :meth:`Trainer.state_dict` writes, and the network's weights with its names and shapes."""
@@ -183,18 +201,30 @@ class Checkpoint(Callback):
 
     def read(self) -> Dict[str, Any]:
         """The checkpoint's content, checked to belong to this fit."""
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for a bad file
-            raise CheckpointError(
-                f"checkpoint {self.path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
-                "delete it to start this fit over from epoch 0"
-            ) from None
-        if not isinstance(state, dict):
-            raise self._damaged(f"it holds a {type(state).__name__}, not a checkpoint's dict")
-        if state.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
-                f"checkpoint {self.path} was written with other settings or another dataset (fingerprint "
-                f"{state.get('fingerprint')!r}, this fit {self.fingerprint!r}); delete it or use another checkpoint_dir"
-            )
-        return state
+        return read_checkpoint_file(self.path, self.fingerprint)
+
+
+def damaged_checkpoint(path: Path, what: str) -> CheckpointError:
+    """The error for a checkpoint file that was read but is not whole (``what`` says how)."""
+    return CheckpointError(f"checkpoint {path} is damaged ({what}); delete it to start this fit over from epoch 0")
+
+
+def read_checkpoint_file(path: Path, fingerprint: str) -> Dict[str, Any]:
+    """The dict a checkpoint file holds (``torch.load``, weights only, onto the CPU), refused with a
+    :class:`CheckpointError` naming the file when it cannot be read, holds no dict, or was written by another fit
+    (its ``fingerprint`` differs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+            "delete it to start this fit over from epoch 0"
+        ) from None
+    if not isinstance(state, dict):
+        raise damaged_checkpoint(path, f"it holds a {type(state).__name__}, not a checkpoint's dict")
+    if state.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was written with other settings or another dataset (fingerprint "
+            f"{state.get('fingerprint')!r}, this fit {fingerprint!r}); delete it or use another checkpoint_dir"
+        )
+    return state

@@ -36,7 +36,7 @@ def _date(option: str) -> Callable[[str], str]:
     0001-01-01, is named as such)."""
 
     def parse(text: str) -> str:
-        from ._io import ConfigDateError, DateOutOfRange, as_timestamp
+        from .config_dates import ConfigDateError, DateOutOfRange, as_timestamp
 
         try:
             return str(as_timestamp(text, option).date())
@@ -68,9 +68,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_from_sw(args: argparse.Namespace) -> None:
-    from .concepts.membership import write_membership
+    from .concepts.membership import check_membership_output, write_membership
     from .concepts.shenwan import from_sw
 
+    check_membership_output(args.out)
     _refuse_overwriting_input(args.out, args.sw_csv)
     table = from_sw(args.sw_csv, levels=args.levels)
     path = write_membership(table, args.out)
@@ -81,9 +82,10 @@ def cmd_from_sw(args: argparse.Namespace) -> None:
 
 
 def cmd_from_returns(args: argparse.Namespace) -> None:
-    from .concepts.membership import write_membership
+    from .concepts.membership import check_membership_output, write_membership
     from .concepts.returns import ReturnConceptSpec, concepts_from_returns
 
+    check_membership_output(args.out)
     spec = ReturnConceptSpec(args.window, args.every, args.clusters, args.min_history, not args.raw_returns)
     table, stats = concepts_from_returns(args.provider_uri, args.market, args.start, args.end, spec)
     path = write_membership(table, args.out)
@@ -91,9 +93,10 @@ def cmd_from_returns(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from .concepts.membership import load_membership, write_membership
+    from .concepts.membership import check_membership_output, load_membership, write_membership
     from .concepts.returns import merge_memberships
 
+    check_membership_output(args.out)
     _refuse_overwriting_input(args.out, *args.tables)
     merged = merge_memberships([load_membership(t) for t in args.tables], args.tables)
     path = write_membership(merged, args.out)
@@ -135,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from ._io import config_dates
+    from .config_dates import config_dates
     from .explain_report import write_explanation
     from .qlib_edge.recorders import explain_recorded_model, read_workflow
 

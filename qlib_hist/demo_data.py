@@ -35,7 +35,7 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-from ._io import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
+from .atomic_files import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
 from .errors import QlibHistError
 
 MARKET = "demo"

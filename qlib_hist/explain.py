@@ -6,11 +6,14 @@ predefined concepts and hidden-concept peers with the largest attention weights,
 the days of the window the encoder weighted most.
 
 This module is the maths only (no qlib, no plotting): the plots and files are in :mod:`qlib_hist.explain_report`,
-``HIST.explain`` (the qlib face) is in :mod:`qlib_hist.qlib_edge.model`. :class:`HISTExplainRecord`, the qrun
-record, lives in :mod:`qlib_hist.qlib_edge.record`; YAMLs name it here (``module_path: qlib_hist.explain``), and
-this module hands it over on first use (a module ``__getattr__``): importing it loads neither qlib nor the edge,
-and the record's module does not import this one (it imports :mod:`qlib_hist.explain_report`, which takes the
-parts' names from :mod:`qlib_hist.network`), so no import circle runs through here.
+``HIST.explain`` (the qlib face) is in :mod:`qlib_hist.qlib_edge.model`.
+
+``qlib_hist.explain.HISTExplainRecord`` is an alias kept for the YAMLs written for 0.1.0, which say
+``module_path: qlib_hist.explain``. The qrun record lives in :mod:`qlib_hist.qlib_edge.record`, and YAMLs name it
+``module_path: qlib_hist`` (the package's own YAMLs do); this module hands it over on first use (a module
+``__getattr__``): importing it loads neither qlib nor the edge, and the record's module does not import this one
+(it imports :mod:`qlib_hist.explain_report`, which takes the parts' names from :mod:`qlib_hist.network`), so no
+import circle runs through here.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def explain_batches(network: HISTModel, batches: DailyBatches, device: torch.dev
     with_steps = network.temporal_att is not None
     for d, day in batches.days(device):
         rows = batches.day_slice(d)
-        p = network.parts(day.x, day.concepts, day.member_weight)
+        p = network.parts(day.x, day.concepts, day.member_weight, market=day.market)
         for name in PARTS:
             parts[name][rows] = (getattr(p, name) @ w_out).cpu().numpy()
         found = {
@@ -85,7 +88,7 @@ def explain_batches(network: HISTModel, batches: DailyBatches, device: torch.dev
     return frame
 
 
-def __getattr__(name: str) -> Any:  # `module_path: qlib_hist.explain` in YAMLs; qlib loads only when asked for
+def __getattr__(name: str) -> Any:  # `module_path: qlib_hist.explain` in 0.1.0's YAMLs; qlib loads only when asked for
     if name == "HISTExplainRecord":
         from .qlib_edge.record import HISTExplainRecord
 

@@ -12,8 +12,9 @@ from typing import Any, List, Optional, Union
 import numpy as np
 import pandas as pd
 
-from ._io import PathLike, as_timestamp, atomic_path
 from ._plotting import new_figure, save_png
+from .atomic_files import PathLike, atomic_path
+from .config_dates import as_timestamp
 from .errors import QlibHistError
 from .network import OUTPUT_PARTS as PARTS
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import PathLike, atomic_dir
+from .atomic_files import PathLike, atomic_dir
 from .errors import QlibHistError
 
 FORMAT = "qlib-hist-frame/1"

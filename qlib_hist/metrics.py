@@ -8,7 +8,8 @@ Metrics are computed per day over the stocks with a finite label, then averaged 
 - ``precision@k``: the share of the day's k highest predictions whose label is positive (the paper's metric;
   with qlib's ``CSRankNorm`` labels "positive" means above the day's median).
 
-The metric names live here and only here (:func:`normalize_metric`). numpy and torch only.
+The metric names live here and only here (:func:`normalize_metric`), and so do the names of the training
+objective, the loss a trainer minimises (:data:`LOSSES`, :func:`objective_key`). numpy and torch only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ METRICS = ("ic", "rank_ic", "loss", "precision@<k>")
 #: (``mse - ic_weight * ic``)
 LOSSES = ("mse", "ic", "mse+ic")
 METRIC_ALIASES = {"": "loss", "mse": "loss", "ic": "ic", "rank_ic": "rank_ic", "loss": "loss"}
+#: the objective of a trainer given its own loss function instead of a :class:`DailyLoss` by name
+CUSTOM_LOSS = "custom"
 PRECISION = re.compile(r"^precision@(\d+)$")
 DEFAULT_PRECISION_K = 30
 
@@ -95,6 +98,19 @@ def daily_metrics(
         "loss": _nanmean(losses),
         f"precision@{precision_k}": _nanmean(precisions),
     }
+
+
+def objective_key(loss: str) -> str:
+    """The history key of the objective ``loss`` (a :data:`LOSSES` name, or :data:`CUSTOM_LOSS`) averaged over an
+    epoch's optimizer steps: ``train_mse_loss``, ``train_ic_loss`` (minus the daily IC), ``train_mse+ic_loss``.
+    Not ``train_loss``: that is the ``loss`` metric (the daily MSE), whatever the objective."""
+    return f"train_{loss}_loss"
+
+
+def objective_label(loss: str) -> str:
+    """The objective's name in the epoch log: ``mse`` (the objective is the MSE itself), ``ic_loss``,
+    ``mse+ic_loss``."""
+    return "mse" if loss == "mse" else f"{loss}_loss"
 
 
 def precision_k(metric: str) -> int:

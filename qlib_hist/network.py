@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .context import FEATURES_PER_INDEX, MarketGate
 from .errors import QlibHistError
 from .settings import NetworkSettings
 
@@ -205,11 +206,17 @@ class HISTModel(nn.Module):
         predefined_concepts, hidden_concepts, individual: module switches, each on by default (qlib's model); a
             module switched off adds nothing to the output and removes nothing from the residual; with all three
             off the output is ``fc_out(x_i)``, the base RNN with its linear head (qlib's LSTMModel layout).
+        market_context, market_temperature: index instruments whose state gates the input fields before the
+            encoder (``market_gate.*``, :class:`~qlib_hist.context.MarketGate`); empty = no gate (qlib's model).
+        aux_horizons: horizons ``k`` of auxiliary heads (``aux_head.*``, one output each) on the representation
+            ``fc_out`` reads, trained on ``k``-day returns (:mod:`qlib_hist.context`); they never change a
+            prediction. Empty = none.
 
     Shapes:
         - **input:** features ``x`` ``[N, d_feat * T]``, concept matrix ``c`` ``[N, C]``,
-          optional member weights ``w`` ``[N]``
-        - **output:** predictions ``[N]``
+          optional member weights ``w`` ``[N]``, market state ``m`` ``[M]`` (with ``market_context``:
+          ``M = 21 * len(market_context)``)
+        - **output:** predictions ``[N]``; :meth:`forward_with_aux`: also ``[N, K]`` for ``K = len(aux_horizons)``
     """
 
     def __init__(
@@ -225,20 +232,26 @@ class HISTModel(nn.Module):
         predefined_concepts: bool = True,
         hidden_concepts: bool = True,
         individual: bool = True,
+        market_context: Sequence[str] = (),
+        market_temperature: float = 10.0,
+        aux_horizons: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.settings = NetworkSettings(
-            d_feat,
-            hidden_size,
-            num_layers,
-            dropout,
-            base_model,
-            hidden_topk,
-            concept_refine,
-            temporal_attention,
-            predefined_concepts,
-            hidden_concepts,
-            individual,
+            d_feat=d_feat,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            base_model=base_model,
+            hidden_topk=hidden_topk,
+            concept_refine=concept_refine,
+            temporal_attention=temporal_attention,
+            predefined_concepts=predefined_concepts,
+            hidden_concepts=hidden_concepts,
+            individual=individual,
+            market_context=tuple(market_context),
+            market_temperature=market_temperature,
+            aux_horizons=tuple(aux_horizons),
         )
         self.d_feat, self.hidden_size = self.settings.d_feat, self.settings.hidden_size
         self.rnn = make_rnn(self.settings)
@@ -262,14 +275,29 @@ class HISTModel(nn.Module):
             if self.settings.temporal_attention
             else None
         )
+        # the options' modules come last: with the options off, a seeded init gives the same weights as before
+        on = self.settings
+        n_market = len(on.market_context) * FEATURES_PER_INDEX
+        self.market_gate = MarketGate(n_market, on.d_feat, on.market_temperature) if n_market else None
+        self.aux_head = nn.Linear(hidden_size, len(on.aux_horizons)) if on.aux_horizons else None
 
     @classmethod
     def from_settings(cls, settings: NetworkSettings) -> "HISTModel":
         return cls(**{name: getattr(settings, name) for name in settings.__dataclass_fields__})
 
     # ------------------------------------------------------------------ modules
-    def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``x [N, d_feat*T]`` -> (``x_i`` ``[N, H]``, time attention ``[N, T]`` or None); see :func:`encode`."""
+    def encode(
+        self, x: torch.Tensor, market: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``x [N, d_feat*T]`` (and the day's market state ``[M]`` with ``market_context``) -> (``x_i`` ``[N, H]``,
+        time attention ``[N, T]`` or None); see :func:`encode`."""
+        if self.market_gate is not None:
+            if market is None:
+                raise QlibHistError(
+                    f"this network gates its inputs with market_context {list(self.settings.market_context)}: "
+                    "give the day's market state (the batches of a HIST with that setting carry it)"
+                )
+            x = self.market_gate(x, market)  # [N, d_feat*T]  x~ = alpha(m) * x
         return encode(self.rnn, x, self.d_feat, self.temporal_att)
 
     def predefined_concepts(
@@ -339,17 +367,22 @@ class HISTModel(nn.Module):
         return HiddenConcepts(t, self.fc_is_back(t), q, centres)
 
     def parts(
-        self, x: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        w: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        market: Optional[torch.Tensor] = None,
     ) -> HISTParts:
         """Run the network up to the output layer; ``fc_out`` of the sum of the three parts is the prediction.
 
         A module switched off (``predefined_concepts``, ``hidden_concepts``, ``individual``) contributes a zero part
         and nothing to the residual, and its attention is empty (``[N, 0]``). With all three off, the ``individual``
         part is the encoder state itself: ``fc_out(x_i)``, the base RNN with its linear head. ``mask [N]``: a padded
-        day (see :meth:`forward`).
+        day (see :meth:`forward`); ``market [M]``: the day's market state (with ``market_context``).
         """
         on = self.settings
-        x_hidden, time_attention = self.encode(x)  # [N, H]
+        x_hidden, time_attention = self.encode(x, market)  # [N, H]
         n, device = len(x_hidden), x_hidden.device
         zero = torch.zeros_like(x_hidden)  # [N, H]   a switched-off part
         none = torch.zeros(n, 0, device=device, dtype=x_hidden.dtype)  # [N, 0]   its attention
@@ -388,20 +421,32 @@ class HISTModel(nn.Module):
         concept_matrix: torch.Tensor,
         member_weight: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
+        market: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``x [N, d_feat*T]``, ``concept_matrix [N, C]``, optional ``member_weight [N]`` -> predictions ``[N]``.
+        """``x [N, d_feat*T]``, ``concept_matrix [N, C]``, optional ``member_weight [N]`` (and ``market [M]``) ->
+        predictions ``[N]``.
 
         ``mask [N]`` (bool) marks a day padded to a static size (``cuda_graphs``): rows where it is False are padding
         (zero concept rows), which join no concept and are nobody's peer, so the real rows' predictions are those
         of the unpadded day (to float rounding); nothing in the pass has a data-dependent shape.
         """
         check_shapes(x, concept_matrix, member_weight, self.d_feat)
-        p = self.parts(x, concept_matrix, member_weight, mask)
+        p = self.parts(x, concept_matrix, member_weight, mask, market)
         return self.fc_out(p.concept + p.hidden_concept + p.individual).squeeze(-1)
 
     def forward_day(self, day: "Day") -> torch.Tensor:
         """Predictions ``[n]`` for one :class:`~qlib_hist.batches.Day` (what the trainer calls)."""
-        return self(day.x, day.concepts, day.member_weight, day.mask)
+        return self(day.x, day.concepts, day.member_weight, day.mask, day.market)
+
+    def forward_with_aux(self, day: "Day") -> Tuple[torch.Tensor, torch.Tensor]:
+        """(predictions ``[n]``, auxiliary-horizon outputs ``[n, K]``) for one day, from one pass: both heads read
+        the same representation ``concept + hidden_concept + individual`` ``[n, H]``."""
+        if self.aux_head is None:
+            raise QlibHistError("this network has no aux_horizons: use forward_day")
+        check_shapes(day.x, day.concepts, day.member_weight, self.d_feat)
+        p = self.parts(day.x, day.concepts, day.member_weight, day.mask, day.market)
+        representation = p.concept + p.hidden_concept + p.individual  # [n, H]
+        return self.fc_out(representation).squeeze(-1), self.aux_head(representation)
 
 
 class RNNRegressor(nn.Module):

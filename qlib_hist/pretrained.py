@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Union
 
 import torch
 
-from ._io import atomic_path
+from .atomic_files import atomic_path
 from .errors import QlibHistError
 
 #: keys of qlib's LSTM/GRU layout (``LSTMModel`` / ``GRUModel``: ``rnn.*``, ``fc_out.*``) that a HIST may lack and

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .errors import QlibHistError
 from .metrics import LOSSES, normalize_metric
@@ -37,6 +38,23 @@ RNN_TYPES = ("GRU", "LSTM")  # torch.nn's classes of these names (qlib_hist.netw
 YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 OPTIMIZERS = ("adam", "gd")  # Adam (AdamW with weight_decay) and SGD (qlib_hist.training.make_optimizer)
 PRECISIONS = ("fp32", "bf16")
+#: the most members an ``ensemble`` may have: each member is a whole network and a whole fit (64 fits of a large
+#: universe already take days); a larger number is a typo, refused before any member is built
+MAX_ENSEMBLE = 64
+SEED_MAX = 2**32 - 1  # numpy's seed range
+#: the settings outside ``NetworkSettings`` that still shape the network (its members): refused on assignment
+#: after construction, as the network's own settings are
+SHAPES_NETWORK = ("ensemble",)
+#: a module switch -> the options only that module reads; set to a non-default value while the module is off,
+#: they change nothing (:meth:`HISTSettings.warnings` names them). ``stock2concept_url`` (only where a missing file
+#: is fetched from) is left out: turning downloads off is no mistake.
+LIST_SWITCHES = ("market_context", "aux_horizons")  # switches that are on when they list something
+MODULE_OPTIONS: Dict[str, Tuple[str, ...]] = {
+    "predefined_concepts": ("concept_refine", "stock2concept", "stock_index", "concept_weight"),
+    "hidden_concepts": ("hidden_topk",),
+    "market_context": ("market_temperature",),
+    "aux_horizons": ("aux_weight",),
+}
 
 
 class SettingsError(QlibHistError):
@@ -56,6 +74,7 @@ def setting(
     minimum: Optional[float] = None,
     maximum: Optional[float] = None,
     choices: Optional[Tuple[str, ...]] = None,
+    max_items: Optional[int] = None,
     fingerprint: bool = True,
     none_as: Any = None,
     help: str,
@@ -72,6 +91,7 @@ def setting(
         "minimum": minimum,
         "maximum": maximum,
         "choices": choices,
+        "max_items": max_items,
         "fingerprint": fingerprint,
         "none_as": none_as,
         "help": help,
@@ -91,6 +111,8 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
             return None
         rest = [a for a in args if a is not type(None)]
         hint = rest[0] if len(rest) == 1 else Union[tuple(rest)]
+    if typing.get_origin(hint) is tuple:  # a YAML list: each item checked (and bounded) as the item type
+        return _check_list(name, value, typing.get_args(hint)[0], meta)
     if hint is bool:
         if isinstance(value, str) and value.strip().lower() in YAML_BOOLEANS:
             return YAML_BOOLEANS[value.strip().lower()]
@@ -103,8 +125,10 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
         value = int(float(value))
     elif hint is float:
         value = _yaml11_float(value)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise SettingsError(f"{name} must be a number{_bound(meta)}, got {value!r}")
+        if not math.isfinite(value):  # .inf, .nan: every step would be NaN or diverge
+            raise SettingsError(f"{name} must be a finite number{_bound(meta)}, got {value!r}")
         value = float(value)
     elif hint is str:
         value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a pathlib.Path names a file too
@@ -120,6 +144,22 @@ def _check(name: str, value: Any, hint: Any, meta: dict) -> Any:
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise SettingsError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
     return value
+
+
+def _check_list(name: str, value: Any, item: Any, meta: dict) -> Tuple[Any, ...]:
+    """A YAML list as a tuple of checked, distinct items of type ``item`` (at most ``max_items``)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        kind = "index names" if item is str else "integers"
+        raise SettingsError(f"{name} must be a list of {kind} (e.g. [a, b]), got {value!r}")
+    items = tuple(_check(f"{name}[{i}]", v, item, {**meta, "max_items": None}) for i, v in enumerate(value))
+    if meta.get("max_items") is not None and len(items) > meta["max_items"]:
+        raise SettingsError(f"{name} takes at most {meta['max_items']} items, got {len(items)}")
+    repeated = sorted({v for v in items if items.count(v) > 1}, key=str)
+    if repeated:
+        raise SettingsError(f"{name} lists {', '.join(map(str, repeated))} more than once")
+    if item is str and any(not v.strip() for v in items):
+        raise SettingsError(f"{name} holds an empty name: {list(value)!r}")
+    return items
 
 
 def _yaml11_float(value: Any) -> Any:
@@ -175,7 +215,7 @@ class NetworkSettings(_Validated):
     predefined_concepts: bool = setting(
         True,
         help="HIST's predefined-concept module; off: it adds nothing to the output and removes nothing from the "
-        "residual",
+        "residual, and no concept table (`stock2concept`) is needed or read",
         see="model.md#module-switches-and-recipe-options",
     )
     hidden_concepts: bool = setting(True, help="HIST's hidden-concept module; off: as `predefined_concepts`")
@@ -183,6 +223,31 @@ class NetworkSettings(_Validated):
         True,
         help="HIST's individual branch on the residual; all three modules off leave the base RNN with a linear "
         "output layer (qlib's LSTMModel/GRUModel layout)",
+    )
+    # inputs beyond the stock's own features (qlib_hist.context), off by default
+    market_context: Tuple[str, ...] = setting(
+        (),
+        max_items=16,
+        none_as=(),
+        help="index instruments of the provider (e.g. `[SH000300, SH000905, SH000903]`) whose state (return, "
+        "and its mean and std, and the amount's, over 5-60 days; from data up to the day) gates the encoder's "
+        "input fields, as MASTER does; empty = off",
+        see="model.md#market-context-and-auxiliary-horizons",
+        shown_default="[]",
+    )
+    market_temperature: float = setting(
+        10.0, minimum=1e-3, help="the market gate's softmax temperature (MASTER's 10 for CSI300)"
+    )
+    aux_horizons: Tuple[int, ...] = setting(
+        (),
+        minimum=1,
+        maximum=60,
+        max_items=8,
+        none_as=(),
+        help="auxiliary heads learning the k-day forward returns (e.g. `[3, 5, 10]`), rank-normalised per day like "
+        "the label; predictions come from the main head only; empty = off",
+        see="model.md#market-context-and-auxiliary-horizons",
+        shown_default="[]",
     )
 
 
@@ -212,7 +277,7 @@ class TrainSettings(_Validated):
     seed: Optional[int] = setting(
         None,
         minimum=0,
-        maximum=2**32 - 1,  # numpy's seed range
+        maximum=SEED_MAX,
         help="seeds the weights, the day shuffling and dropout: the same seed on one CPU gives the same predictions",
     )
     eval_train: bool = setting(
@@ -261,7 +326,9 @@ class TrainSettings(_Validated):
     ensemble: int = setting(
         1,
         minimum=1,
-        help="K members from seeds `seed` .. `seed+K-1` in one model; predicts their mean daily z-score",
+        maximum=MAX_ENSEMBLE,
+        help=f"K members (1 .. {MAX_ENSEMBLE}) from seeds `seed` .. `seed+K-1` in one model, each a whole fit; "
+        "predicts their mean daily z-score. Fixed when the model is made",
         see="model.md#seed-ensembles-ensemble-k",
     )
     precision: str = setting(
@@ -275,6 +342,9 @@ class TrainSettings(_Validated):
         False,
         help="CUDA only: days padded to a few static sizes, one captured train step replayed for each",
         see="model.md#gpu-speed",
+    )
+    aux_weight: float = setting(
+        0.5, minimum=0.0, help="the weight of the `aux_horizons` heads' mean loss beside the main loss"
     )
 
     def _normalise(self) -> None:
@@ -342,6 +412,63 @@ class HISTSettings:
     training: TrainSettings = field(default_factory=TrainSettings)
     concepts: ConceptSettings = field(default_factory=ConceptSettings)
 
+    def __post_init__(self) -> None:
+        """The checks that span two settings (each group checked its own fields already)."""
+        t = self.training
+        if t.seed is not None and t.seed + t.ensemble - 1 > SEED_MAX:
+            raise SettingsError(
+                f"seed={t.seed} with ensemble={t.ensemble}: the members' seeds run to seed+ensemble-1 = "
+                f"{t.seed + t.ensemble - 1}, past numpy's {SEED_MAX}: use seed <= {SEED_MAX - t.ensemble + 1}"
+            )
+        n = self.network
+        if t.cuda_graphs and (n.market_context or n.aux_horizons):
+            used = "market_context" if n.market_context else "aux_horizons"
+            raise SettingsError(
+                f"cuda_graphs with {used}: the captured step trains the main head on the day's features alone; "
+                f"set cuda_graphs false, or leave {used} empty"
+            )
+
+    @staticmethod
+    def shapes_network(name: str) -> bool:
+        """Whether the setting ``name`` defines the built network (its shape, modules or members)."""
+        return HISTSettings.field_names().get(name) == "network" or name in SHAPES_NETWORK
+
+    def unused_options(self) -> Tuple[str, ...]:
+        """The options of the modules switched off (:data:`MODULE_OPTIONS`): whatever their values, the model
+        computes the same."""
+        return tuple(k for switch, keys in MODULE_OPTIONS.items() if not getattr(self.network, switch) for k in keys)
+
+    def in_effect(self) -> "HISTSettings":
+        """A copy with the :meth:`unused_options` at their defaults: two settings that train the same model compare
+        equal."""
+        return self.replace(**{name: _defaults()[name] for name in self.unused_options()})
+
+    def warnings(self) -> List[str]:
+        """What these settings (each valid) most likely do not mean: an option of a switched-off module, the IC
+        loss early-stopped on the valid MSE, ``keep_start`` with a random start. One line each, naming the keys."""
+        flat, defaults, out = self.flat(), _defaults(), []
+        for switch, keys in MODULE_OPTIONS.items():
+            for key in keys:
+                if not getattr(self.network, switch) and flat[key] != defaults[key]:
+                    off = "[]" if switch in LIST_SWITCHES else "false"
+                    out.append(
+                        f"{key}={flat[key]!r} has no effect with {switch}={off}: only that module reads it "
+                        f"(remove {key}, or turn {switch} on)"
+                    )
+        t = self.training
+        if t.loss == "ic" and t.metric == "loss":
+            out.append(
+                "loss='ic' trains on the daily IC, but metric='loss' (also what metric '' means) early-stops the fit "
+                "on the valid MSE, which this loss does not train: set metric to 'ic' (or 'rank_ic')"
+            )
+        if t.keep_start and t.model_path is None and not t.pretrain_epochs:
+            out.append(
+                "keep_start=true without model_path (and pretrain_epochs=0): fit scores its random initial weights "
+                "on valid as epoch -1 and keeps them when no epoch beats them; give model_path, or set keep_start "
+                "false"
+            )
+        return out
+
     @staticmethod
     @functools.lru_cache(maxsize=None)  # asked on every HIST attribute access: the fields never change
     def field_names() -> Dict[str, str]:
@@ -385,3 +512,9 @@ class HISTSettings:
             mine = {k: v for k, v in changes.items() if owner[k] == group}
             groups[group] = dataclasses.replace(groups[group], **mine)
         return HISTSettings(**groups)
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults() -> Dict[str, Any]:
+    """Every setting's default, by its argument name."""
+    return {f.name: f.default for cls in GROUPS.values() for f in dataclasses.fields(cls)}

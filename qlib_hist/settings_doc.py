@@ -18,7 +18,7 @@ import textwrap
 import typing
 from typing import Any, List, Optional, Tuple, Union
 
-from ._io import atomic_write_text
+from .atomic_files import atomic_write_text
 from .errors import QlibHistError
 from .settings import GROUPS, QLIB_ARGUMENTS
 

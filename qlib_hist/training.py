@@ -8,7 +8,7 @@ Parts, each with ``state_dict`` / ``load_state_dict`` (so that a checkpoint is t
 
 - :class:`EarlyStopping`   qlib's rule: keep the best valid score's weights, stop after ``early_stop`` bad epochs;
 - :class:`WeightAveraging`  ``smooth_steps``: evaluate (and keep as best) the mean of the last N epochs' weights;
-- :class:`History`          one record per epoch (seconds, train and valid metrics);
+- :class:`History`          one record per epoch (seconds, the objective, train and valid metrics);
 - the optimizer, the RNG states and the epoch counter (:meth:`Trainer.state_dict`).
 
 Callbacks (:mod:`qlib_hist.callbacks`) see the trainer at the start of ``fit``, after each epoch and at the end:
@@ -32,8 +32,9 @@ from torch import nn
 
 from .batches import DailyBatches, Day
 from .callbacks import Callback, LogEpochs
+from .context import aux_loss
 from .errors import QlibHistError
-from .metrics import DailyLoss, LossFn, daily_metrics, precision_k, score_of
+from .metrics import CUSTOM_LOSS, DailyLoss, LossFn, daily_metrics, objective_key, precision_k, score_of
 from .network import full_precision
 from .settings import SettingsError, TrainSettings, optimizer_name
 from .static_steps import StaticSteps
@@ -133,7 +134,12 @@ class WeightAveraging:
 
 class History(list):
     """One dict per finished epoch: ``epoch``, ``seconds``, ``train_seconds``, ``train_score``, ``valid_score``,
-    and every metric as ``train_<name>`` / ``valid_<name>``."""
+    every metric as ``train_<name>`` / ``valid_<name>`` (``train_loss`` / ``valid_loss``: the ``loss`` metric, the
+    daily MSE), and the objective the epoch minimised, averaged over its optimizer steps, under
+    :func:`~qlib_hist.metrics.objective_key`: ``train_mse_loss``, ``train_ic_loss`` or ``train_mse+ic_loss``.
+
+    Records of a checkpoint written before the objective was recorded (0.6.0 and earlier) lack that key; a fit
+    resumed from one adds it from the epochs it runs."""
 
     def column(self, key: str) -> List[float]:
         return [record[key] for record in self]
@@ -291,6 +297,17 @@ class Trainer:
         #: the settings' loss by name: the padded steps use its sync-free form, and it says which days it skips
         self.daily_loss = loss_fn if isinstance(loss_fn, DailyLoss) else DailyLoss(settings.loss, settings.ic_weight)
         self.loss_fn: LossFn = loss_fn or self.daily_loss
+        #: the auxiliary horizons' loss (``aux_horizons``): the settings' loss by name, its skipped days not logged
+        self.aux_day_loss = DailyLoss(settings.loss, settings.ic_weight)
+        self.with_aux = getattr(network, "aux_head", None) is not None and settings.aux_weight > 0
+        #: the name of what the optimizer steps minimise (a :data:`~qlib_hist.metrics.LOSSES` name, or ``custom``;
+        #: ``+aux`` with the auxiliary horizons' term)
+        self.objective = (self.daily_loss.name if self.loss_fn is self.daily_loss else CUSTOM_LOSS) + (
+            "+aux" if self.with_aux else ""
+        )
+        #: the objective averaged over the last :meth:`train_epoch`'s optimizer steps (NaN before one, or with none)
+        self.epoch_objective = float("nan")
+        self._objective_sum, self._objective_steps = 0.0, 0
         check_precision(settings.precision, device)
         self.static_steps: Optional[StaticSteps] = None
         if settings.cuda_graphs:  # padded days and one captured step per bucket (eager padded steps off CUDA)
@@ -323,8 +340,9 @@ class Trainer:
         """Train with early stopping on ``valid``; leaves the best weights in ``network``.
 
         ``evals_result["train"]`` / ``["valid"]`` receive the chosen metric per epoch (``-loss`` for loss, like
-        qlib's score). ``keep_start`` (fine-tuning): the starting weights are scored on ``valid`` first, as epoch
-        ``-1``, and stay when no epoch beats them.
+        qlib's score), not the objective (that is in the history, under ``objective_key(self.objective)``).
+        ``keep_start`` (fine-tuning): the starting weights are scored on ``valid`` first, as epoch ``-1``, and stay
+        when no epoch beats them.
         """
         for callback in self.callbacks:
             callback.on_fit_begin(self)
@@ -368,6 +386,7 @@ class Trainer:
             "train_seconds": train_seconds,
             "train_score": score_of(train_metrics, self.settings.metric),
             "valid_score": score,
+            objective_key(self.objective): self.epoch_objective,
             **{f"train_{k}": v for k, v in train_metrics.items()},
             **{f"valid_{k}": v for k, v in valid_metrics.items()},
         }
@@ -397,9 +416,11 @@ class Trainer:
         without a finite label).
 
         The days are views of the segment on the device (:meth:`on_device`); the predictions gather there and
-        the losses are read back every :data:`CHECK_EVERY` steps, not after each.
+        the losses are read back every :data:`CHECK_EVERY` steps, not after each; their mean over the epoch's steps
+        is :attr:`epoch_objective`.
         """
         self.network.train()
+        self._objective_sum, self._objective_steps = 0.0, 0
         preds = torch.full((batches.n_rows,), float("nan"), device=self.device)  # [rows]
         order = self.generator.permutation(batches.n_days)
         days = self.on_device(batches).days(self.device, order)
@@ -413,6 +434,8 @@ class Trainer:
             if len(self.unchecked) >= CHECK_EVERY:
                 self.check_losses()
         self.check_losses()
+        steps = self._objective_steps
+        self.epoch_objective = self._objective_sum / steps if steps else float("nan")
         skipped = getattr(self.loss_fn, "skipped_ic_days", 0)
         if skipped:
             self.logger.warning(
@@ -434,11 +457,18 @@ class Trainer:
             pred, loss = self.static_steps.step(day)
             self.unchecked.append((step, day_number, len(pred), loss))
             return pred
-        pred = self._forward(self.network, day)
+        aux_pred: Optional[torch.Tensor] = None
+        if self.with_aux and day.aux_label is not None:
+            pred, aux_pred = self._forward_with_aux(day)
+        else:
+            pred = self._forward(self.network, day)
         maybe_loss = self.loss_fn(pred, cast(torch.Tensor, day.label), day.sample_weight)
         if maybe_loss is None:
             return None
         loss = maybe_loss
+        if aux_pred is not None:  # main + aux_weight * mean_k(loss_k) (qlib_hist.context)
+            aux = aux_loss(aux_pred, cast(torch.Tensor, day.aux_label), self.aux_day_loss, day.sample_weight)
+            loss = loss + self.settings.aux_weight * aux
         self.unchecked.append((step, day_number, len(pred), loss.detach()))
         self.optimizer.zero_grad()
         loss.backward()
@@ -450,6 +480,12 @@ class Trainer:
         """The network's predictions ``[n]`` for ``day``, in fp32 (under autocast with ``precision="bf16"``)."""
         with autocast(self.device, self.settings.precision):
             return full_precision(forward_day(network, day))
+
+    def _forward_with_aux(self, day: Day) -> "tuple[torch.Tensor, torch.Tensor]":
+        """(predictions ``[n]``, auxiliary outputs ``[n, K]``) for ``day``, in fp32, from one pass."""
+        with autocast(self.device, self.settings.precision):
+            pred, aux = cast(Any, self.network).forward_with_aux(day)
+            return full_precision(pred), full_precision(aux)
 
     def _static_loss(self, pred: torch.Tensor, day: Day) -> torch.Tensor:
         return self.daily_loss.static(pred, cast(torch.Tensor, day.label), day.sample_weight)
@@ -477,12 +513,14 @@ class Trainer:
 
     def check_losses(self) -> None:
         """Read the unchecked steps' losses from the device at once; a non-finite one stops the fit, naming the
-        first step that showed it (the weights turn NaN from there)."""
+        first step that showed it (the weights turn NaN from there). The finite ones add to the epoch's objective."""
         if not self.unchecked:
             return
-        losses = torch.stack([loss for *_, loss in self.unchecked])
-        bad = (~torch.isfinite(losses)).nonzero()  # one host sync for CHECK_EVERY steps
+        losses = torch.stack([loss.float() for *_, loss in self.unchecked]).cpu().numpy()  # one host sync
+        bad = np.flatnonzero(~np.isfinite(losses))
         pending, self.unchecked = self.unchecked, []
+        self._objective_sum += float(losses.sum(dtype=np.float64))
+        self._objective_steps += len(losses)
         if len(bad):
             step, day, stocks, loss = pending[int(bad[0])]
             raise TrainingError(

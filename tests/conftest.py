@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,11 +34,54 @@ def _shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Path of the shared data folder; skips the test when it is not there."""
+    """Path of the shared data folder; skips the test when it is not there (a test that reads a file in it asks
+    :func:`shared_file` for it, which skips when that file is missing)."""
     path = _shared_data_dir()
     if not path.is_dir():
         pytest.skip(f"shared data folder not found: {path} (set QLIB_HIST_SHARED_DATA)")
     return path
+
+
+def shared_file(relpath: str) -> Path:
+    """``relpath`` (a file or folder) under the shared data folder; skips the calling test, naming the missing
+    path, when it is not there. Tests that use it carry the ``realdata`` mark."""
+    path = _shared_data_dir() / relpath
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (set QLIB_HIST_SHARED_DATA)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- qlib's global state
+@contextlib.contextmanager
+def qlib_state_kept() -> Iterator[None]:
+    """Undo whatever ``qlib.init`` calls the block makes: qlib's config ``C``, the registered data providers
+    (``D``, ``Cal``, ``Inst``, ...), the operators and the recorder ``R`` are put back, and qlib's memory cache
+    is emptied (it may hold another provider's data under the same instrument names)."""
+    import qlib.data.data as qlib_data
+    from qlib.config import C
+    from qlib.data.cache import H
+    from qlib.data.ops import Operators
+    from qlib.workflow import R
+
+    names = ("Cal", "Inst", "FeatureD", "PITD", "ExpressionD", "DatasetD", "D")
+    wrappers = [*(getattr(qlib_data, name) for name in names), Operators, R]
+    config = copy.deepcopy(C.__dict__["_config"])
+    inner = [{k: dict(v) if isinstance(v, dict) else v for k, v in w.__dict__.items()} for w in wrappers]
+    try:
+        yield
+    finally:
+        C.__dict__["_config"] = config
+        for wrapper, state in zip(wrappers, inner):
+            wrapper.__dict__.clear()
+            wrapper.__dict__.update(state)
+        H.clear()
+
+
+@pytest.fixture
+def keep_qlib_state() -> Iterator[None]:
+    """The test's ``qlib.init`` calls are undone after it (:func:`qlib_state_kept`)."""
+    with qlib_state_kept():
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- synthetic market

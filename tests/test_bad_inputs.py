@@ -19,7 +19,7 @@ from qlib_hist.concepts.legacy import load_stock2concept, load_stock_index
 from qlib_hist.settings import SettingsError
 from qlib_hist.training import Trainer, TrainingError, select_device
 
-from conftest import D_FEAT, SHORT_SEGMENTS, small_hist, synthetic_frame
+from conftest import D_FEAT, SHORT_SEGMENTS, shared_file, small_hist, synthetic_frame
 
 
 def run_cli(capsys, *argv: str) -> tuple:
@@ -61,8 +61,9 @@ def test_malicious_stock_index_is_refused_before_any_code_runs(tmp_path):
     assert load_stock_index(good) == {"SH600000": 3, "SZ000001": 4}
 
 
-def test_qlibs_own_stock_index_loads(shared_data):
-    mapping = load_stock_index(shared_data / "qlib_reference" / "qlib_csi300_stock_index.npy")
+@pytest.mark.realdata
+def test_qlibs_own_stock_index_loads():
+    mapping = load_stock_index(shared_file("qlib_reference/qlib_csi300_stock_index.npy"))
     assert len(mapping) == 735 and mapping["SH600000"] == 0
 
 
@@ -319,7 +320,7 @@ def test_legacy_files_not_written_together_are_refused(demo, tmp_path):
 
 
 def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
-    from qlib_hist._io import atomic_write_text
+    from qlib_hist.atomic_files import atomic_write_text
 
     dead = 2**22 + 12345  # above the default pid_max: no process has it
     stale = tmp_path / f".out.txt.{dead}.abc.tmp"

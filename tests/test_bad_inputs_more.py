@@ -37,7 +37,7 @@ def one_line(err: BaseException) -> str:
 def test_a_failed_write_names_the_destination_not_the_temp_file(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from qlib_hist._io import atomic_write_text
+    from qlib_hist.atomic_files import atomic_write_text
 
     destination = tmp_path / "out.csv"
     destination.mkdir()  # a folder where the file should go: os.replace(temp, destination) fails
@@ -60,7 +60,7 @@ def test_a_failed_write_names_the_destination_not_the_temp_file(tmp_path, monkey
 
 
 def test_the_temp_file_that_cannot_be_made_is_named_by_its_destination(tmp_path, monkeypatch):
-    from qlib_hist._io import atomic_dir, atomic_path
+    from qlib_hist.atomic_files import atomic_dir, atomic_path
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".out.csv.123.ab.tmp"))
@@ -75,7 +75,7 @@ def test_the_temp_file_that_cannot_be_made_is_named_by_its_destination(tmp_path,
 
 
 def test_a_file_inside_a_temp_folder_is_named_inside_the_destination(tmp_path):
-    from qlib_hist._io import atomic_dir
+    from qlib_hist.atomic_files import atomic_dir
 
     with pytest.raises(FileNotFoundError) as caught:
         with atomic_dir(tmp_path / "cache") as tmp:

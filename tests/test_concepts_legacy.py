@@ -18,6 +18,8 @@ from qlib_hist.concepts import (
 )
 from qlib_hist.concepts.legacy import load_stock2concept, load_stock_index
 
+from conftest import shared_file
+
 DATES = np.array(["2020-01-02"] * 4 + ["2020-01-03"] * 4, dtype="datetime64[ns]")
 
 
@@ -109,10 +111,9 @@ def test_stock_index_formats_agree(tmp_path):
     assert load_stock_index(js) == mapping
 
 
-def test_qlib_stock_index_file(shared_data):
-    path = shared_data / "qlib_reference" / "qlib_csi300_stock_index.npy"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+@pytest.mark.realdata
+def test_qlib_stock_index_file():
+    path = shared_file("qlib_reference/qlib_csi300_stock_index.npy")
     mapping = load_stock_index(path)
     assert len(mapping) == 735
     assert mapping["SZ002958"] == 733

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from qlib_hist.concepts.membership import (
 )
 from qlib_hist.concepts.report import coverage_report, format_report, plot_report
 from qlib_hist.concepts.shenwan import from_sw
+
+from conftest import shared_file
 
 HEADER = "instrument,concept,start_date,end_date,weight\n"
 TABLE = [  # instrument, concept, start, end (inclusive), weight
@@ -365,17 +366,12 @@ def test_coverage_report_synthetic(tmp_path):
 # ----------------------------------------------------------------------------------------------- real data
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("QLIB_HIST_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.mark.realdata
 def test_real_sw_over_csi300():
-    data = _shared_data()
-    sw, provider = data / "sw_industry_history.csv", data / "cn_csi300"
-    if not sw.is_file() or not (provider / "instruments" / "csi300.txt").is_file():
-        pytest.skip(f"real data not found under {data} (set QLIB_HIST_SHARED_DATA)")
+    sw = shared_file("sw_industry_history.csv")
+    for needed in ("calendars/day.txt", "instruments/csi300.txt"):
+        shared_file(f"cn_csi300/{needed}")
+    provider = shared_file("cn_csi300")
     table = from_sw(sw, levels=(1, 2, 3))
     assert set(table.concept.str[:4]) == {"sw1_", "sw2_", "sw3_"}
     src = MembershipConcepts(table)

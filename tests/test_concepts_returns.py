@@ -15,6 +15,8 @@ from qlib_hist.concepts import ConceptError
 from qlib_hist.concepts.membership import MembershipConcepts, load_membership, write_membership
 from qlib_hist.concepts.returns import ReturnConceptSpec, concepts_from_returns, merge_memberships
 
+from conftest import shared_file
+
 N_GROUPS, PER_GROUP = 4, 15
 
 
@@ -119,8 +121,11 @@ def test_no_look_ahead_on_a_written_provider(factor_provider, tmp_path):
     _assert_no_look_ahead(factor_provider, "all", instruments, "2015-06-01", "2016-07-15", "2016-01-04", SPEC, tmp_path)
 
 
-def test_no_look_ahead_on_real_csi300_data(shared_data, tmp_path):
-    provider = shared_data / "cn_csi300"
+@pytest.mark.realdata
+def test_no_look_ahead_on_real_csi300_data(tmp_path):
+    for needed in ("calendars/day.txt", "instruments/csi300.txt", "features"):
+        shared_file(f"cn_csi300/{needed}")
+    provider = shared_file("cn_csi300")
     spans = pd.read_csv(provider / "instruments" / "csi300.txt", sep="\t", header=None, names=["i", "s", "e"])
     slice_ = tmp_path / "slice"  # the real calendar and market file, the closes of every csi300 stock
     instruments = sorted(

@@ -26,7 +26,10 @@ NAMED = [
     "qlib_hist.pretrained",
     "qlib_hist.demo_data",
     "qlib_hist.cli",
-    "qlib_hist._io",
+    "qlib_hist.atomic_files",
+    "qlib_hist.digests",
+    "qlib_hist.config_dates",
+    "qlib_hist.errors",
     "qlib_hist._plotting",
     "qlib_hist.concepts",
 ]

@@ -1,7 +1,7 @@
 """Dates as qlib writes them: a qrun YAML's unquoted ``2017-01-01`` is a ``datetime.date`` to PyYAML and to ruamel
 (qrun's reader), and pandas 3 refuses a ``date`` against a datetime index level (``TypeError: Level type
 mismatch``). Every date the package reads from a YAML or a task becomes a ``pd.Timestamp`` where it is read
-(``qlib_hist._io``); a bad one is one line naming its key.
+(``qlib_hist.config_dates``); a bad one is one line naming its key.
 
 End to end on the demo provider: ``qlib-hist rolling`` on a YAML in qlib's date style, first as the unfixed code ran
 it (both windows train, then the merge fails), then rerun: the finished windows merge without training again;
@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from qlib_hist._io import ConfigDateError, ConfigError, DateOutOfRange, as_timestamp, config_dates
 from qlib_hist.cli import main
+from qlib_hist.config_dates import ConfigDateError, DateOutOfRange, as_timestamp, config_dates
+from qlib_hist.errors import ConfigError
 
 DATE_STYLE_YAML = """\
 data_handler_config: &handler

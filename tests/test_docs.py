@@ -20,7 +20,9 @@ from qlib_hist.settings import HISTSettings
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-LINKED = [README, *DOCS, ROOT / "benchmarks" / "README.md"]  # every relative link and anchor in these resolves
+RESULTS = ROOT / "benchmarks" / "results"
+RESULTS_INDEX = RESULTS / "README.md"
+LINKED = [README, *DOCS, ROOT / "benchmarks" / "README.md", RESULTS_INDEX]  # every relative link and anchor resolves
 GUIDE = [README, *DOCS]  # commands and YAML keys are documented here
 README_MAX_LINES = 260
 
@@ -173,6 +175,37 @@ def test_readme_shows_the_command_ci_runs() -> None:
     run = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     command = next(line for line in run if line.startswith("python3 -m venv"))
     assert command in README.read_text(encoding="utf-8").splitlines(), ".ci/run and the README's command differ"
+
+
+def test_every_results_page_is_in_the_index_with_a_status() -> None:
+    """benchmarks/results/README.md lists every page of the folder (archive/ included) once, each as current or
+    superseded; a superseded page lives under archive/."""
+    pages = {p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*.md") if p != RESULTS_INDEX}
+    assert "final.md" in pages and "gpu/ablation.md" in pages  # the walk found the pages
+    rows = [line for line in RESULTS_INDEX.read_text(encoding="utf-8").splitlines() if line.startswith("| [")]
+    indexed: Dict[str, str] = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        page = re.match(r"\[[^\]]+\]\(([^)]+)\)", cells[0]).group(1)  # type: ignore[union-attr]
+        assert page not in indexed, f"{page} is indexed twice"
+        status = cells[-1]
+        assert status.startswith(("current", "superseded")), f"{page}: status {status!r}"
+        assert status.startswith("superseded") == page.startswith("archive/"), f"{page}: {status!r}"
+        assert cells[2], f"{page}: no command that remakes it"
+        indexed[page] = status
+    assert not pages - set(indexed), f"results pages missing from {RESULTS_INDEX.name}: {sorted(pages - set(indexed))}"
+
+
+#: an issue number in a user-facing page ("issue 28", "issue-28", "#28"): the research narrative lives in
+#: benchmarks/results/, the user's pages say what holds; qlib's own issues ("qlib issue #1545") may be cited
+_ISSUE_NUMBER = re.compile(r"(?:qlib )?\bissues?[ -]#?\d+|(?<![\w&])#\d+\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", ["README.md", *(f"docs/{p.name}" for p in DOCS), "CHANGELOG.md"])
+def test_user_pages_name_no_issue_numbers(name: str) -> None:
+    text = (ROOT / name).read_text(encoding="utf-8")
+    found = sorted({m for m in _ISSUE_NUMBER.findall(text) if not m.lower().startswith("qlib ")})
+    assert not found, f"{name} names issues {found}: say what holds, and keep the history in benchmarks/results/"
 
 
 def test_slugs_follow_github() -> None:

@@ -45,9 +45,9 @@ def test_every_error_class_of_the_package_is_a_qlib_hist_error() -> None:
         "qlib_hist.concepts.base.ConceptError",
         "qlib_hist.frame_store.FrameStoreError",
         "qlib_hist.qlib_edge.rolling.RollingError",
-        "qlib_hist._io.ConfigError",
-        "qlib_hist._io.ConfigDateError",
-        "qlib_hist._io.DateOutOfRange",
+        "qlib_hist.errors.ConfigError",
+        "qlib_hist.config_dates.ConfigDateError",
+        "qlib_hist.config_dates.DateOutOfRange",
         "qlib_hist.pretrained.PretrainedError",
     }
     assert expected <= set(found)

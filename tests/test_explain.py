@@ -147,7 +147,7 @@ def explain_record(explained, demo, demo_dataset, tmp_path_factory):
     import qlib
     from qlib.workflow import R
 
-    from qlib_hist.explain import HISTExplainRecord  # where YAMLs name it
+    from qlib_hist import HISTExplainRecord  # where YAMLs name it (module_path: qlib_hist)
 
     root = tmp_path_factory.mktemp("mlflow")
     cwd = Path.cwd()
@@ -189,12 +189,45 @@ def test_explain_record_follows_qlib_record_conventions(explained, explain_recor
 
 
 def test_explain_record_is_the_edge_class():
+    import qlib_hist
     import qlib_hist.explain as explain
     from qlib_hist.qlib_edge.record import HISTExplainRecord
 
-    assert explain.HISTExplainRecord is HISTExplainRecord  # loaded lazily, where YAMLs name it
+    assert qlib_hist.HISTExplainRecord is HISTExplainRecord  # loaded lazily, where YAMLs name it
+    assert explain.HISTExplainRecord is HISTExplainRecord  # the alias that 0.1.0's YAMLs name
     with pytest.raises(AttributeError, match="nothing_here"):
         explain.nothing_here  # noqa: B018
+
+
+def _records(node):
+    """Every ``HISTExplainRecord`` entry (a dict) anywhere in a YAML's content."""
+    if isinstance(node, dict):
+        if node.get("class") == "HISTExplainRecord":
+            yield node
+        for value in node.values():
+            yield from _records(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _records(value)
+
+
+def test_the_yamls_name_the_record_where_the_package_hands_it_out():
+    """The packaged demo YAML and the repository's YAMLs say ``module_path: qlib_hist``, not the alias
+    ``qlib_hist.explain`` (kept for 0.1.0's YAMLs only), and qlib's own lookup finds the edge class there."""
+    import yaml
+    from qlib.utils import get_callable_kwargs
+
+    from qlib_hist.qlib_edge.record import HISTExplainRecord
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(root.glob("*.yaml")) + sorted((root / "qlib_hist" / "configs").glob("*.yaml"))
+    found = {path.name: list(_records(yaml.safe_load(path.read_text()))) for path in files}
+    found = {name: records for name, records in found.items() if records}
+    assert {"workflow_config_hist_demo.yaml", "workflow_config_hist_paper.yaml"} <= set(found)
+    for name, records in found.items():
+        for record in records:
+            assert record.get("module_path") == "qlib_hist", name
+            assert get_callable_kwargs(record)[0] is HISTExplainRecord, name
 
 
 def test_plot_day_of_a_given_day(explained, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from qlib.model.base import ModelFT
 
+from qlib_hist.callbacks import Callback
 from qlib_hist.settings import SettingsError
 from qlib_hist.training import copy_state
 
@@ -53,14 +54,30 @@ def test_finetune_starts_from_the_current_weights(fitted, short_dataset):
     assert _same_weights(before, copy_state(model.HIST_model))
 
 
+class _EpochWeights(Callback):
+    """The raw weights after each epoch."""
+
+    def __init__(self) -> None:
+        self.states: list = []
+
+    def on_epoch_end(self, trainer, record) -> None:
+        self.states.append(copy_state(trainer.network))
+
+
 def test_finetune_trains_and_reports_its_epochs(fitted, short_dataset):
+    """Both epochs of ``finetune_epochs`` run (early_stop is 5), each moves the weights, and the best of them beats
+    the starting weights on the valid loss here, so it is kept (epoch 1, not the start's -1)."""
     model = pickle.loads(pickle.dumps(fitted))
+    model.metric = "loss"
     before = copy_state(model.HIST_model)
     evals: dict = {}
-    model.finetune(short_dataset, evals_result=evals)
-    assert len(model.history) == len(evals["valid"]) <= 2  # finetune_epochs, not n_epochs
-    assert model.best_epoch in (-1, 0, 1)
-    assert _same_weights(before, copy_state(model.HIST_model)) == (model.best_epoch == -1)
+    epochs = _EpochWeights()
+    model.finetune(short_dataset, evals_result=evals, callbacks=[epochs])
+    assert len(model.history) == len(evals["valid"]) == len(epochs.states) == 2  # finetune_epochs, not n_epochs
+    assert not _same_weights(before, epochs.states[0]) and not _same_weights(epochs.states[0], epochs.states[1])
+    assert model.best_epoch == 1, "setup: the second fine-tune epoch should beat the start and the first"
+    assert model.best_score == evals["valid"][1] > evals["valid"][0]
+    assert _same_weights(copy_state(model.HIST_model), epochs.states[1])
 
 
 def test_finetune_keeps_the_start_when_every_epoch_is_worse(fitted, short_dataset):

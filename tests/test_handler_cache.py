@@ -193,7 +193,7 @@ def test_keys_of_configs_with_string_dates_did_not_change(provider):
 
 
 def test_a_bad_date_in_a_handler_config_names_its_key(provider):
-    from qlib_hist._io import ConfigDateError
+    from qlib_hist.config_dates import ConfigDateError
 
     bad = {**CONFIG, "kwargs": {**CONFIG["kwargs"], "end_time": "2016-13-45"}}
     with pytest.raises(ConfigDateError, match=r"handler\.kwargs\.end_time: expected a date"):

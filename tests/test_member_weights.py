@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qlib_hist.batches import DataError
+from qlib_hist.batches import DataError, build_daily_batches
 from qlib_hist.member_weights import is_expression, normalize_member_weights, read_weight_table
 from qlib_hist.qlib_edge.dataset import member_weights
 
@@ -60,6 +60,60 @@ def _write_table(path: Path, rows: pd.MultiIndex, values) -> Path:
         }
     ).to_csv(path, index=False)
     return path
+
+
+def _provider_field(demo, field: str) -> pd.Series:
+    """``field`` of every demo stock read straight from the provider's ``.day.bin`` files (float32
+    ``[first calendar index, values...]``), not through qlib: on a (datetime, instrument) index."""
+    root = Path(demo.provider_uri)
+    calendar = pd.DatetimeIndex(pd.read_csv(root / "calendars" / "day.txt", header=None)[0])
+    parts = []
+    for inst in demo.instruments:
+        raw = np.fromfile(root / "features" / inst.lower() / f"{field}.day.bin", dtype="<f4")
+        first, values = int(raw[0]), raw[1:]
+        days = calendar[first : first + len(values)]
+        index = pd.MultiIndex.from_arrays([days, [inst] * len(values)], names=["datetime", "instrument"])
+        parts.append(pd.Series(values, index=index))
+    return pd.concat(parts)
+
+
+def _day_normalised(raw: pd.Series, rows: pd.MultiIndex) -> np.ndarray:
+    """``raw`` on ``rows``, each day divided by its mean (every value here is positive: no filling)."""
+    values = raw.reindex(rows).astype(np.float64)
+    assert np.isfinite(values.to_numpy()).all() and (values.to_numpy() > 0).all(), "setup: no missing value"
+    return (values / values.groupby(level=0).transform("mean")).to_numpy()
+
+
+def test_concept_weight_expression_is_aligned_to_stocks_and_days(demo, short_dataset):
+    """``$close*$volume`` gives each row (day, stock) the weight of that stock on that day: the provider's own values
+    divided by the day's mean, in every segment's batches (day-sorted), not a neighbour's or the day before's."""
+    from qlib_hist.concepts import load_concept_source
+    from qlib_hist.qlib_edge.dataset import segment_batches
+
+    raw = _provider_field(demo, "close") * _provider_field(demo, "volume")  # float32, as qlib multiplies
+    source = load_concept_source(demo.stock2concept, demo.stock_index)
+    for segment in ("train", "valid", "test"):
+        rows = short_dataset.prepare(segment, col_set="feature").index
+        want = _day_normalised(raw, rows)
+        np.testing.assert_allclose(member_weights("$close*$volume", rows, segment).to_numpy(), want, rtol=1e-6)
+        batches = segment_batches(short_dataset, segment, segment != "test", source, 6, "$close*$volume")
+        np.testing.assert_allclose(
+            batches.member_weights.numpy(), _day_normalised(raw, batches.index), rtol=1e-6, err_msg=segment
+        )
+    # rows in any order (a dataset need not be day-sorted): the batches sort them, and each keeps its own weight
+    frame = short_dataset.prepare("train", col_set=["feature", "label"])
+    frame = frame.iloc[np.random.default_rng(0).permutation(len(frame))]
+    weights = member_weights("$close*$volume", frame.index, "train")
+    batches = build_daily_batches(frame, source, "train", 6, True, member_weights=weights)
+    np.testing.assert_allclose(batches.member_weights.numpy(), _day_normalised(raw, batches.index), rtol=1e-6)
+    # the check can fail: the day before's values, or the next stock's, are other weights (by 10% and more)
+    rows = short_dataset.prepare("train", col_set="feature").index
+    want = _day_normalised(raw, rows)
+    day_before = raw.groupby(level="instrument").shift(1).reindex(rows)
+    day_before = (day_before / day_before.groupby(level=0).transform("mean")).to_numpy()
+    next_stock = raw.groupby(level="datetime").transform(lambda day: np.roll(day.to_numpy(), 1))
+    for other in (day_before, _day_normalised(next_stock, rows)):
+        assert np.nanmedian(np.abs(other / want - 1)) > 0.1
 
 
 def test_concept_weight_expression(demo, short_dataset, unweighted):

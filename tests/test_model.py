@@ -61,20 +61,20 @@ def test_learns_planted_concept_signal(demo, demo_dataset):
     assert daily_ic.mean() > 0.05
 
 
-def test_same_seed_same_predictions_on_cpu(demo, demo_dataset, fitted):
-    again = model_hist(demo)
-    again.fit(demo_dataset)
-    np.testing.assert_array_equal(again.predict(demo_dataset).to_numpy(), fitted[0].predict(demo_dataset).to_numpy())
-    other = model_hist(demo, seed=4)
-    other.fit(demo_dataset)
-    assert not np.array_equal(other.predict(demo_dataset).to_numpy(), fitted[0].predict(demo_dataset).to_numpy())
+def test_same_seed_same_predictions_on_cpu(demo, demo_dataset):
+    """Bit for bit on one CPU (``GPU=-1``: a CUDA machine's ``index_add`` is not deterministic)."""
+    first, again, other = model_hist(demo, GPU=-1), model_hist(demo, GPU=-1), model_hist(demo, GPU=-1, seed=4)
+    for model in (first, again, other):
+        model.fit(demo_dataset)
+    np.testing.assert_array_equal(again.predict(demo_dataset).to_numpy(), first.predict(demo_dataset).to_numpy())
+    assert not np.array_equal(other.predict(demo_dataset).to_numpy(), first.predict(demo_dataset).to_numpy())
 
 
 def test_pickle_round_trip_predicts_the_same(fitted, demo_dataset):
     model = fitted[0]
-    clone = pickle.loads(pickle.dumps(model))
-    assert clone.fitted and clone.device == torch.device("cpu") and not clone.use_gpu
-    assert all(p.device.type == "cpu" for p in clone.HIST_model.parameters())
+    clone = pickle.loads(pickle.dumps(model))  # onto the device its settings name here, as the model it was
+    assert clone.fitted and clone.device == model.device and clone.use_gpu == model.use_gpu
+    assert all(p.device == model.device for p in clone.HIST_model.parameters())
     assert clone.train_optimizer is not None
     pd.testing.assert_series_equal(clone.predict(demo_dataset), model.predict(demo_dataset))
 
@@ -84,7 +84,7 @@ def test_save_path_holds_best_weights(demo, demo_dataset, tmp_path):
     model.fit(demo_dataset, save_path=str(tmp_path / "sub" / "hist.pt"))
     state = torch.load(tmp_path / "sub" / "hist.pt", map_location="cpu", weights_only=True)
     for name, value in model.HIST_model.state_dict().items():
-        assert torch.equal(state[name], value)
+        assert torch.equal(state[name], value.cpu())  # the file holds CPU tensors, whatever the device
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["hist.pt"]  # no temp file left
 
 
@@ -128,7 +128,7 @@ def test_pretrain_saves_a_qlib_loadable_base_model(demo, demo_dataset, tmp_path)
     fresh = model_hist(demo, n_epochs=0, model_path=str(path))
     fresh.fit(demo_dataset)
     for name, value in state.items():
-        assert torch.equal(fresh.HIST_model.state_dict()[name], value)
+        assert torch.equal(fresh.HIST_model.state_dict()[name].cpu(), value)
 
 
 def test_model_path_shape_mismatch_names_parameter(demo, demo_dataset, tmp_path):
@@ -185,14 +185,58 @@ def test_nan_features_are_a_clear_error(demo, demo_raw_dataset):
         model_hist(demo).fit(demo_raw_dataset)
 
 
+CPU_PREDICT = """
+import pickle, sys
+import torch
+from conftest import init_qlib
+assert not torch.cuda.is_available(), "CUDA_VISIBLE_DEVICES='' should hide the GPU"
+model, dataset, provider = pickle.load(open(sys.argv[1], "rb"))
+init_qlib(provider)
+assert model.device.type == "cpu"
+model.predict(dataset).to_pickle(sys.argv[2])
+"""
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_fit_then_cpu_pickle(demo, demo_dataset):  # pragma: no cover - runs on GPU machines only
+def test_gpu_fit_predicts_in_a_process_without_cuda(demo, demo_dataset, tmp_path):  # pragma: no cover - GPU only
+    """A model fitted on CUDA, pickled, loaded and predicted where no CUDA exists: the predictions of the GPU."""
+    import subprocess
+    import sys
+
     model = model_hist(demo, GPU=0, n_epochs=1)
     model.fit(demo_dataset)
-    clone = pickle.loads(pickle.dumps(model))
-    np.testing.assert_allclose(
-        clone.predict(demo_dataset).to_numpy(), model.predict(demo_dataset).to_numpy(), atol=1e-4
+    assert model.device.type == "cuda"
+    on_gpu = model.predict(demo_dataset)
+    with open(tmp_path / "model.pkl", "wb") as file:
+        pickle.dump((model, demo_dataset, str(demo.provider_uri)), file)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(["tests", "."]))
+    subprocess.run(
+        [sys.executable, "-c", CPU_PREDICT, str(tmp_path / "model.pkl"), str(tmp_path / "pred.pkl")],
+        check=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        timeout=600,
     )
+    on_cpu = pd.read_pickle(tmp_path / "pred.pkl")
+    pd.testing.assert_index_equal(on_cpu.index, on_gpu.index)
+    np.testing.assert_allclose(on_cpu.to_numpy(), on_gpu.to_numpy(), atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_on_cuda_differs_from_fp32_yet_stays_close(demo, short_dataset):  # pragma: no cover - GPU only
+    """bf16 autocast must do something (predictions not fp32's) and keep the ranking (correlation above 0.99)."""
+    fp32 = model_hist(demo, GPU=0, n_epochs=1)
+    fp32.fit(short_dataset)
+    bf16 = model_hist(demo, GPU=0, n_epochs=1, precision="bf16")
+    bf16.fit(short_dataset)
+    a, b = fp32.predict(short_dataset).to_numpy(), bf16.predict(short_dataset).to_numpy()
+    assert np.mean(a == b) < 0.5, f"{np.mean(a == b):.0%} of bf16 predictions equal fp32's: autocast did nothing"
+    assert np.corrcoef(a, b)[0, 1] > 0.99
+    fp32.precision = "bf16"  # the same weights predicted in bf16
+    c = fp32.predict(short_dataset).to_numpy()
+    assert np.mean(a == c) < 0.5 and np.corrcoef(a, c)[0, 1] > 0.999
 
 
 def test_predict_with_two_threads_is_the_same(fitted, demo_dataset):

@@ -10,14 +10,15 @@ import torch
 from qlib_hist.network import HISTModel, RNNRegressor
 from qlib_hist.pretrained import load_pretrained, save_state_dict
 
+from conftest import shared_file
+
 LOG = logging.getLogger("test_pretrained")
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("base_model, name", [("LSTM", "model_lstm_csi300.pkl"), ("GRU", "model_gru_csi300.pkl")])
-def test_qlib_pretrained_loads_by_name(shared_data, base_model, name):
-    path = shared_data / "qlib_reference" / name
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+def test_qlib_pretrained_loads_by_name(base_model, name):
+    path = shared_file(f"qlib_reference/{name}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model=base_model)
     own = net.state_dict()
@@ -37,10 +38,9 @@ def test_qlib_pretrained_loads_by_name(shared_data, base_model, name):
     assert out.shape == (30,) and torch.isfinite(out).all()
 
 
-def test_qlib_pretrained_wrong_base_model_is_refused(shared_data):
-    path = shared_data / "qlib_reference" / "model_lstm_csi300.pkl"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+@pytest.mark.realdata
+def test_qlib_pretrained_wrong_base_model_is_refused():
+    path = shared_file("qlib_reference/model_lstm_csi300.pkl")
     with pytest.raises(ValueError, match="shape"):
         load_pretrained(HISTModel(base_model="GRU"), path, LOG)
 

@@ -35,7 +35,8 @@ BAD = [  # argument, value, what the message says after "<name> must be "
     ("temporal_attention", 2, "true or false"),
     ("base_model", "RNN", "one of ['GRU', 'LSTM']"),
     ("lr", "abc", "a number"),
-    ("lr", float("nan"), "a number"),
+    ("lr", float("nan"), "a finite number"),
+    ("weight_decay", float("inf"), "a finite number"),
     ("seed", 1.5, "an integer"),
     ("n_epochs", -1, ">= 0"),
     ("early_stop", 0, ">= 1"),
@@ -248,8 +249,8 @@ def test_each_small_definition_lives_in_one_place():
     root = Path(__file__).resolve().parents[1]
     files = [p for folder in ("qlib_hist", "benchmarks") for p in sorted((root / folder).rglob("*.py"))]
     homes = {
-        r"^PathLike\s*=": "qlib_hist/_io.py",
-        r"sha1\(json\.dumps": "qlib_hist/_io.py",
+        r"^PathLike\s*=": "qlib_hist/atomic_files.py",
+        r"sha1\(json\.dumps": "qlib_hist/digests.py",
         r"^RNN_TYPES\s*=": "qlib_hist/settings.py",
         r"^OPTIMIZERS\s*=": "qlib_hist/settings.py",
         r"^LOSSES\s*=": "qlib_hist/metrics.py",

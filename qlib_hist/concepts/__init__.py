@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-from .base import ConceptError, ConceptSource, SegmentConcepts
+from .base import ConceptError, ConceptSource, NoConcepts, SegmentConcepts
 from .download import QLIB_STOCK2CONCEPT_URL, download_stock2concept
 from .legacy import LegacyConcepts
 
@@ -37,6 +37,7 @@ __all__ = [
     "ConceptSource",
     "SegmentConcepts",
     "LegacyConcepts",
+    "NoConcepts",
     "QLIB_STOCK2CONCEPT_URL",
     "download_stock2concept",
     "load_concept_source",
@@ -52,7 +53,7 @@ def load_concept_source(
     if stock2concept is None:
         raise ConceptError(
             "stock2concept is not set: give a membership table (.csv/.parquet, point in time) or qlib's legacy "
-            "stock2concept .npy together with stock_index"
+            "stock2concept .npy together with stock_index (with predefined_concepts false, HIST needs none)"
         )
     path = Path(stock2concept).expanduser()
     suffix = path.suffix.lower()

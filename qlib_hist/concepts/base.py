@@ -59,3 +59,15 @@ class ConceptSource(Protocol):
     def describe(self) -> str:
         """One line for logs: where the concepts come from and their count."""
         ...
+
+
+class NoConcepts:
+    """The concept source of a HIST whose predefined-concept module is off (``predefined_concepts: false``): every
+    row gets an empty concept vector (``[rows, 0]``), and no file is read. The network does not read the concepts
+    then, so its predictions are those it makes with any concept table."""
+
+    def for_rows(self, instruments: np.ndarray, dates: np.ndarray) -> SegmentConcepts:
+        return SegmentConcepts(np.zeros((1, 0), dtype=np.float32), np.zeros(len(instruments), dtype=np.int64))
+
+    def describe(self) -> str:
+        return "none (predefined_concepts is off: no concept table is read)"

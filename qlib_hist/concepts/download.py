@@ -8,7 +8,7 @@ from typing import Union
 
 import requests
 
-from .._io import atomic_path
+from ..atomic_files import atomic_path
 from ..settings import QLIB_STOCK2CONCEPT_URL
 from .base import ConceptError
 from .legacy import load_stock2concept

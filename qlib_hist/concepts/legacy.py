@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .._io import PathLike
+from ..atomic_files import PathLike
 from .base import ConceptError, SegmentConcepts
 
 #: all that qlib's pickled-dict ``stock_index.npy`` needs: numpy's array and dtype rebuilders (a dict of str and int

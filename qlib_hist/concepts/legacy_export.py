@@ -16,7 +16,7 @@ from typing import List, NamedTuple, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
+from ..atomic_files import PathLike, atomic_write_bytes, atomic_write_text, npy_bytes
 from .base import ConceptError
 from .legacy import MANIFEST_FORMAT, file_sha256, manifest_path
 from .membership import MembershipLike, as_source

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike, atomic_path
+from ..atomic_files import PathLike, atomic_path
 from .base import ConceptError, SegmentConcepts
 
 REQUIRED_COLUMNS: Tuple[str, ...] = ("instrument", "concept", "start_date", "end_date")
@@ -78,13 +78,36 @@ def read_csv_with_lines(path: Path, required: Sequence[str]) -> Tuple[pd.DataFra
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ConceptError(f"{path}: cannot read CSV ({' '.join(str(e).split())})") from None
+        too_long = _row_longer_than_header(path) if isinstance(e, pd.errors.ParserError) else None
+        raise too_long or ConceptError(f"{path}: cannot read CSV ({' '.join(str(e).split())})") from None
+    if not isinstance(df.index, pd.RangeIndex):  # pandas took the first fields of longer rows as an index
+        raise _row_longer_than_header(path) or ConceptError(f"{path}: rows have more fields than the header")
     df.columns = [str(c).strip() for c in df.columns]
     require_columns(df, required, str(path))
     lines = np.arange(len(df)) + 2
     blank = (df.astype(str).apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
     df = df.loc[~blank].reset_index(drop=True)
     return df, _Locator(str(path), lines[~blank])
+
+
+def _row_longer_than_header(path: Path) -> Optional[ConceptError]:
+    """The error for the first row with more fields than the header (a stray comma, an unquoted name with a comma),
+    which pandas would report as a parser error or read as an index, shifting every column; None if there is none."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            for row in reader:
+                if len(row) > len(header):
+                    return ConceptError(
+                        f"{path}, line {reader.line_num}: has {len(row)} fields, the header has {len(header)} "
+                        f"({','.join(header)}); quote a value that holds a comma, or remove the extra field"
+                    )
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
 
 
 def check_not_empty(path: Path) -> None:
@@ -274,14 +297,23 @@ def load_membership(path: PathLike) -> pd.DataFrame:
     return validate_membership(df, loc=loc)
 
 
-def write_membership(df: pd.DataFrame, path: PathLike) -> Path:
-    """Validate ``df`` and write it atomically: parquet for ``.parquet``/``.pq``, else CSV (dates ``YYYY-MM-DD``,
-    open ``end_date`` empty). Returns the path."""
+def check_membership_output(path: PathLike) -> Path:
+    """``path`` as a membership table to write (``.csv``, ``.parquet``/``.pq``, not a folder), or a
+    :class:`ConceptError` naming it; the commands call it before they read their inputs."""
     path = Path(path)
+    if path.is_dir():
+        raise ConceptError(f"{path} is a directory: give the membership table's file name (a .csv or .parquet)")
     if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise ConceptError(
             f"{path}: a membership table is written as .csv or .parquet, not {path.suffix or 'no suffix'!r}"
         )
+    return path
+
+
+def write_membership(df: pd.DataFrame, path: PathLike) -> Path:
+    """Validate ``df`` and write it atomically: parquet for ``.parquet``/``.pq``, else CSV (dates ``YYYY-MM-DD``,
+    open ``end_date`` empty). Returns the path."""
+    path = check_membership_output(path)
     table = validate_membership(df, source=str(path))
     with atomic_path(path) as tmp:
         if path.suffix.lower() in (".parquet", ".pq"):

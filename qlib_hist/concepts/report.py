@@ -19,8 +19,8 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike
 from .._plotting import new_figure, save_png
+from ..atomic_files import PathLike
 from .base import ConceptError
 from .legacy_export import read_market_spans
 from .membership import MembershipLike, as_source

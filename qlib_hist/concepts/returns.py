@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike
+from ..atomic_files import PathLike
 from .base import ConceptError
 from .legacy_export import read_market_spans
 from .report import read_calendar

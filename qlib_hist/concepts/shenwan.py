@@ -23,7 +23,7 @@ from typing import Iterable, Tuple
 import numpy as np
 import pandas as pd
 
-from .._io import PathLike
+from ..atomic_files import PathLike
 from .base import ConceptError
 from .membership import check_instruments, parse_dates, read_csv_with_lines, validate_membership
 

@@ -14,9 +14,9 @@ from qlib.data.dataset import DatasetH
 from qlib.data.dataset.handler import DataHandlerLP
 from qlib.data.dataset.utils import fetch_df_by_index
 
-from .._io import as_timestamp
 from ..batches import DailyBatches, DataError, build_daily_batches
-from ..concepts import ConceptSource
+from ..concepts import ConceptSource, NoConcepts
+from ..config_dates import as_timestamp
 from ..member_weights import is_expression, normalize_member_weights, read_weight_table
 from .expressions import expression_values
 
@@ -86,6 +86,43 @@ def segment_name(segment: Segment) -> str:
     return segment if isinstance(segment, str) else f"{segment.start}..{segment.stop}"
 
 
+def data_source(dataset: DatasetH) -> str:
+    """How errors name where a dataset's rows come from: its handler's class, and its data loader's with what that
+    reads (a file, a frame), as far as qlib's objects tell."""
+    handler = getattr(dataset, "handler", None)
+    if handler is None:
+        return f"dataset {type(dataset).__module__}.{type(dataset).__qualname__}"
+    text = f"handler {type(handler).__module__}.{type(handler).__qualname__}"
+    loader = getattr(handler, "data_loader", None)
+    if loader is not None:
+        text += f" (data loader {type(loader).__name__}"
+        config = getattr(loader, "_config", None)  # StaticDataLoader's: a path, a frame or {group: either}
+        configs = config.values() if isinstance(config, dict) else [config]
+        paths = [str(c) for c in configs if isinstance(c, (str, Path))]
+        if paths:
+            text += f" reading {', '.join(paths)}"
+        elif any(isinstance(c, pd.DataFrame) for c in configs):
+            text += " over an in-memory DataFrame"
+        text += ")"
+    return text
+
+
+def check_unique_rows(df: pd.DataFrame, dataset: DatasetH, name: str) -> None:
+    """A (datetime, instrument) pair twice in a segment: named with the segment and where its rows come from,
+    before anything is computed on them."""
+    index = df.index
+    if not isinstance(index, pd.MultiIndex) or not index.has_duplicates:
+        return
+    repeated = index.duplicated(keep=False)
+    date, instrument = index[repeated][0][:2]
+    day = date.date() if isinstance(date, pd.Timestamp) else date
+    raise DataError(
+        f"segment {name}: {int(index.duplicated().sum())} (datetime, instrument) row(s) appear more than once, "
+        f"first ({day}, {instrument}), in the data of {data_source(dataset)}: a qlib "
+        "handler holds each stock once a day; look for rows its source repeats (e.g. frames concatenated twice)"
+    )
+
+
 def member_weights(spec: str, index: pd.MultiIndex, name: str) -> pd.Series:
     """The member weights ``concept_weight`` names, on ``index`` (see :mod:`qlib_hist.member_weights`)."""
     raw = expression_values(spec, index) if is_expression(spec) else read_weight_table(Path(spec).expanduser())
@@ -123,11 +160,14 @@ def segment_batches(
         raise DataError(f"segment {segment!r} is not in the dataset's segments {list(dataset.segments)}")
     df = segment_frame(dataset, segment, with_label)
     empty = df is None or df.empty
+    if not empty:
+        check_unique_rows(df, dataset, name)
     sample_weights = None if reweighter is None or empty else reweighter.reweight(df)
     weights = None if concept_weight is None or empty else member_weights(concept_weight, df.index, name)
     batches = build_daily_batches(df, concepts, name, d_feat, with_label, sample_weights, weights)
     c = batches.concepts
-    if batches.n_rows and not (c.matrix != 0).any(axis=1)[c.row_index].any():
+    off = isinstance(concepts, NoConcepts)  # predefined_concepts off: no row needs a concept
+    if batches.n_rows and not off and not (c.matrix != 0).any(axis=1)[c.row_index].any():
         message = no_concept_message(batches, concepts, name)
         if with_label:  # training on it would fit a HIST whose concept module never sees a concept
             raise DataError(message)

@@ -20,7 +20,7 @@ from typing import Dict, Iterator, Optional, Union
 
 import yaml
 
-from .._io import atomic_write_text
+from ..atomic_files import atomic_write_text
 from ..demo_data import write_demo_provider
 from ..settings import TrainSettings
 from .recorders import latest_recorder, recorder_report

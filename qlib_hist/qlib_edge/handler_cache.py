@@ -23,7 +23,9 @@ from typing import Any
 
 from qlib.data.dataset.handler import DataHandlerLP
 
-from .._io import PathLike, as_timestamp, config_dates, json_digest
+from ..atomic_files import PathLike
+from ..config_dates import as_timestamp, config_dates
+from ..digests import json_digest
 from ..frame_store import FrameStoreError, read_frame, write_frame
 
 CACHE_VERSION = 3  # 3: frame_store folders (2: pandas pickles, no longer read)
@@ -53,7 +55,7 @@ def _date_text(value: Any, key: str) -> str:
 def cache_key(handler_config: dict, provider_uri: PathLike) -> str:
     """A stable hash of the provider (path, calendar and instruments) and the full handler config.
 
-    The config's dates (:func:`~qlib_hist._io.config_dates`: the handler's and its processors' times, and any
+    The config's dates (:func:`~qlib_hist.config_dates.config_dates`: the handler's and its processors' times, and any
     ``datetime.date``) count as their ``YYYY-MM-DD`` text, so a date, a Timestamp and a string of the same day give
     one key; a config whose dates are already such strings keeps the key it had before dates were normalised."""
     provider = Path(provider_uri).expanduser().resolve()

@@ -20,10 +20,11 @@ from qlib.data.dataset import DatasetH
 from qlib.log import get_module_logger
 from qlib.model.base import ModelFT
 
-from .._io import check_writable, json_sha1
+from ..atomic_files import check_writable
 from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
-from ..concepts import ConceptSource, load_concept_source
+from ..concepts import ConceptSource, NoConcepts, load_concept_source
+from ..digests import json_sha1
 from ..explain import check_top, explain_batches
 from ..network import OUTPUT_PARTS, HISTModel, RNNRegressor, SeedEnsemble
 from ..pretrained import load_pretrained, load_state_dict_strict, save_state_dict
@@ -39,6 +40,7 @@ from ..training import (
     predict_days,
     select_device,
 )
+from .context import aux_labels, market_features
 from .dataset import Segment, segment_batches
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
@@ -60,10 +62,10 @@ class HIST(ModelFT):
         settings, unknown = HISTSettings.from_kwargs(**kwargs)
         if unknown:
             self.logger.warning("HIST ignores unknown arguments: %s", ", ".join(sorted(unknown)))
+        self.device = check_settings(settings, self.logger)
         self.settings = settings
-        self.device = select_device(settings.training.GPU, self.logger)
-        check_precision(settings.training.precision, self.device)
-        check_cuda_graphs(settings.training.cuda_graphs, self.device)
+        for message in settings.warnings():
+            self.logger.warning("HIST: %s", message)
         self.logger.info(
             "HIST parameters: %s, device=%s", ", ".join(f"{k}={v!r}" for k, v in settings.flat().items()), self.device
         )
@@ -82,18 +84,31 @@ class HIST(ModelFT):
         return getattr(getattr(settings, owner), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """``model.<argument> = value`` replaces the setting, validated again.
+        """``model.<argument> = value`` replaces the setting, validated again, with the checks of construction
+        (``precision`` and ``cuda_graphs`` against the model's device; ``GPU`` picks the device again, and the
+        network moves there); a refused value leaves the model as it was.
 
-        The network's settings (its shape and modules) are refused: the built network would no longer match them.
-        Training settings reach the next ``fit`` (which builds its optimizer from them).
+        The settings that define the network (its shape, modules and ``ensemble``'s members) are refused: the built
+        network would no longer match them. Training settings reach the next ``fit`` (which builds its optimizer
+        from them).
         """
         owner = HISTSettings.field_names().get(name)
-        if owner == "network" and "settings" in self.__dict__:
+        if HISTSettings.shapes_network(name) and "settings" in self.__dict__:
             raise SettingsError(
                 f"{name} defines the network, which is already built: make a new model, HIST({name}={value!r}, ...)"
             )
         if owner is not None and "settings" in self.__dict__:
-            self.__dict__["settings"] = self.settings.replace(**{name: value})
+            settings = self.settings.replace(**{name: value})
+            device = select_device(settings.training.GPU, self.logger) if name == "GPU" else self.device
+            check_device(settings, device)
+            before = set(self.settings.warnings())
+            self.__dict__["settings"] = settings
+            if device != self.device:  # model.GPU = ...: the network moves, as HIST(GPU=...) would have built it
+                self.__dict__["device"] = device
+                self.HIST_model.to(device)
+            for message in settings.warnings():
+                if message not in before:
+                    self.logger.warning("HIST: %s", message)
             if name in ("stock2concept", "stock_index", "stock2concept_url"):
                 self.__dict__["_concept_source"] = None
         else:
@@ -140,25 +155,36 @@ class HIST(ModelFT):
         return recipe if recipe.seed is None or member == 0 else dataclasses.replace(recipe, seed=recipe.seed + member)
 
     def concept_source(self) -> ConceptSource:
-        """The concept source named by ``stock2concept`` / ``stock_index``, loaded once per model object."""
+        """The concept source named by ``stock2concept`` / ``stock_index``, loaded once per model object; with
+        ``predefined_concepts`` off, :class:`~qlib_hist.concepts.NoConcepts` (nothing is read: no module uses it)."""
         source = self.__dict__.get("_concept_source")
         if source is None:
             c = self.settings.concepts
-            source = self._concept_source = load_concept_source(c.stock2concept, c.stock_index, c.stock2concept_url)
+            if not self.settings.network.predefined_concepts:
+                source = self._concept_source = NoConcepts()
+            else:
+                source = self._concept_source = load_concept_source(c.stock2concept, c.stock_index, c.stock2concept_url)
             self.logger.info("concepts: %s", source.describe())
         return source
 
     def _batches(self, dataset: DatasetH, segment: Segment, with_label: bool, reweighter: Any = None) -> DailyBatches:
-        return segment_batches(
+        """The segment's daily batches, with each day's market state where ``market_context`` names indexes."""
+        on = self.settings.network.predefined_concepts  # member weights feed only the predefined concepts
+        batches = segment_batches(
             dataset,
             segment,
             with_label,
             self.concept_source(),
             self.settings.network.d_feat,
-            self.settings.concepts.concept_weight,
+            self.settings.concepts.concept_weight if on else None,
             reweighter,
             self.logger,
         )
+        indexes = self.settings.network.market_context
+        if not indexes:
+            return batches
+        days = pd.DatetimeIndex(batches.index.get_level_values(0)[batches.day_start])
+        return dataclasses.replace(batches, market=torch.from_numpy(market_features(indexes, days)))
 
     def _checkpoint(self, train: DailyBatches, valid: DailyBatches, member: int = 0) -> Optional[Checkpoint]:
         """The checkpoint callback for ``checkpoint_dir``, fingerprinted by the settings and the data; an
@@ -203,6 +229,7 @@ class HIST(ModelFT):
         ``callbacks`` (:class:`~qlib_hist.callbacks.Callback`) run after the built-in ones (logging, checkpoint).
         """
         t = self.settings.training
+        check_device(self.settings, self.device)  # an unpickled model may run on another device than it was made on
         for what, path, folder in (
             ("save_path", save_path, False),
             ("checkpoint_dir", t.checkpoint_dir, True),
@@ -215,6 +242,8 @@ class HIST(ModelFT):
         for member, network in enumerate(self.members()):
             self._seed_everything(member)
             checkpoint = self._checkpoint(train, valid, member)
+            if network.market_gate is not None:  # the market state standardised by train's days, as a processor
+                network.market_gate.fit_scale(cast(torch.Tensor, train.market))
             if t.model_path is not None:
                 load_pretrained(network, t.model_path, self.logger)
             elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
@@ -246,6 +275,7 @@ class HIST(ModelFT):
         """
         if not self.fitted:
             raise TrainingError("finetune needs a fitted HIST (call fit first, or load one from a recorder)")
+        check_device(self.settings, self.device)
         t = self.settings.training
         train, valid = self._train_valid(dataset, reweighter)
         lr = t.lr if t.finetune_lr is None else t.finetune_lr
@@ -265,6 +295,10 @@ class HIST(ModelFT):
         """The ``train`` and ``valid`` batches, their labels checked."""
         train = self._batches(dataset, "train", with_label=True, reweighter=reweighter)
         valid = self._batches(dataset, "valid", with_label=True)
+        horizons = self.settings.network.aux_horizons
+        if horizons:  # labels of other horizons, none reading a close after train's last day
+            last_day = train.index.get_level_values(0).max()
+            train = dataclasses.replace(train, aux_labels=torch.from_numpy(aux_labels(train.index, horizons, last_day)))
         check_labels(train, "train")
         check_labels(valid, "valid", need_daily_variation=self.settings.training.metric in ("ic", "rank_ic"))
         self.logger.info(
@@ -298,6 +332,7 @@ class HIST(ModelFT):
         """Predictions for ``segment`` as a ``pd.Series`` on the dataset's (datetime, instrument) index."""
         if not self.fitted:
             raise TrainingError("model is not fitted yet!")
+        check_precision(self.settings.training.precision, self.device)  # before the segment is read
         batches = self._batches(dataset, segment, with_label=False)
         preds = predict_days(self.HIST_model, batches.to(self.device), self.device, self.settings.training.precision)
         return batches.in_dataset_order(pd.Series(preds, index=batches.index, name="score"))
@@ -355,6 +390,20 @@ class HIST(ModelFT):
         load_state_dict_strict(self.HIST_model, weights, "the pickled HIST")
         self.HIST_model.to(self.device)
         self.train_optimizer = self._new_optimizer()
+
+
+def check_device(settings: HISTSettings, device: torch.device) -> None:
+    """The settings that need a device feature (``precision``, ``cuda_graphs``) checked against ``device``."""
+    check_precision(settings.training.precision, device)
+    check_cuda_graphs(settings.training.cuda_graphs, device)
+
+
+def check_settings(settings: HISTSettings, logger: Any) -> torch.device:
+    """Everything ``HIST(**kwargs)`` checks before it builds a network (the settings are valid by construction):
+    the device ``GPU`` names and what it must support. Returns the device."""
+    device = select_device(settings.training.GPU, logger)
+    check_device(settings, device)
+    return device
 
 
 def _signature() -> inspect.Signature:

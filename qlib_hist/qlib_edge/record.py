@@ -16,8 +16,11 @@ class HISTExplainRecord(RecordTemp):
     YAML, after ``SignalRecord``::
 
         - class: HISTExplainRecord
-          module_path: qlib_hist.explain
+          module_path: qlib_hist
           kwargs: {model: <MODEL>, dataset: <DATASET>, segment: test}
+
+    ``module_path: qlib_hist`` hands it over lazily (``import qlib_hist`` loads no qlib); YAMLs written for 0.1.0
+    say ``module_path: qlib_hist.explain``, which still resolves to this class.
     """
 
     artifact_path = "explain"

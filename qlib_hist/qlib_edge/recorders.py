@@ -9,7 +9,8 @@ import pandas as pd
 import yaml
 from qlib.workflow import R
 
-from .._io import ConfigError, as_timestamp, config_dates, date_span, unreadable_yaml
+from ..config_dates import as_timestamp, config_dates, date_span, unreadable_yaml
+from ..errors import ConfigError
 
 #: report label -> recorder metric name, as qlib's SigAnaRecord / PortAnaRecord log them
 REPORT_METRICS = {
@@ -25,7 +26,7 @@ REPORT_METRICS = {
 
 def latest_recorder(experiment_name: str) -> Any:
     """The most recently started recorder of ``experiment_name`` (qlib must be initialised); a missing experiment or
-    one without recorders is a :class:`~qlib_hist._io.ConfigError` naming it."""
+    one without recorders is a :class:`~qlib_hist.errors.ConfigError` naming it."""
     try:
         recorders = R.get_exp(experiment_name=experiment_name, create=False).list_recorders()
     except ValueError:  # qlib's answer for an experiment that does not exist
@@ -48,8 +49,8 @@ def format_report(report: Dict[str, float]) -> str:
 
 def read_workflow(workflow: Union[str, Path]) -> Dict[str, Any]:
     """A qrun workflow YAML as a dict, checked to have what qrun needs (``qlib_init``, ``task``); its dates as
-    written (:func:`~qlib_hist._io.config_dates` turns them into ``pd.Timestamp``). A file that is not a readable
-    YAML is a :class:`~qlib_hist._io.ConfigError` naming it."""
+    written (:func:`~qlib_hist.config_dates.config_dates` turns them into ``pd.Timestamp``). A file that is not a
+    readable YAML is a :class:`~qlib_hist.errors.ConfigError` naming it."""
     path = Path(workflow)
     text = path.read_text()
     try:

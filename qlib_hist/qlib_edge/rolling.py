@@ -25,7 +25,7 @@ a price on or after the test start (``trunc_days`` = the label's look-ahead + 1;
 
 Dates: the YAML is read as qrun reads it, where an unquoted ``2017-01-01`` is a ``datetime.date``; every date of
 the workflow (segments, handler and backtest times, ``train_start`` / ``test_end``) becomes a ``pd.Timestamp`` as
-it is read (:func:`qlib_hist._io.config_dates`), and a window's name (:func:`window_digest`) does not depend on
+it is read (:func:`qlib_hist.config_dates.config_dates`), and a window's name (:func:`window_digest`) does not depend on
 how its dates were written.
 
 qlib's private API: :class:`HISTRolling` overrides ``Rolling._train_rolling_tasks``, ``_ens_rolling``,
@@ -57,7 +57,8 @@ from qlib.workflow.record_temp import SigAnaRecord, SignalRecord
 from qlib.workflow.task.gen import RollingGen, handler_mod, task_generator
 from qlib.workflow.task.utils import TimeAdjuster
 
-from .._io import as_timestamp, config_dates, date_span, json_digest, unreadable_yaml
+from ..config_dates import as_timestamp, config_dates, date_span, unreadable_yaml
+from ..digests import json_digest
 from ..errors import QlibHistError
 
 #: qlib's private names this module overrides or calls, by owner (pyqlib has no promise to keep them): the versions
@@ -130,6 +131,31 @@ def _handler_config(task: dict) -> dict:
             "a dumped handler keeps the processors fitted on its own dates for every window (qlib issue #1620)"
         )
     return handler
+
+
+def check_task_model(task: dict, source: str) -> None:
+    """The task's model arguments checked as ``HIST(**kwargs)`` checks them (each setting, and what the device must
+    support), before any data is read: a window's model is made only after its data are loaded. A model that is not
+    this package's HIST checks its own arguments when qlib makes it."""
+    from ..settings import HISTSettings, SettingsError
+    from .model import HIST, check_settings
+
+    model = task.get("model")
+    if not isinstance(model, dict):
+        return
+    try:
+        cls, kwargs = get_cls_kwargs(copy.deepcopy(model))
+    except (ImportError, AttributeError) as err:
+        raise RollingError(f"{source}: task.model names no class that can be imported ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, HIST)):
+        return
+    if not isinstance(kwargs, dict):
+        raise RollingError(f"{source}: task.model.kwargs must be a mapping of HIST's arguments, got {kwargs!r}")
+    try:
+        settings, _ = HISTSettings.from_kwargs(**kwargs)
+        check_settings(settings, get_module_logger("qlib_hist.rolling"))
+    except SettingsError as err:
+        raise SettingsError(f"{source}: task.model.kwargs: {err}") from None
 
 
 def move_fit_window(task: dict, rolling_gen: RollingGen) -> None:
@@ -300,7 +326,13 @@ class HISTRolling(Rolling):
         self.logger = get_module_logger("qlib_hist.rolling")
         self.warm = bool(warm)
         self.trunc_days = trunc_days
+        self._checked = False
         check_step(step)  # now; the generator needs qlib's calendar and the task's trunc_days (get_task_list)
+
+    def check(self) -> None:
+        """The workflow's task and its model's arguments, before qlib starts and before any data is read."""
+        check_task_model(self.basic_task(), str(self.conf_path))
+        self._checked = True
 
     def _raw_conf(self) -> dict:
         """The workflow as qrun reads it, every date a ``pd.Timestamp`` (a bad one: an error naming its key)."""
@@ -419,6 +451,8 @@ class HISTRolling(Rolling):
 
     def run(self) -> Any:
         """Train the missing windows, merge, analyse; returns the merged recorder."""
+        if not self._checked:
+            self.check()
         self._train_rolling_tasks()
         self._ens_rolling()
         self._update_rolling_rec()
@@ -440,6 +474,7 @@ def online_manager(
     from qlib.workflow.online.strategy import RollingStrategy
 
     task = config_dates(task, where="task")
+    check_task_model(task, "task")
     trunc = label_lookahead(task) + 1 if trunc_days is None else trunc_days
     strategy = RollingStrategy(name, task, hist_rolling_gen(step, trunc))
     trainer = TrainerR(experiment_name=name, train_func=functools.partial(hist_task_train, warm=warm))
@@ -454,7 +489,7 @@ def run_rolling(workflow: Union[str, Path], **options: Any) -> Any:
     from .recorders import read_workflow
 
     rolling = HISTRolling(workflow, **options)
-    rolling.basic_task()  # the task's errors (and its dates') before qlib starts
+    rolling.check()  # the task's errors (its dates', its model's arguments) before qlib starts
     config = read_workflow(workflow)
     qlib.init(**config["qlib_init"])
     return rolling.run()

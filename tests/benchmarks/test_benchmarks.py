@@ -25,6 +25,8 @@ from benchmarks.config import (
 from benchmarks.paths import ROOT, SHARED, relative_traceback, repo_relative
 from benchmarks.run import model_config, recorded_config
 
+from conftest import shared_file
+
 CACHE = ROOT / "benchmarks" / "cache"
 
 #: what benchmarks/run.py typed before it read the YAML (the committed cpu-quick runs were made with these)
@@ -403,7 +405,8 @@ def test_the_best_rolling_row_takes_the_recipe_but_not_the_budget_of_its_yaml(tm
     assert rolling.ROWS["hist_best_warm"] == rolling.ROWS["hist_warm"]  # warm, on the same point-in-time concepts
 
 
-def test_rolling_benchmark_windows(shared_data, tmp_path, monkeypatch):
+@pytest.mark.realdata
+def test_rolling_benchmark_windows(tmp_path, monkeypatch, keep_qlib_state):
     """The rolling profile's windows on the real calendar: quarters of test from 2019-01-02 to 2022-12-29, each after
     three years of train and one of valid, contiguous and disjoint, processors fitted per window (no training); the
     driver prepares exactly the handlers the windows' tasks load."""
@@ -415,7 +418,8 @@ def test_rolling_benchmark_windows(shared_data, tmp_path, monkeypatch):
     from benchmarks.rolling import workflow
     from qlib_hist.qlib_edge.rolling import HISTRolling
 
-    provider = shared_data / "cn_csi300"
+    shared_file("cn_csi300/calendars/day.txt")  # what qlib and the rolling windows read
+    provider = shared_file("cn_csi300")
     args = argparse.Namespace(
         provider_uri=provider,
         market="csi300",
@@ -459,7 +463,7 @@ def test_the_benchmarks_config_reader_takes_qlib_style_dates(tmp_path):
     from test_dates import BACKTEST, DATE_STYLE_YAML, SEGMENT_TEST, _at
 
     from benchmarks.config import WORKFLOW, load_workflow
-    from qlib_hist._io import DateOutOfRange
+    from qlib_hist.config_dates import DateOutOfRange
 
     assert WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["test"] == ["2017-01-01", "2020-08-01"]
     assert WORKFLOW["data_handler_config"]["fit_end_time"] == "2014-12-31"

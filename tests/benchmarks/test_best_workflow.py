@@ -45,18 +45,32 @@ def _written(tmp_path, choice):
 def _settings(kwargs):
     settings, rest = HISTSettings.from_kwargs(**{k: v for k, v in kwargs.items() if k not in (*FILE_KWARGS, "GPU")})
     assert rest == {}
-    return settings
+    return settings.in_effect()  # the options of a switched-off module change nothing
 
 
-@pytest.mark.parametrize("hidden_size, has_pretrained", [(64, True), (128, False)])
-def test_the_yaml_trains_what_the_chosen_trial_trained(tmp_path, hidden_size, has_pretrained):
-    choice = dict(CHOICE, hidden_size=hidden_size)
+@pytest.mark.parametrize(
+    "hidden_size, has_pretrained, predefined", [(64, True, False), (128, False, False), (64, True, True)]
+)
+def test_the_yaml_trains_what_the_chosen_trial_trained(tmp_path, hidden_size, has_pretrained, predefined):
+    choice = dict(CHOICE, hidden_size=hidden_size, predefined_concepts=predefined)
     workflow = _written(tmp_path, choice)
     kwargs = workflow["task"]["model"]["kwargs"]
     trial = trial_kwargs(choice, "membership.csv", "lstm.pkl")
     assert _settings(kwargs) == _settings(trial)  # every HIST setting, not only the searched ones
-    assert ("model_path" in kwargs) is has_pretrained and kwargs["stock2concept"] == "sw_membership.csv"
+    assert ("model_path" in kwargs) is has_pretrained
+    # the concept table and weights only where the predefined-concept module reads them
+    assert kwargs.get("stock2concept") == ("sw_membership.csv" if predefined else None)
+    assert ("concept_weight" in kwargs) is predefined
+    header = "".join(line for line in (tmp_path / "best.yaml").read_text().splitlines(True) if line.startswith("#"))
+    assert ("membership table" in header) is predefined and ("no concept table" in header) is not predefined
     assert workflow["task"]["model"]["module_path"] == "qlib_hist"
+    warned = HISTSettings.from_kwargs(**kwargs)[0].warnings()
+    assert not [w for w in warned if "has no effect" in w], warned  # no option of a switched-off module
+
+
+def test_a_switched_off_hidden_module_writes_no_hidden_topk(tmp_path):
+    kwargs = _written(tmp_path, dict(CHOICE, hidden_concepts=False))["task"]["model"]["kwargs"]
+    assert "hidden_topk" not in kwargs and kwargs["hidden_concepts"] is False
 
 
 def test_the_yaml_keeps_the_trials_train_window_on_qlibs_segments_and_the_rest_of_qlibs_benchmark(tmp_path):
@@ -132,3 +146,5 @@ def test_the_committed_best_yaml_is_what_the_committed_choice_writes():
     assert bw.BEST_YAML.read_text() == bw.best_workflow(choice, WORKFLOW_YAML.read_text()), (
         "stale: run python -m benchmarks.best_workflow"
     )
+    kwargs = load_workflow(bw.BEST_YAML)["task"]["model"]["kwargs"]
+    assert HISTSettings.from_kwargs(**kwargs)[0].warnings() == []  # the shipped recipe: nothing HIST warns about

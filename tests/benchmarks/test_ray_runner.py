@@ -1,10 +1,11 @@
 """The benchmark runner on Ray (``benchmarks.run`` + ``benchmarks.cluster``), on the synthetic provider.
 
 A local Ray with 2 CPUs runs a grid of 1 model x 2 variants x 2 seeds of tiny two-epoch HISTs (GRU base, hidden
-size 8) on the demo market. Once the first run has checkpointed an epoch, the worker processes running tasks are
-killed (SIGKILL, from this test, as the OOM killer or a lost node would): Ray reruns those tasks, the killed run
-resumes from its checkpoint, and the table still completes. A rerun then submits nothing, and one tracking store
-holds every run. Last, the grid runs with ``--address`` on a two-node cluster and spreads over both nodes.
+size 8) on the demo market. The first run to checkpoint an epoch holds there (a worker setup hook of this test's Ray)
+and says so in a file; the test then kills that worker (SIGKILL, as the OOM killer or a lost node would): no race
+with the run's end. Ray reruns the task, the killed run resumes from its checkpoint, and the table still completes.
+A rerun then submits nothing, and one tracking store holds every run. Last, the grid runs with ``--address`` on a
+two-node cluster and spreads over both nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +27,8 @@ pytest.importorskip("ray")
 
 from benchmarks.report import summary_table  # noqa: E402
 from benchmarks.run import main  # noqa: E402
-from qlib_hist.qlib_edge.model import CHECKPOINT_NAME  # noqa: E402
+
+from conftest import qlib_state_kept  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,32 +78,77 @@ def task_workers(mark: str) -> list[int]:
     return pids
 
 
-class Killer(threading.Thread):
-    """Once a run has written its first checkpoint, kills every task worker of this test's Ray (SIGKILL)."""
+HELD_ENV = "QLIB_HIST_TEST_HELD"  # the file where the held run writes its pid and checkpoint
+HOLD_SECONDS = 300.0  # a held run goes on after this long (the test failed to kill it): never a hang
 
-    def __init__(self, mark: str, checkpoints: Path, timeout: float = 300.0):
+
+def hold_after_the_first_checkpoint() -> None:
+    """Ray worker setup hook (this test's grid only): the first run of the grid to write a checkpoint writes
+    ``{"pid", "checkpoint"}`` to ``$QLIB_HIST_TEST_HELD`` and waits there, to be killed; the other runs, and the
+    rerun of the killed one, go on."""
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    from qlib_hist.callbacks import Checkpoint
+
+    held = Path(os.environ[HELD_ENV])
+    save = Checkpoint.on_epoch_end
+
+    def on_epoch_end(self, trainer, record) -> None:
+        save(self, trainer, record)
+        if held.exists():
+            return
+        mine = held.with_name(f"{held.name}.{os.getpid()}")
+        mine.write_text(json.dumps({"pid": os.getpid(), "checkpoint": str(self.path)}))
+        try:
+            os.link(mine, held)  # atomic, and only the first: a run that loses the race goes on
+        except FileExistsError:
+            return
+        time.sleep(HOLD_SECONDS)
+
+    Checkpoint.on_epoch_end = on_epoch_end
+
+
+class Killer(threading.Thread):
+    """Waits for the held run's file, then kills that run's worker (SIGKILL) if it is a task worker of this test's
+    Ray: the run holds until then, so the kill always meets it mid-run, checkpoint written."""
+
+    def __init__(self, mark: str, held: Path, timeout: float = 300.0):
         super().__init__(daemon=True)
-        self.mark, self.checkpoints, self.timeout = mark, checkpoints, timeout
+        self.mark, self.held, self.timeout = mark, held, timeout
         self.killed: list[int] = []
+        self.checkpoint: Path | None = None
         self.stop = threading.Event()
 
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            if any(self.checkpoints.glob(f"*/*/{CHECKPOINT_NAME}")):
-                for pid in task_workers(self.mark):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                        self.killed.append(pid)
-                if self.killed:
-                    return
-            time.sleep(0.05)
+        while not self.held.exists():
+            if self.stop.wait(0.05) or time.monotonic() > deadline:
+                return
+        held = json.loads(self.held.read_text())
+        self.checkpoint = Path(held["checkpoint"])
+        if held["pid"] in task_workers(self.mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(held["pid"], signal.SIGKILL)
+                self.killed.append(held["pid"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _qlib_state_kept():
+    """The grid's driver and the seed average call ``qlib.init`` in this process: undone after the module."""
+    with qlib_state_kept():
+        yield
 
 
 @pytest.fixture(scope="module")
 def grid_run(demo, tmp_path_factory):
-    """The grid run once (2 CPUs, the task workers killed once a checkpoint exists); its arguments, output, exit
-    code, the killed pids."""
+    """The grid run once (2 CPUs, the first run to checkpoint held and its worker killed); its arguments, output,
+    exit code, the killed pid and the held run's checkpoint."""
+    import ray
+    from ray import cloudpickle
+
     root = tmp_path_factory.mktemp("ray_grid")
     grid = root / "tiny.yaml"
     grid.write_text(GRID.format(start=demo.start))
@@ -125,20 +173,35 @@ def grid_run(demo, tmp_path_factory):
         "2",
     ]
     mark = f"QLIB_HIST_TEST_{uuid.uuid4().hex}"
-    os.environ[mark] = "1"  # the local Ray's workers inherit it: the killer touches no other Ray
-    killer = Killer(mark, root / "cache" / "checkpoints")
-    killer.start()
-    try:
-        code, out = run_main(args)
-    finally:
-        killer.stop.set()
-        killer.join()
-        del os.environ[mark]
-    return {"args": args, "root": root, "code": code, "out": out, "killed": killer.killed}
+    held = root / "held.json"
+    init = ray.init
+
+    def init_with_the_hold(*init_args, **kwargs):
+        runtime_env = {
+            **(kwargs.get("runtime_env") or {}),
+            "worker_process_setup_hook": hold_after_the_first_checkpoint,
+        }
+        return init(*init_args, **{**kwargs, "runtime_env": runtime_env})
+
+    killer = Killer(mark, held)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook: the workers cannot import this module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(mark, "1")  # the local Ray's workers inherit it: the killer touches no other Ray
+        patch.setenv(HELD_ENV, str(held))
+        patch.setattr(ray, "init", init_with_the_hold)
+        killer.start()
+        try:
+            code, out = run_main(args)
+        finally:
+            killer.stop.set()
+            killer.join()
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    return {"args": args, "root": root, "code": code, "out": out, "killed": killer.killed, "held": killer.checkpoint}
 
 
 def test_grid_completes_after_a_worker_is_killed(grid_run):
-    assert grid_run["killed"], "no task worker was seen to kill"
+    assert grid_run["held"] is not None, "no run held after its first checkpoint"
+    assert grid_run["killed"], f"the held run's worker was not a task worker of this test's Ray: {grid_run['held']}"
     assert grid_run["code"] == 0, grid_run["out"]
     assert "submitting 4" in grid_run["out"]
     runs_dir = grid_run["root"] / "results" / "tiny" / "runs"
@@ -154,7 +217,9 @@ def test_grid_completes_after_a_worker_is_killed(grid_run):
     assert {r["config"]["kwargs"].get("hidden_topk", 1) for r in runs} == {1, 3}
     table = summary_table(runs)
     assert table.count("| 0, 1 |") == 2  # both variants, both seeds
-    assert any(run["resumed"] for run in runs)  # a killed run went on from its checkpoint, not from epoch 0
+    held = grid_run["held"].parent.name.rsplit("_", 1)[0]  # <row>_seed<seed>_<digest>/hist_checkpoint.pt
+    resumed = {name.removesuffix(".json"): run["resumed"] for name, run in zip(files, runs)}
+    assert resumed[held], f"the killed run {held} started again from epoch 0, not from its checkpoint: {resumed}"
     assert not list((grid_run["root"] / "cache" / "checkpoints" / "tiny").iterdir())  # done runs leave none
 
 

@@ -41,7 +41,7 @@ def test_the_lead_is_in_units_of_the_larger_rows_std_over_the_shared_seeds():
     assert cells[:2] == ["1", "0, 1, 2"]
     lead, spread = 0.036 - 0.032, (((0.002**2) * 2) / 3) ** 0.5  # qlib's std, ddof 0
     assert cells[2] == f"{lead:+.4f}" and cells[3] == f"{lead / spread:+.1f}" == "+2.4"
-    assert cells[4:] == ["+0.0000", "0"]
+    assert cells[4:] == ["n/a", "+0.0000", "0", "n/a"]  # one test day: no paired t
 
 
 def test_a_five_fit_row_names_its_fits_and_a_lead_over_one_shared_seed_has_no_std():
@@ -49,19 +49,19 @@ def test_a_five_fit_row_names_its_fits_and_a_lead_over_one_shared_seed_has_no_st
     base = [_run("qlib_hist_patched", 0, 0.03, 0.04)]
     avg = [_run("qlib_hist_patched", 0, 0.031, 0.039, variant="avg5", fits=5)]
     cells = _rows(margins(base + avg, "qlib_hist_patched"))["HIST (qlib's, patched only to run: CPU + pandas 3), avg5"]
-    assert cells == ["1/5", "0", "+0.0010", "n/a (1 seed)", "-0.0010", "n/a (1 seed)"]
+    assert cells == ["1/5", "0", "+0.0010", "n/a (1 seed)", "n/a", "-0.0010", "n/a (1 seed)", "n/a"]
     # two seeds that agree exactly have a measured spread of 0: the lead is infinite in std
     base.append(_run("qlib_hist_patched", 1, 0.03, 0.04))
     avg.append(_run("qlib_hist_patched", 1, 0.031, 0.039, variant="avg5", fits=5))
     cells = _rows(margins(base + avg, "qlib_hist_patched"))["HIST (qlib's, patched only to run: CPU + pandas 3), avg5"]
-    assert cells == ["1/5", "0, 1", "+0.0010", "+inf", "-0.0010", "-inf"]
+    assert cells == ["1/5", "0, 1", "+0.0010", "+inf", "n/a", "-0.0010", "-inf", "n/a"]
 
 
 def test_two_untrained_rows_are_deterministic_so_their_lead_is_infinite_in_std():
     file = _run("hist_pit", 0, 0.028, 0.038, variant="pretrained_as_is", config={"kwargs": {"n_epochs": 0}})
     other = _run("lstm", 0, 0.027, 0.038, config={"kwargs": {"n_epochs": 0}})
     cells = _rows(margins([file, other], "hist_pit+pretrained_as_is"))["LSTM (qlib, Alpha360)"]
-    assert cells[2:] == ["-0.0010", "-inf", "+0.0000", "0"]
+    assert cells[2:] == ["-0.0010", "-inf", "n/a", "+0.0000", "0", "n/a"]
 
 
 def test_a_default_row_beside_a_variant_of_its_model_is_named_default():
@@ -100,7 +100,7 @@ def test_an_untrained_row_stands_beside_every_seed_of_the_other_row():
     assert (
         cells[1] == "0, 1, 2"
         and cells[2:4] == ["+0.0030", f"{0.003 / spread:+.1f}"]
-        and cells[4:] == ["+0.0020", "+inf"]
+        and cells[5:7] == ["+0.0020", "+inf"]
     )
     # and the other way round: the file's lead over ours, on the same three seeds
     cells = _rows(margins([file, *ours], "hist_pit+best"))[

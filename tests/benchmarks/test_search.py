@@ -90,7 +90,29 @@ def _search_args(tmp_path, trials):
 SETUP = {"provider": "data", "max_epochs": search.MAX_EPOCHS}
 
 
-def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_valid(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_valid(tmp_path):
+    """The search's driver runs in a child process (:func:`_search_scenario`): the stand-in's stop signal goes to
+    it, never to pytest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = (
+        f"import sys, pathlib; sys.path[:0] = {[str(here.parents[1]), str(here)]!r}; import test_search; "
+        f"test_search._search_scenario(pathlib.Path({str(tmp_path)!r}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=here.parents[1], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    assert "SCENARIO PASSED" in proc.stdout
+
+
+def _search_scenario(tmp_path) -> None:
+    """The search runs, is stopped (SIGUSR1 to this process, the driver, as Ctrl+C would be), restores, resumes
+    from its records and writes the choice on valid; run by the test above in a child process."""
     import os
     import shutil
     import sys
@@ -101,7 +123,7 @@ def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_
     from benchmarks.search_records import load_records, records_dir
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
-    monkeypatch.setattr(search, "run_trial", _stand_in)
+    search.run_trial = _stand_in
     directory = records_dir(tmp_path / "results")
     experiment = search.experiment_path(_search_args(tmp_path, 4))
     ctx = {"stop": {"marker": str(tmp_path / "stopped"), "driver": os.getpid()}}
@@ -140,6 +162,7 @@ def test_search_runs_restores_resumes_from_its_records_and_writes_the_choice_on_
     assert choice == rows[0] and json.loads((tmp_path / "search_choice.json").read_text())["trial"] == rows[0]["trial"]
     text = (tmp_path / "search.md").read_text()
     assert "fixed before any test score" in text and text.count("\n| ") >= len(rows) + len(weights)
+    print("SCENARIO PASSED")
 
 
 def test_a_cut_search_of_another_results_folder_or_setup_is_not_restored(tmp_path):

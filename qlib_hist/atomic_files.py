@@ -1,42 +1,25 @@
-"""The package's edge with files and configs.
+"""Atomic file output: every file the package writes appears whole or not at all.
 
-- Atomic file output: every file the package writes appears whole or not at all; a write that fails names the
-  file the caller asked for, never the temporary file beside it.
-- Dates read from a YAML or a task (:func:`as_timestamp`, :func:`config_dates`): PyYAML and ruamel (qrun) read an
-  unquoted ``2017-01-01`` as a ``datetime.date``, which pandas 3 refuses against a datetime index level; every
-  such date becomes a ``pd.Timestamp`` where it is read, and a bad one is one line naming its key.
+A file is written beside its destination under a temporary name (``.<name>.<pid>.<random>.tmp``) and renamed onto
+it only when the write succeeded (:func:`atomic_path`, :func:`atomic_dir`, :func:`atomic_write_bytes`,
+:func:`atomic_write_text`); a write that fails names the file the caller asked for, never the temporary file
+beside it, and the temporary files of a killed writer are removed by the next write (:func:`remove_stale_temps`).
+:func:`check_writable` refuses a destination before any work is done. No qlib, no pandas.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import glob
-import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, List, Optional, Tuple, Union
-
-from .errors import QlibHistError
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Union
 
 #: a path as the package's functions take it: a string or a ``pathlib.Path`` (any ``os.PathLike``)
 PathLike = Union[str, os.PathLike]
-
-
-def json_sha1(value: Any) -> Any:
-    """A sha1 (``hashlib``'s object, for more ``update`` calls) of ``value`` as canonical JSON: sorted keys, and a
-    value JSON cannot hold (a Timestamp, a Path) as its ``str``. What names a checkpoint, a cache entry, a rolling
-    window or a benchmark run: changing this changes every such name."""
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode())
-
-
-def json_digest(value: Any, length: int = 16) -> str:
-    """The first ``length`` hex digits of :func:`json_sha1`."""
-    return json_sha1(value).hexdigest()[:length]
 
 
 def _umask() -> int:
@@ -203,108 +186,3 @@ def npy_bytes(obj: Any) -> bytes:
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------- dates from configs
-#: keys whose string values are dates: a handler's times (qlib's ``Alpha360`` / ``Alpha158`` kwargs) and a
-#: backtest's; under ``segments`` every value is a ``[start, end]`` pair of dates
-DATE_KEYS = ("start_time", "end_time", "fit_start_time", "fit_end_time")
-
-
-class ConfigError(QlibHistError):
-    """A config (a workflow YAML, a task) cannot be read or lacks what it needs; the message names the file or key."""
-
-
-class ConfigDateError(ConfigError):
-    """A date in a config (a YAML, a task, an argument) is not a date pandas can hold; the message names its key."""
-
-
-class DateOutOfRange(ConfigDateError):
-    """A date pandas cannot hold (before 1677-09-22 or after 2262-04-11, such as ``0001-01-01``)."""
-
-
-def _out_of_range(key: str, value: Any) -> DateOutOfRange:
-    import pandas as pd
-
-    return DateOutOfRange(
-        f"{key}: {value!s} is outside the dates pandas can hold ({pd.Timestamp.min.ceil('D').date()} .. "
-        f"{pd.Timestamp.max.floor('D').date()})"
-    )
-
-
-def as_timestamp(value: Any, key: str) -> Any:
-    """A date read from a config as a ``pd.Timestamp`` (``None`` stays ``None``: an open end).
-
-    Takes what YAML readers and users give: a ``datetime.date`` (PyYAML's and ruamel's unquoted ``2017-01-01``), a
-    ``datetime``, a ``pd.Timestamp``, a ``numpy.datetime64`` or a string such as ``"2017-01-01"``. Anything else,
-    a string pandas cannot parse, or a date outside the range pandas holds (``0001-01-01``) raises
-    :class:`ConfigDateError` naming ``key``.
-    """
-    import numpy as np
-    import pandas as pd
-
-    if value is None:
-        return None
-    if not isinstance(value, (str, datetime.date, np.datetime64)):
-        raise ConfigDateError(f"{key}: expected a date YYYY-MM-DD, got {value!r}")
-    try:
-        stamp = pd.Timestamp(value)
-    except pd.errors.OutOfBoundsDatetime:
-        raise _out_of_range(key, value) from None
-    except (ValueError, TypeError):
-        raise ConfigDateError(f"{key}: expected a date YYYY-MM-DD, got {value!r}") from None
-    if stamp is pd.NaT:
-        raise ConfigDateError(f"{key}: expected a date YYYY-MM-DD, got {value!r}")
-    if stamp.unit != "ns":  # pandas 3 keeps the resolution it parsed at; qlib's calendars are nanoseconds
-        try:
-            stamp = stamp.as_unit("ns")
-        except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError):
-            raise _out_of_range(key, value) from None
-    return stamp
-
-
-def unreadable_yaml(path: PathLike, err: Exception) -> ConfigError:
-    """The error for a YAML that its reader cannot read; PyYAML and ruamel both raise a bare ``ValueError`` (``day
-    is out of range for month``, no file, no line) for an unquoted date that does not exist, such as 2017-02-30."""
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    hint = " (an unquoted date that does not exist?)" if "out of range" in reason else ""
-    return ConfigError(f"{path}: not a readable YAML: {reason}{hint}")
-
-
-DateConverter = Callable[[Any, str], Any]
-
-
-def config_dates(node: Any, source: str = "", where: str = "", convert: DateConverter = as_timestamp) -> Any:
-    """A copy of a config (dicts, lists, tuples rebuilt) with every date converted by ``convert(value, key)``
-    (default :func:`as_timestamp`): each ``datetime.date`` anywhere, and the strings of :data:`DATE_KEYS` and of a
-    ``segments`` mapping's ``[start, end]`` pairs. Errors name the key (``task.dataset.kwargs.segments.test[1]``,
-    below ``where``), after ``source`` (the file) when given."""
-
-    def walk(value: Any, key: str, dated: bool) -> Any:
-        if isinstance(value, dict):
-            return {k: walk_item(k, v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            items = [walk(v, f"{key}[{i}]", dated) for i, v in enumerate(value)]
-            return items if isinstance(value, list) else tuple(items)
-        if isinstance(value, datetime.date) or (dated and isinstance(value, str)):
-            return convert(value, key)
-        return value
-
-    def walk_item(name: Any, value: Any, key: str) -> Any:
-        if name == "segments" and isinstance(value, dict):
-            return {k: walk(v, f"{key}.{k}", dated=True) for k, v in value.items()}
-        return walk(value, key, dated=name in DATE_KEYS)
-
-    try:
-        return walk(node, where, dated=False)
-    except ConfigDateError as err:
-        if not source:
-            raise
-        raise type(err)(f"{source}: {err}") from None
-
-
-def date_span(pair: Any, key: str) -> Tuple[Any, Any]:
-    """A ``[start, end]`` pair of a config (a segment) as two ``pd.Timestamp`` (or ``None``), naming ``key``."""
-    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-        raise ConfigDateError(f"{key}: expected [start, end], got {pair!r}")
-    return as_timestamp(pair[0], f"{key}[0]"), as_timestamp(pair[1], f"{key}[1]")

@@ -1,0 +1,102 @@
+"""The README's first table against the run files it quotes (``benchmarks/results/final/runs``).
+
+Every cell is recomputed with :mod:`benchmarks.report`'s and :mod:`benchmarks.paired`'s own functions, so a figure
+typed by hand, or left behind when a run lands, fails here. Needs no data beyond the repository."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.paired import paired_t
+from benchmarks.paths import ROOT
+from benchmarks.report import fit_seconds, load_runs, row_of
+
+README = ROOT / "README.md"
+RUNS_DIR = ROOT / "benchmarks" / "results" / "final" / "runs"
+MARKER = "<!-- headline-table:"
+VERSUS, VERSUS_AVERAGED = "qlib_hist_patched", "qlib_hist_patched+avg5"
+
+#: the start of a README row label -> the run row it reports
+ROWS = {
+    "`qlib_hist`, `workflow_config_hist_best.yaml`": "hist_pit+best",
+    "qlib's HIST (": "qlib_hist_patched",
+    "`qlib_hist`, the best YAML with `ensemble: 5`": "hist_pit+best_avg5",
+    "qlib's HIST, 5 fits": "qlib_hist_patched+avg5",
+    "`qlib_hist`, default keys": "hist_pit",
+    "qlib's pretrained LSTM file": "hist_pit+pretrained_as_is",
+    "GRU": "gru",
+    "LightGBM": "lightgbm",
+}
+
+
+def _table() -> list[list[str]]:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(MARKER)) + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[start + 2 : end]]
+
+
+@pytest.fixture(scope="module")
+def by_row() -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for run in load_runs(RUNS_DIR):
+        if "metrics" in run:
+            out.setdefault(row_of(run), {})[run["seed"]] = run
+    return out
+
+
+def _signed(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}".replace("-", "−")
+
+
+def _mean_std(values: np.ndarray, digits: int, single: bool) -> str:
+    if single:
+        return _signed(values[0], digits)
+    return f"{_signed(values.mean(), digits)} ± {values.std():.{digits}f}"
+
+
+def _seeds(seeds: list[int], averaged: bool, single: bool) -> str:
+    if single:
+        return "—"
+    assert seeds == list(range(seeds[0], seeds[-1] + 1)), seeds
+    span = f"{seeds[0]}–{seeds[-1]}"
+    return f"s..s+4, s = {span}" if averaged else span
+
+
+def test_the_table_has_every_row_named_in_its_order():
+    labels = [cells[0] for cells in _table()]
+    assert [next(row for prefix, row in ROWS.items() if label.startswith(prefix)) for label in labels] == list(
+        ROWS.values()
+    )
+
+
+def test_every_cell_is_what_the_run_files_give(by_row):
+    for label_cell, seeds_cell, ic, rank_ic, t_cell, excess, fit in _table():
+        row = next(row for prefix, row in ROWS.items() if label_cell.startswith(prefix))
+        runs = by_row[row]
+        single = row == "hist_pit+pretrained_as_is"  # untrained: one value whatever the seed
+        where = f"README.md, row {label_cell[:40]!r}"
+        assert seeds_cell == _seeds(sorted(runs), row.endswith("avg5"), single), where
+        values = {m: np.array([runs[s]["metrics"][m] for s in sorted(runs)]) for m in ("IC", "Rank IC")}
+        assert ic == _mean_std(values["IC"], 4, single), f"{where}: IC"
+        assert rank_ic == _mean_std(values["Rank IC"], 4, single), f"{where}: Rank IC"
+        returns = np.array([runs[s]["metrics"]["Annualized Return"] for s in sorted(runs)])
+        assert excess == _mean_std(returns, 3, single), f"{where}: excess return"
+        assert fit == f"{np.mean([fit_seconds(r) for r in runs.values()]) / 60:.0f} min", f"{where}: fit time"
+        if row in (VERSUS, VERSUS_AVERAGED):
+            assert t_cell == "", where
+            continue
+        theirs = by_row[VERSUS_AVERAGED if row.endswith("avg5") else VERSUS]  # the same number of fits
+        if single:
+            mine, other = [runs[0]] * len(theirs), list(theirs.values())
+        else:
+            shared = sorted(set(runs) & set(theirs))
+            mine, other = [runs[s] for s in shared], [theirs[s] for s in shared]
+        t = paired_t(mine, other, "daily_ic")
+        assert t_cell == f"{t:+.1f}".replace("-", "−"), f"{where}: paired t"
+
+
+def test_the_prose_quotes_the_test_days(by_row):
+    days = len(next(iter(by_row["hist_pit+best"].values()))["daily_ic"])
+    assert f"over {days} test days" in README.read_text(encoding="utf-8")

@@ -1,0 +1,52 @@
+"""``benchmarks.select``: the screen's choice reads valid scores only, needs every (window, seed), and keeps the
+shipped recipe on a tie."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.select import CANDIDATES, WINDOWS, choose, main, valid_scores
+
+
+def _write(results, folder, row, seed, valid, test_ic=0.9):
+    runs = results / folder / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{row}_seed{seed}.json").write_text(json.dumps({"valid_score": valid, "metrics": {"IC": test_ic}}))
+
+
+def _fill(results, scores):
+    """scores: row -> (dev valid, qlib-segments valid), the same for seeds 0-2."""
+    for row, pair in scores.items():
+        for (screen, alone), valid in zip(WINDOWS.values(), pair):
+            for seed in (0, 1, 2):
+                _write(results, alone if row == "hist_pit+best" else screen, row, seed, valid)
+
+
+def test_the_choice_is_the_best_mean_valid_over_both_windows(tmp_path):
+    _fill(
+        tmp_path,
+        {
+            "hist_pit+best": (0.080, 0.100),
+            "hist_pit+best_market": (0.085, 0.097),  # mean 0.0910: the best over both windows
+            "hist_pit+best_aux": (0.090, 0.080),  # best on dev alone
+            "hist_pit+best_market_aux": (0.070, 0.090),
+        },
+    )
+    assert choose(valid_scores(tmp_path)) == "hist_pit+best_market"
+
+
+def test_an_incomplete_candidate_is_not_chosen_and_ties_keep_the_recipe(tmp_path):
+    _fill(tmp_path, {"hist_pit+best": (0.08, 0.10), "hist_pit+best_aux": (0.08, 0.10)})
+    _write(tmp_path, "screen-dev", "hist_pit+best_market", 0, 0.5)  # one run, far ahead: not enough
+    scores = valid_scores(tmp_path)
+    assert choose(scores) == "hist_pit+best" == CANDIDATES[0]
+    assert choose(valid_scores(tmp_path / "none")) is None
+
+
+def test_the_page_never_shows_a_test_figure(tmp_path, capsys):
+    _fill(tmp_path, {"hist_pit+best": (0.0812, 0.1003)})
+    assert main(["--results-dir", str(tmp_path)]) == 0
+    page = (tmp_path / "screen.md").read_text()
+    assert "0.0812 (3 of 3)" in page and "0.9" not in page  # the runs' test IC (0.9) is never read
+    record = json.loads((tmp_path / "screen_choice.json").read_text())
+    assert record["choice"] == "hist_pit+best" and "metrics" not in json.dumps(record)

@@ -1,0 +1,128 @@
+"""``market_context`` and ``aux_horizons`` through ``HIST.fit`` / ``predict`` on the demo's qlib provider: what each
+promises (no look-ahead, no valid-period price in training, one clear error, pickles, the main head alone
+predicts) checked on real qlib reads."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qlib_hist.batches import DataError
+from qlib_hist.demo_data import BENCHMARK
+
+from conftest import SMALL_CPU, init_qlib, small_hist
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(SMALL_CPU, n_epochs=2, early_stop=2, loss="ic")
+
+
+@pytest.fixture(scope="module")
+def market_model(demo, short_dataset):
+    init_qlib(demo.provider_uri)
+    model = small_hist(demo, TINY, market_context=[BENCHMARK])
+    model.fit(short_dataset)
+    return model
+
+
+def test_the_market_gate_trains_predicts_and_pickles(market_model, short_dataset):
+    gate = market_model.HIST_model.market_gate
+    assert gate is not None and gate.linear.weight.abs().sum() > 0  # it left its zero start
+    assert torch.isfinite(gate.mean).all() and (gate.std > 0).all()  # scaled by the train days
+    pred = market_model.predict(short_dataset)
+    assert np.isfinite(pred.to_numpy()).all()
+    clone = pickle.loads(pickle.dumps(market_model))
+    assert clone.settings.network.market_context == (BENCHMARK,)
+    pd.testing.assert_series_equal(clone.predict(short_dataset), pred)
+
+
+def _write_bin(path, values: np.ndarray, first: int) -> None:
+    path.write_bytes(np.concatenate([[first], values]).astype("<f4").tobytes())
+
+
+def test_changing_the_index_after_a_day_changes_no_prediction_up_to_it(market_model, short_dataset, demo, tmp_path):
+    before = market_model.predict(short_dataset)
+    days = before.index.get_level_values(0).unique().sort_values()
+    cut = days[len(days) // 2]  # index data after this day are rewritten
+    copy = tmp_path / "provider"
+    shutil.copytree(demo.provider_uri, copy)
+    calendar = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
+    for field in ("close", "volume"):
+        path = copy / "features" / BENCHMARK.lower() / f"{field}.day.bin"
+        raw = np.fromfile(path, dtype="<f4")
+        first, values = int(raw[0]), raw[1:].copy()
+        later = calendar[first : first + len(values)] > cut
+        values[later] *= np.linspace(0.5, 2.0, int(later.sum()), dtype=np.float32)
+        _write_bin(path, values, first)
+    try:
+        init_qlib(copy)  # the stocks' features stay in the handler; the market state is read from here
+        after = market_model.predict(short_dataset)
+    finally:
+        init_qlib(demo.provider_uri)
+    early = before.index.get_level_values(0) <= cut
+    pd.testing.assert_series_equal(after[early], before[early])
+    assert not np.allclose(after[~early].to_numpy(), before[~early].to_numpy())  # the change reached the later days
+
+
+def test_an_index_the_provider_lacks_is_one_error_naming_it(demo, short_dataset):
+    init_qlib(demo.provider_uri)
+    model = small_hist(demo, TINY, market_context=[BENCHMARK, "SH000905"])
+    with pytest.raises(DataError, match=r"market_context: the provider has no data for SH000905 between"):
+        model.fit(short_dataset)
+    assert not model.fitted
+
+
+def test_aux_labels_read_no_close_after_trains_last_day(demo, short_dataset, tmp_path):
+    """The labels of the train rows are the same whatever the prices after train's end: rewriting every close after
+    it changes none of them."""
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    from qlib_hist.qlib_edge.context import aux_labels
+
+    init_qlib(demo.provider_uri)
+    train = short_dataset.prepare("train", col_set="label", data_key=DataHandlerLP.DK_L)  # CSRankNorm'd
+    last_day = train.index.get_level_values(0).max()
+    labels = aux_labels(train.index, [1, 5], last_day)
+    # k = 1 is Alpha360's label itself, rank-normalised: equal to the handler's label where both exist
+    kept = ~np.isnan(labels[:, 0])
+    assert np.allclose(labels[kept, 0], train.to_numpy()[kept, 0], atol=1e-5)
+    days = pd.DatetimeIndex(train.index.get_level_values(0))
+    calendar = days.unique().sort_values()
+    assert np.isnan(labels[days >= calendar[-2], 0]).all() and np.isnan(labels[days >= calendar[-6], 1]).all()
+    assert (~np.isnan(labels[days < calendar[-6], 1])).mean() > 0.9
+    copy = tmp_path / "provider"
+    shutil.copytree(demo.provider_uri, copy)
+    calendar_all = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
+    for path in (copy / "features").glob("*/close.day.bin"):
+        raw = np.fromfile(path, dtype="<f4")
+        first, values = int(raw[0]), raw[1:].copy()
+        values[calendar_all[first : first + len(values)] > last_day] *= 3.0
+        _write_bin(path, values, first)
+    try:
+        init_qlib(copy)
+        again = aux_labels(train.index, [1, 5], last_day)
+    finally:
+        init_qlib(demo.provider_uri)
+    np.testing.assert_array_equal(again, labels)
+
+
+def test_aux_heads_train_beside_the_main_head_and_never_predict(demo, short_dataset):
+    init_qlib(demo.provider_uri)
+    plain = small_hist(demo, TINY)
+    plain.fit(short_dataset)
+    # aux_weight 0: the heads exist (made after every other module) but train nothing: the plain model, bit for bit
+    idle = small_hist(demo, TINY, aux_horizons=[2, 3], aux_weight=0.0)
+    idle.fit(short_dataset)
+    pd.testing.assert_series_equal(idle.predict(short_dataset), plain.predict(short_dataset))
+    model = small_hist(demo, TINY, aux_horizons=[2, 3])
+    model.fit(short_dataset)
+    assert "train_ic+aux_loss" in model.history[0]
+    pred = model.predict(short_dataset)
+    assert not np.allclose(pred.to_numpy(), plain.predict(short_dataset).to_numpy())  # the heads shaped the encoder
+    model.HIST_model.aux_head = None  # predictions come from the main head alone
+    pd.testing.assert_series_equal(model.predict(short_dataset), pred)
