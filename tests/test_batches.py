@@ -21,9 +21,10 @@ def test_batches_shape(synthetic_batches, concept_source):
     assert train.order is None
     day = train.day(3, CPU)
     assert isinstance(day, Day)
-    x, concepts, y, w, member_w, mask = day
+    x, concepts, y, w, member_w, mask, market, aux = day
     assert x.shape == (24, N_FEATURES) and concepts.shape == (24, 6) and y.shape == (24,)
     assert w is None and member_w is None and mask is None  # a mask only on a day padded to a static size
+    assert market is None and aux is None  # market_context and aux_horizons are off
     assert not concepts[20:].any()  # unknown stocks
     np.testing.assert_array_equal(concepts[:20].numpy(), concept_source.matrix)
     assert train.concepts.n_unknown == 16 * 4
@@ -135,3 +136,16 @@ def test_fingerprint_follows_the_content(concept_source):
     changed = df.copy()
     changed.iloc[5, -1] += 1.0  # one label
     assert build_daily_batches(changed, concept_source, "train", D_FEAT, True).fingerprint() != a.fingerprint()
+
+
+def test_a_day_carries_its_market_state_and_its_rows_aux_labels(synthetic_batches):
+    import dataclasses
+
+    train, _ = synthetic_batches
+    market = torch.arange(train.n_days * 3, dtype=torch.float32).reshape(train.n_days, 3)  # [days, M]
+    aux = torch.arange(train.n_rows * 2, dtype=torch.float32).reshape(train.n_rows, 2)  # [rows, K]
+    both = dataclasses.replace(train, market=market, aux_labels=aux)
+    day = both.day(5, CPU)
+    assert torch.equal(day.market, market[5]) and torch.equal(day.aux_label, aux[both.day_slice(5)])
+    assert both.fingerprint() != train.fingerprint()  # a segment with them is another segment
+    assert dataclasses.replace(train).fingerprint() == train.fingerprint()  # without them, unchanged
