@@ -231,3 +231,37 @@ def test_captured_steps_match_eager_padded_steps_on_cuda():
     eager, captured = run(False), run(True)
     np.testing.assert_allclose(captured[:-1], eager[:-1], rtol=1e-4)
     torch.testing.assert_close(captured[-1], eager[-1], atol=1e-5, rtol=1e-4)
+
+
+#: HIST.fit(cuda_graphs=True) as it is used: each case against the same fit with the padded steps run eagerly
+CAPTURE_CASES = {
+    "ic_adamw": dict(loss="ic", weight_decay=1e-3),
+    "mse+ic_smooth": dict(loss="mse+ic", ic_weight=0.5, smooth_steps=2),
+    "mse_gd_paper": dict(loss="mse", optimizer="gd", lr=0.05, hidden_topk=2, concept_refine=True),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", CAPTURE_CASES.values(), ids=CAPTURE_CASES.keys())
+def test_a_captured_fit_predicts_as_the_eager_padded_fit(demo, short_dataset, monkeypatch, tmp_path, case):
+    """Replayed CUDA graphs through ``HIST.fit``: the losses, AdamW/SGD, ``smooth_steps`` and checkpoints, every day
+    (and so each of the day sizes' buckets) replayed; the predictions, not only the losses, equal the eager padded
+    steps' to float rounding."""
+    import qlib_hist.training as training
+
+    def fit(capture: bool):
+        real = training.StaticSteps
+        monkeypatch.setattr(
+            training, "StaticSteps", lambda *a, **k: real(*a, **{**k, "capture": capture and k["capture"]})
+        )
+        model = small_hist(
+            demo, GPU=0, n_epochs=2, cuda_graphs=True, checkpoint_dir=str(tmp_path / f"ck{capture}"), **case
+        )
+        model.fit(short_dataset)
+        monkeypatch.setattr(training, "StaticSteps", real)
+        return model.predict(short_dataset).to_numpy()
+
+    captured, eager = fit(True), fit(False)
+    assert np.corrcoef(captured, eager)[0, 1] > 0.999
+    np.testing.assert_allclose(captured, eager, atol=5e-3 * np.std(eager))
