@@ -1,6 +1,6 @@
 """Choose the recipe among the screen's candidates on valid only, over two windows, before any test score is read.
 
-    python -m benchmarks.select                 # results/screen.md and results/screen_choice.json
+    python -m benchmarks.screen                 # results/screen.md and results/screen_choice.json
 
 The candidates are the shipped recipe (``hist_pit+best``) and the recipe with ``market_context``, with
 ``aux_horizons``, and with both (``grids/screen_dev.yaml``, ``grids/screen_qlib_segments.yaml``), each fitted on two
@@ -76,7 +76,7 @@ def table(scores: dict[str, dict[str, dict[int, float]]], seeds: tuple[int, ...]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = script_parser("benchmarks.select", __doc__)
+    parser = script_parser("benchmarks.screen", __doc__)
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     args = parser.parse_args(argv)
     results = Path(args.results_dir)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     page = [
         "# The screen: the recipe with the market's state and other horizons, chosen on valid",
         "",
-        "Made by `python -m benchmarks.select` from the run files of `grids/screen_dev.yaml`, "
+        "Made by `python -m benchmarks.screen` from the run files of `grids/screen_dev.yaml`, "
         "`grids/screen_qlib_segments.yaml` and the recipe's own rows (`final`, `qlib-segments-capped`). Valid IC at "
         "each run's kept epoch; no test figure is read here.",
         "",

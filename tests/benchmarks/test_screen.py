@@ -1,11 +1,11 @@
-"""``benchmarks.select``: the screen's choice reads valid scores only, needs every (window, seed), and keeps the
+"""``benchmarks.screen``: the screen's choice reads valid scores only, needs every (window, seed), and keeps the
 shipped recipe on a tie."""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks.select import CANDIDATES, WINDOWS, choose, main, valid_scores
+from benchmarks.screen import CANDIDATES, WINDOWS, choose, main, valid_scores
 
 
 def _write(results, folder, row, seed, valid, test_ic=0.9):
