@@ -392,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             "ddof 1, is √(n/(n−1)) times larger over n seeds: 1.22 at 3, 1.12 at 5, 1.06 at 9, so divide an "
             "'in std' figure by that factor to read it in sample standard deviations). The paired t is the "
             f"Newey–West t-statistic ({NW_LAGS} lags) of the mean daily difference over the test days both rows "
-            "scored, each day's value averaged over the same seeds (`benchmarks/paired.py`); |t| ≥ 2 is a lead the "
-            "days support, whatever the seed spread says. `n/a`: the run files hold no such daily series.",
+            "scored, each day's value averaged over the same seeds (`benchmarks/paired.py`). It holds the fits "
+            "fixed, so it measures day-to-day noise and not seed-to-seed: a lead needs |t| ≥ 2 and a lead in seed "
+            "standard deviations. `n/a`: the run files hold no such daily series.",
             "",
             lead_table,
             "",

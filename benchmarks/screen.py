@@ -41,7 +41,7 @@ def valid_scores(results: Path, seeds: tuple[int, ...] = SEEDS) -> dict[str, dic
                 path = folder / f"{row}_seed{seed}.json"
                 if path.exists():
                     score = json.loads(path.read_text()).get("valid_score")
-                    if score is not None:
+                    if score is not None and np.isfinite(float(score)):  # a run with no finite valid score is absent
                         out[row][window][seed] = float(score)
     return out
 

@@ -57,6 +57,11 @@ MODULE_OPTIONS: Dict[str, Tuple[str, ...]] = {
 }
 
 
+#: ``setting(fingerprint=NON_DEFAULT)``: the key joins the fingerprint only when set, so the checkpoints of fits that
+#: leave it at its default (all of them, before the key existed) still resume
+NON_DEFAULT = "non_default"
+
+
 class SettingsError(QlibHistError):
     """A setting has a wrong type or value; the message names the argument."""
 
@@ -75,7 +80,7 @@ def setting(
     maximum: Optional[float] = None,
     choices: Optional[Tuple[str, ...]] = None,
     max_items: Optional[int] = None,
-    fingerprint: bool = True,
+    fingerprint: Union[bool, str] = True,
     none_as: Any = None,
     help: str,
     see: Optional[str] = None,
@@ -228,6 +233,7 @@ class NetworkSettings(_Validated):
     market_context: Tuple[str, ...] = setting(
         (),
         max_items=16,
+        fingerprint=NON_DEFAULT,
         none_as=(),
         help="index instruments of the provider (e.g. `[SH000300, SH000905, SH000903]`) whose state (return, "
         "and its mean and std, and the amount's, over 5-60 days; from data up to the day) gates the encoder's "
@@ -236,13 +242,17 @@ class NetworkSettings(_Validated):
         shown_default="[]",
     )
     market_temperature: float = setting(
-        10.0, minimum=1e-3, help="the market gate's softmax temperature (MASTER's 10 for CSI300)"
+        10.0,
+        minimum=1e-3,
+        fingerprint=NON_DEFAULT,
+        help="the market gate's softmax temperature (MASTER's 10 for CSI300)",
     )
     aux_horizons: Tuple[int, ...] = setting(
         (),
         minimum=1,
         maximum=60,
         max_items=8,
+        fingerprint=NON_DEFAULT,
         none_as=(),
         help="auxiliary heads learning the k-day forward returns (e.g. `[3, 5, 10]`), rank-normalised per day like "
         "the label; predictions come from the main head only; empty = off",
@@ -344,7 +354,10 @@ class TrainSettings(_Validated):
         see="model.md#gpu-speed",
     )
     aux_weight: float = setting(
-        0.5, minimum=0.0, help="the weight of the `aux_horizons` heads' mean loss beside the main loss"
+        0.5,
+        minimum=0.0,
+        fingerprint=NON_DEFAULT,
+        help="the weight of the `aux_horizons` heads' mean loss beside the main loss",
     )
 
     def _normalise(self) -> None:
@@ -494,12 +507,14 @@ class HISTSettings:
 
     def fingerprint_fields(self) -> Dict[str, Any]:
         """The settings that change what ``fit`` computes (checkpoints written with others are refused)."""
-        return {
-            f.name: getattr(getattr(self, group), f.name)
-            for group, cls in GROUPS.items()
-            for f in dataclasses.fields(cls)
-            if f.metadata["fingerprint"]
-        }
+        out = {}
+        for group, cls in GROUPS.items():
+            for f in dataclasses.fields(cls):
+                value = getattr(getattr(self, group), f.name)
+                mode = f.metadata["fingerprint"]
+                if mode is True or (mode == NON_DEFAULT and value != f.default):
+                    out[f.name] = value
+        return out
 
     def replace(self, **changes: Any) -> "HISTSettings":
         """A copy with some flat arguments changed (validated again)."""

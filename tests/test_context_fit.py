@@ -5,6 +5,7 @@ predicts) checked on real qlib reads."""
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -72,9 +73,39 @@ def test_changing_the_index_after_a_day_changes_no_prediction_up_to_it(market_mo
 def test_an_index_the_provider_lacks_is_one_error_naming_it(demo, short_dataset):
     init_qlib(demo.provider_uri)
     model = small_hist(demo, TINY, market_context=[BENCHMARK, "SH000905"])
-    with pytest.raises(DataError, match=r"market_context: the provider has no data for SH000905 between"):
+    with pytest.raises(
+        DataError, match=r"market_context: the provider has no bar of SH000905 between .* \(segment train\)"
+    ):
         model.fit(short_dataset)
     assert not model.fitted
+
+
+def test_days_an_index_has_no_bar_are_logged_and_gated_with_the_train_mean(
+    market_model, short_dataset, demo, tmp_path, caplog, monkeypatch
+):
+    """An index whose data end before the stocks' (a late index file): the days without a bar are named in the log,
+    and predicted with the gate at the train days' mean state (the standardised figures are 0)."""
+    import logging
+
+    copy = tmp_path / "provider"
+    shutil.copytree(demo.provider_uri, copy)
+    calendar = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
+    end = calendar.searchsorted(pd.Timestamp("2016-09-20"))  # the test segment is September 2016
+    for path in (copy / "features" / BENCHMARK.lower()).glob("*.day.bin"):
+        raw = np.fromfile(path, dtype="<f4")
+        _write_bin(path, raw[1 : 1 + end - int(raw[0])], int(raw[0]))  # the index ends on 2016-09-19
+    try:
+        init_qlib(copy)
+        monkeypatch.setattr(logging.getLogger("qlib"), "propagate", True)  # qlib.init stops it at its own handler
+        with caplog.at_level(logging.WARNING):
+            pred = market_model.predict(short_dataset)
+    finally:
+        init_qlib(demo.provider_uri)
+    assert np.isfinite(pred.to_numpy()).all()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert re.search(rf"market_context: {BENCHMARK} has no bar on \d+ of \d+ days of segment test", logged), logged[
+        -500:
+    ]
 
 
 def test_aux_labels_read_no_close_after_trains_last_day(demo, short_dataset, tmp_path):

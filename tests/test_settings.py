@@ -170,6 +170,11 @@ def test_fingerprint_fields_leave_out_where_to_write():
         "GPU",
         "finetune_epochs",  # finetune's recipe: fit (what a checkpoint resumes) never reads it
         "finetune_lr",
+        # added in 0.7: in the fingerprint only when set (test_keys_added_in_0_7_leave_the_fingerprint_...)
+        "market_context",
+        "market_temperature",
+        "aux_horizons",
+        "aux_weight",
     }
     moved = settings.replace(checkpoint_dir="/elsewhere", GPU=-1, pretrain_save_path="b.pkl", stock2concept_url=None)
     assert moved.fingerprint_fields() == fields
@@ -271,3 +276,16 @@ def test_the_optimizer_names_are_the_settings_own():
         make_optimizer("adamw", net, 1e-3)  # was SGD, silently
     with pytest.raises(SettingsError, match="optimizer must be one of"):
         TrainSettings(optimizer="sgd")
+
+
+def test_keys_added_in_0_7_leave_the_fingerprint_of_a_fit_that_does_not_set_them():
+    """A checkpoint written by 0.6 (31 fingerprinted keys; the digest below, computed with 0.6.0's package) still
+    resumes; setting a new key makes another fit, so it joins the fingerprint."""
+    from qlib_hist.digests import json_digest
+
+    settings, _ = HISTSettings.from_kwargs(seed=3, loss="ic", lr=1e-4)
+    fields = settings.fingerprint_fields()
+    assert len(fields) == 31 and json_digest(fields) == "c6d3a06899f1c7d4"
+    for key, value in (("market_context", ["SH000300"]), ("aux_horizons", [2]), ("aux_weight", 0.25)):
+        changed, _ = HISTSettings.from_kwargs(seed=3, loss="ic", lr=1e-4, **{key: value})
+        assert key in changed.fingerprint_fields() and json_digest(changed.fingerprint_fields()) != json_digest(fields)

@@ -13,7 +13,8 @@ Auxiliary labels: the ``k``-day forward return ``Ref($close, -(k+1)) / Ref($clos
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,11 +40,14 @@ def market_expressions() -> list[str]:
     return fields
 
 
-def market_features(indexes: Sequence[str], days: pd.DatetimeIndex) -> np.ndarray:
+def market_features(
+    indexes: Sequence[str], days: pd.DatetimeIndex, segment: str = "", logger: Optional[logging.Logger] = None
+) -> np.ndarray:
     """float32 ``[len(days), len(indexes) * FEATURES_PER_INDEX]``: each index's state on each day (index-major);
-    NaN where an index has no bar that day (the core fills it with the train mean).
+    NaN where an index has no bar that day (the core gates such a day with the train mean), which is logged per
+    index with the count and the last such day.
 
-    Raises :class:`DataError` naming every index the provider has no data for over those days."""
+    Raises :class:`DataError` naming every index the provider has no bar for on any of those days."""
     expressions = market_expressions()
     start, end = days.min(), days.max()
     try:
@@ -56,13 +60,25 @@ def market_features(indexes: Sequence[str], days: pd.DatetimeIndex) -> np.ndarra
     missing = [name for name in indexes if name not in found]
     if missing:
         raise DataError(
-            f"market_context: the provider has no data for {', '.join(missing)} between {start.date()} and "
-            f"{end.date()}: name index instruments the provider holds (e.g. SH000300 in qlib's cn_data)"
+            f"market_context: the provider has no bar of {', '.join(missing)} between {start.date()} and "
+            f"{end.date()}{f' (segment {segment})' if segment else ''}: name index instruments the provider holds "
+            "(e.g. SH000300 in qlib's cn_data), and check that their data reach the segment's days"
         )
     parts = []
     for name in indexes:
-        values = frame.xs(name, level=0).reindex(days)
-        parts.append(values.to_numpy(dtype=np.float32))
+        values = frame.xs(name, level=0).reindex(days).to_numpy(dtype=np.float32)
+        absent = np.isnan(values[:, 0])  # no return that day: no bar (or none the day before)
+        if absent.any() and logger is not None:
+            logger.warning(
+                "market_context: %s has no bar on %d of %d days%s (the last %s): those days are gated with the "
+                "train days' mean state",
+                name,
+                int(absent.sum()),
+                len(days),
+                f" of segment {segment}" if segment else "",
+                days[absent][-1].date(),
+            )
+        parts.append(values)
     return np.concatenate(parts, axis=1)
 
 

@@ -41,7 +41,7 @@ from ..training import (
     select_device,
 )
 from .context import aux_labels, market_features
-from .dataset import Segment, segment_batches
+from .dataset import Segment, segment_batches, segment_name
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
 PICKLE_FORMAT = 2  # 1: qlib-hist 0.1.0 (flat attributes); 2: {"settings": {...}, "HIST_model": state dict, ...}
@@ -184,7 +184,8 @@ class HIST(ModelFT):
         if not indexes:
             return batches
         days = pd.DatetimeIndex(batches.index.get_level_values(0)[batches.day_start])
-        return dataclasses.replace(batches, market=torch.from_numpy(market_features(indexes, days)))
+        market = market_features(indexes, days, segment_name(segment), self.logger)
+        return dataclasses.replace(batches, market=torch.from_numpy(market))
 
     def _checkpoint(self, train: DailyBatches, valid: DailyBatches, member: int = 0) -> Optional[Checkpoint]:
         """The checkpoint callback for ``checkpoint_dir``, fingerprinted by the settings and the data; an
@@ -242,12 +243,12 @@ class HIST(ModelFT):
         for member, network in enumerate(self.members()):
             self._seed_everything(member)
             checkpoint = self._checkpoint(train, valid, member)
-            if network.market_gate is not None:  # the market state standardised by train's days, as a processor
-                network.market_gate.fit_scale(cast(torch.Tensor, train.market))
             if t.model_path is not None:
                 load_pretrained(network, t.model_path, self.logger)
             elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
                 self._pretrain_base(network, train, valid)
+            if network.market_gate is not None:  # after model_path: the market state standardised by train's days
+                network.market_gate.fit_scale(cast(torch.Tensor, train.market))
             own = [] if checkpoint is None else [checkpoint]
             self.train_optimizer = self._new_optimizer(network=network)
             recipe = self._member_recipe(member)

@@ -50,3 +50,10 @@ def test_the_page_never_shows_a_test_figure(tmp_path, capsys):
     assert "0.0812 (3 of 3)" in page and "0.9" not in page  # the runs' test IC (0.9) is never read
     record = json.loads((tmp_path / "screen_choice.json").read_text())
     assert record["choice"] == "hist_pit+best" and "metrics" not in json.dumps(record)
+
+
+def test_a_run_without_a_finite_valid_score_counts_as_missing(tmp_path):
+    _fill(tmp_path, {"hist_pit+best": (0.08, 0.10), "hist_pit+best_aux": (0.09, 0.11)})
+    _write(tmp_path, "final", "hist_pit+best", 1, float("nan"))  # the recipe's seed 1 on dev: no finite score
+    scores = valid_scores(tmp_path)
+    assert 1 not in scores["hist_pit+best"]["dev"] and choose(scores) == "hist_pit+best_aux"
