@@ -7,7 +7,7 @@ The candidates are the shipped recipe (``hist_pit+best``) and the recipe with ``
 windows: the dev window (train 2010–2016, valid 2017–2018; the recipe alone is ``grids/final.yaml``'s row) and qlib's
 segments (train 2010–2014, valid 2015–2016; the recipe alone is ``grids/qlib_segments.yaml``'s row). The score of a
 candidate is its mean valid IC (the early-stopping metric at the kept epoch) over both windows and the seeds; the
-choice is the highest score among the candidates that have every (window, seed). This module reads ``valid_score``
+choice is the highest score, made once every candidate has every (window, seed). This module reads ``valid_score``
 and ``best_epoch`` of the run files and nothing else: the test metrics beside them are not looked at, so the choice
 can be committed before anyone reads a test figure of the new runs.
 """
@@ -47,14 +47,15 @@ def valid_scores(results: Path, seeds: tuple[int, ...] = SEEDS) -> dict[str, dic
 
 
 def choose(scores: dict[str, dict[str, dict[int, float]]], seeds: tuple[int, ...] = SEEDS) -> str | None:
-    """The complete candidate (every window and seed) of highest mean valid score; the first in
-    :data:`CANDIDATES` order on a tie; None when no candidate is complete."""
+    """The candidate of highest mean valid score over every window and seed, the first in :data:`CANDIDATES` order on
+    a tie; None until every candidate has every (window, seed): a choice among the runs that happen to have landed
+    would favour the candidates run first."""
     complete = {
         row: float(np.mean([by_seed[s] for by_seed in per_window.values() for s in seeds]))
         for row, per_window in scores.items()
         if all(s in by_seed for by_seed in per_window.values() for s in seeds)
     }
-    if not complete:
+    if len(complete) < len(scores):
         return None
     best = max(complete.values())
     return next(row for row in CANDIDATES if complete.get(row) == best)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(scores),
         "",
-        f"Choice: **{choice}**." if choice else "Choice: none yet (no candidate has every window and seed).",
+        f"Choice: **{choice}**." if choice else "Choice: none yet (it waits for every run of every candidate).",
         "",
     ]
     atomic_write_text(results / "screen.md", "\n".join(page))

@@ -35,16 +35,17 @@ def test_the_choice_is_the_best_mean_valid_over_both_windows(tmp_path):
     assert choose(valid_scores(tmp_path)) == "hist_pit+best_market"
 
 
-def test_an_incomplete_candidate_is_not_chosen_and_ties_keep_the_recipe(tmp_path):
+def test_no_choice_until_every_candidate_is_complete_and_ties_keep_the_recipe(tmp_path):
     _fill(tmp_path, {"hist_pit+best": (0.08, 0.10), "hist_pit+best_aux": (0.08, 0.10)})
     _write(tmp_path, "screen-dev", "hist_pit+best_market", 0, 0.5)  # one run, far ahead: not enough
-    scores = valid_scores(tmp_path)
-    assert choose(scores) == "hist_pit+best" == CANDIDATES[0]
+    assert choose(valid_scores(tmp_path)) is None  # two candidates lack runs: the ones run first are not favoured
+    _fill(tmp_path, {"hist_pit+best_market": (0.07, 0.09), "hist_pit+best_market_aux": (0.07, 0.10)})
+    assert choose(valid_scores(tmp_path)) == "hist_pit+best" == CANDIDATES[0]  # a tie with best_aux
     assert choose(valid_scores(tmp_path / "none")) is None
 
 
 def test_the_page_never_shows_a_test_figure(tmp_path, capsys):
-    _fill(tmp_path, {"hist_pit+best": (0.0812, 0.1003)})
+    _fill(tmp_path, {row: (0.0812, 0.1003) for row in CANDIDATES})
     assert main(["--results-dir", str(tmp_path)]) == 0
     page = (tmp_path / "screen.md").read_text()
     assert "0.0812 (3 of 3)" in page and "0.9" not in page  # the runs' test IC (0.9) is never read
@@ -53,7 +54,7 @@ def test_the_page_never_shows_a_test_figure(tmp_path, capsys):
 
 
 def test_a_run_without_a_finite_valid_score_counts_as_missing(tmp_path):
-    _fill(tmp_path, {"hist_pit+best": (0.08, 0.10), "hist_pit+best_aux": (0.09, 0.11)})
+    _fill(tmp_path, {row: (0.08, 0.10) for row in CANDIDATES})
     _write(tmp_path, "final", "hist_pit+best", 1, float("nan"))  # the recipe's seed 1 on dev: no finite score
     scores = valid_scores(tmp_path)
-    assert 1 not in scores["hist_pit+best"]["dev"] and choose(scores) == "hist_pit+best_aux"
+    assert 1 not in scores["hist_pit+best"]["dev"] and choose(scores) is None
