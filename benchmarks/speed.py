@@ -4,8 +4,9 @@
     python -m benchmarks.speed --device cuda --precision fp32 bf16 --shared 8     # the GPU table (issue 29)
 
 Rows (:data:`ROWS`): ``qlib``; ``ours``. With ``--device cuda`` also ``ours_plain`` (ours with the loop as it was
-before 0.6: each day copied from the host, each step's loss read back at once), ``ours_graphs`` (``cuda_graphs``)
-and, for ``bf16`` in ``--precision``, ``ours_bf16`` (``precision: bf16`` with ``cuda_graphs``); ``--shared N`` runs
+before 0.6: each day copied from the host, each step's loss read back at once), ``ours_graphs`` (``cuda_graphs``),
+``ours_ensemble5`` (``ensemble: 5`` trained batched: its epoch is the five members' together) and, for ``bf16`` in
+``--precision``, ``ours_bf16`` (``precision: bf16`` with ``cuda_graphs``); ``--shared N`` runs
 N copies of the fastest of ours side by side on the one GPU. Each row runs in its own subprocess (so peak memory is
 its own) and reports:
 
@@ -54,6 +55,7 @@ ROWS: dict[str, dict | None] = {
     "ours": {},
     "ours_graphs": {"cuda_graphs": True},
     "ours_bf16": {"cuda_graphs": True, "precision": "bf16"},
+    "ours_ensemble5": {"ensemble": 5, "ensemble_mode": "batched"},
 }
 
 
@@ -61,7 +63,7 @@ def rows_for(device: str, precisions: list[str]) -> list[str]:
     """The rows a run measures: qlib and ours on a CPU; on CUDA the fp32 paths and, with bf16, the bf16 one."""
     if device == "cpu":
         return ["qlib", "ours"]
-    rows = ["qlib", "ours_plain", "ours", "ours_graphs"] if "fp32" in precisions else ["qlib"]
+    rows = ["qlib", "ours_plain", "ours", "ours_graphs", "ours_ensemble5"] if "fp32" in precisions else ["qlib"]
     return rows + (["ours_bf16"] if "bf16" in precisions else [])
 
 
@@ -179,6 +181,10 @@ def measure(impl: str, args: argparse.Namespace) -> dict:
         starts = [m[0] for m in marks] + [tic + fit_seconds]
         epoch_seconds = [b - a for a, b in itertools.pairwise(starts)]
         train_seconds = [m[1] for m in marks]
+    elif "member" in model.history[0]:  # a batched ensemble: an epoch is its members' longest record
+        epochs = sorted({h["epoch"] for h in model.history})
+        epoch_seconds = [max(h["seconds"] for h in model.history if h["epoch"] == e) for e in epochs]
+        train_seconds = [max(h["train_seconds"] for h in model.history if h["epoch"] == e) for e in epochs]
     else:
         epoch_seconds = [h["seconds"] for h in model.history]
         train_seconds = [h["train_seconds"] for h in model.history]

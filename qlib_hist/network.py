@@ -51,7 +51,20 @@ def encode(
     Without ``temporal_att`` the state is the RNN's last step (qlib); with it, ``sum_t alpha_t h_t`` where
     ``alpha = softmax_t(temporal_att(h_t))``.
     """
-    steps, _ = rnn(x.reshape(len(x), d_feat, -1).permute(0, 2, 1))  # [N, T, H]
+    steps, _ = rnn(rnn_input(x, d_feat))  # [N, T, H]
+    return pool_steps(steps, temporal_att)
+
+
+def rnn_input(x: torch.Tensor, d_feat: int) -> torch.Tensor:
+    """Flat features ``[N, d_feat * T]`` (field-major) -> the RNN's time-major rows ``[N, T, d_feat]``."""
+    return x.reshape(len(x), d_feat, -1).permute(0, 2, 1)
+
+
+def pool_steps(
+    steps: torch.Tensor, temporal_att: Optional[nn.Module] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The RNN's outputs ``[N, T, H]`` -> (stock state ``[N, H]``, time attention ``[N, T]`` or ``None``): the last
+    step, or the ``temporal_att`` mean (see :func:`encode`)."""
     steps = full_precision(steps)  # under bf16 autocast the RNN runs in bf16; what follows starts from fp32
     if temporal_att is None:
         return steps[:, -1, :], None
@@ -88,15 +101,15 @@ def closest_peers(
     """
     n = len(u)
     k = min(k, n)
-    peers = torch.empty(n, k, dtype=torch.long, device=u.device)
+    peers = []  # out of place, chunk by chunk: the search also runs under vmap (a batched ensemble's members)
     for start in range(0, n, chunk):
         sim = cosine_similarity(u[start : start + chunk], u)  # [chunk, N]
         rows = torch.arange(len(sim), device=u.device)
-        sim[rows, rows + start] = 0.0  # qlib: the diagonal is zeroed, not excluded
+        sim = sim.index_put((rows, rows + start), sim.new_zeros(()))  # qlib: zeroed, not excluded
         if mask is not None:
             sim = sim.masked_fill(~mask[None, :], float("-inf"))  # padding is nobody's peer
-        peers[start : start + chunk] = sim.argmax(1, keepdim=True) if k == 1 else sim.topk(k, dim=1).indices
-    return peers
+        peers.append(sim.argmax(1, keepdim=True) if k == 1 else sim.topk(k, dim=1).indices)
+    return peers[0] if len(peers) == 1 else torch.cat(peers)
 
 
 def masked_softmax(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -381,8 +394,18 @@ class HISTModel(nn.Module):
         part is the encoder state itself: ``fc_out(x_i)``, the base RNN with its linear head. ``mask [N]``: a padded
         day (see :meth:`forward`); ``market [M]``: the day's market state (with ``market_context``).
         """
+        return self.parts_of_state(*self.encode(x, market), c, w, mask)
+
+    def parts_of_state(
+        self,
+        x_hidden: torch.Tensor,
+        time_attention: Optional[torch.Tensor],
+        c: torch.Tensor,
+        w: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+    ) -> HISTParts:
+        """:meth:`parts` from the encoder's state ``x_hidden [N, H]`` (and its time attention ``[N, T]`` or None)."""
         on = self.settings
-        x_hidden, time_attention = self.encode(x, market)  # [N, H]
         n, device = len(x_hidden), x_hidden.device
         zero = torch.zeros_like(x_hidden)  # [N, H]   a switched-off part
         none = torch.zeros(n, 0, device=device, dtype=x_hidden.dtype)  # [N, 0]   its attention
@@ -437,6 +460,17 @@ class HISTModel(nn.Module):
     def forward_day(self, day: "Day") -> torch.Tensor:
         """Predictions ``[n]`` for one :class:`~qlib_hist.batches.Day` (what the trainer calls)."""
         return self(day.x, day.concepts, day.member_weight, day.mask, day.market)
+
+    def outputs_of_steps(
+        self, steps: torch.Tensor, c: torch.Tensor, w: Optional[torch.Tensor], mask: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The RNN's outputs ``steps [N, T, H]`` -> (predictions ``[N]``, auxiliary outputs ``[N, A]``, ``A = 0``
+        without ``aux_horizons``): all that follows the RNN, for a batched ensemble (:mod:`qlib_hist.batched`),
+        which runs it under ``vmap`` over its members' stacked parameters."""
+        p = self.parts_of_state(*pool_steps(steps, self.temporal_att), c, w, mask)
+        representation = p.concept + p.hidden_concept + p.individual  # [N, H]
+        aux = representation[:, :0] if self.aux_head is None else self.aux_head(representation)
+        return self.fc_out(representation).squeeze(-1), aux
 
     def forward_with_aux(self, day: "Day") -> Tuple[torch.Tensor, torch.Tensor]:
         """(predictions ``[n]``, auxiliary-horizon outputs ``[n, K]``) for one day, from one pass: both heads read

@@ -38,6 +38,8 @@ RNN_TYPES = ("GRU", "LSTM")  # torch.nn's classes of these names (qlib_hist.netw
 YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 OPTIMIZERS = ("adam", "gd")  # Adam (AdamW with weight_decay) and SGD (qlib_hist.training.make_optimizer)
 PRECISIONS = ("fp32", "bf16")
+#: how an ensemble's members train: ``auto`` = ``batched`` on CUDA, ``sequential`` on a CPU
+ENSEMBLE_MODES = ("auto", "batched", "sequential")
 #: the most members an ``ensemble`` may have: each member is a whole network and a whole fit (64 fits of a large
 #: universe already take days); a larger number is a typo, refused before any member is built
 MAX_ENSEMBLE = 64
@@ -341,6 +343,15 @@ class TrainSettings(_Validated):
         "predicts their mean daily z-score. Fixed when the model is made",
         see="model.md#seed-ensembles-ensemble-k",
     )
+    ensemble_mode: str = setting(
+        "auto",
+        choices=ENSEMBLE_MODES,
+        fingerprint=False,
+        help="how `ensemble`'s members train: `batched` steps all K together as one network (each member's own "
+        "seed, day order, optimizer and early stop), `sequential` fits them one after another; `auto`: batched on "
+        "CUDA, sequential on a CPU",
+        see="model.md#seed-ensembles-ensemble-k",
+    )
     precision: str = setting(
         "fp32",
         choices=PRECISIONS,
@@ -433,6 +444,11 @@ class HISTSettings:
                 f"seed={t.seed} with ensemble={t.ensemble}: the members' seeds run to seed+ensemble-1 = "
                 f"{t.seed + t.ensemble - 1}, past numpy's {SEED_MAX}: use seed <= {SEED_MAX - t.ensemble + 1}"
             )
+        if t.cuda_graphs and t.ensemble > 1 and t.ensemble_mode == "batched":
+            raise SettingsError(
+                f"cuda_graphs with ensemble={t.ensemble} and ensemble_mode='batched': the batched members run eager "
+                "steps; set cuda_graphs false, or ensemble_mode 'sequential'"
+            )
         n = self.network
         if t.cuda_graphs and (n.market_context or n.aux_horizons):
             used = "market_context" if n.market_context else "aux_horizons"
@@ -473,6 +489,11 @@ class HISTSettings:
             out.append(
                 "loss='ic' trains on the daily IC, but metric='loss' (also what metric '' means) early-stops the fit "
                 "on the valid MSE, which this loss does not train: set metric to 'ic' (or 'rank_ic')"
+            )
+        if t.ensemble == 1 and t.ensemble_mode != "auto":
+            out.append(
+                f"ensemble_mode={t.ensemble_mode!r} has no effect with ensemble=1: it says how an ensemble's members "
+                "train (remove ensemble_mode, or set ensemble >= 2)"
             )
         if t.keep_start and t.model_path is None and not t.pretrain_epochs:
             out.append(

@@ -38,8 +38,8 @@ def bucket_size(n: int, bucket: int = BUCKET) -> int:
 
 
 def pad_day(day: Day, size: int) -> Day:
-    """``day`` padded to ``size`` stocks: zero features and concepts, NaN labels, zero sample weights, unit member
-    weights, and ``mask`` True on the day's own rows."""
+    """``day`` padded to ``size`` stocks: zero features and concepts, NaN labels (the auxiliary horizons' too), zero
+    sample weights, unit member weights, ``mask`` True on the day's own rows; the day's market state unchanged."""
     n = len(day.x)
     if size < n:
         raise ValueError(f"cannot pad a day of {n} stocks to {size}")
@@ -54,7 +54,14 @@ def pad_day(day: Day, size: int) -> Day:
     x, concepts = pad(day.x, 0.0), pad(day.concepts, 0.0)
     assert x is not None and concepts is not None
     return Day(
-        x, concepts, pad(day.label, float("nan")), pad(day.sample_weight, 0.0), pad(day.member_weight, 1.0), mask
+        x,
+        concepts,
+        pad(day.label, float("nan")),
+        pad(day.sample_weight, 0.0),
+        pad(day.member_weight, 1.0),
+        mask,
+        day.market,
+        pad(day.aux_label, float("nan")),
     )
 
 

@@ -327,6 +327,8 @@ class Trainer:
         self.finished = False
         self.unchecked: List[tuple] = []  # (step, day, stocks, loss on the device) not yet read back
         self._resident: Dict[int, DailyBatches] = {}  # id(host batches) -> their copy on the device
+        #: the stream of the RNN's dropout in a batched ensemble (:mod:`qlib_hist.batched`); None: torch's global one
+        self.dropout_generator: Optional[torch.Generator] = None
         self._trainable: Dict[int, np.ndarray] = {}  # id(host batches) -> the days a padded step trains on
 
     # ------------------------------------------------------------------ the loop
@@ -344,12 +346,25 @@ class Trainer:
         ``keep_start`` (fine-tuning): the starting weights are scored on ``valid`` first, as epoch ``-1``, and stay
         when no epoch beats them.
         """
+        self.begin_fit(valid, keep_start)
+        while self.running:
+            self.run_epoch(train, valid)
+        return self.end_fit(evals_result)
+
+    @property
+    def running(self) -> bool:
+        """Whether another epoch is due (not early-stopped, ``n_epochs`` not reached)."""
+        return not self.finished and self.next_epoch < self.settings.n_epochs
+
+    def begin_fit(self, valid: DailyBatches, keep_start: bool = False) -> None:
+        """The callbacks' ``on_fit_begin`` (a checkpoint resumes here), then the starting score for ``keep_start``."""
         for callback in self.callbacks:
             callback.on_fit_begin(self)
         if keep_start and self.next_epoch == 0 and self.stopper.best_state is None:
             self.score_start(valid)
-        while not self.finished and self.next_epoch < self.settings.n_epochs:
-            self.run_epoch(train, valid)
+
+    def end_fit(self, evals_result: Optional[dict] = None) -> FitResult:
+        """The best weights into the network, ``evals_result`` filled, the callbacks' ``on_fit_end``."""
         if evals_result is not None:
             evals_result["train"] = self.history.column("train_score")
             evals_result["valid"] = self.history.column("valid_score")
@@ -371,13 +386,30 @@ class Trainer:
         The train figure comes from the epoch's own train-mode predictions unless ``eval_train`` asks for a
         separate eval pass (qlib's way, ~30% slower) or weight averaging changes the weights being scored.
         """
-        epoch, tic = self.next_epoch, time.perf_counter()
+        tic = time.perf_counter()
         train_preds = self.train_epoch(train)
-        train_seconds = time.perf_counter() - tic
+        return self.close_epoch(train, valid, train_preds, tic, time.perf_counter() - tic)
+
+    def close_epoch(
+        self,
+        train: DailyBatches,
+        valid: DailyBatches,
+        train_preds: np.ndarray,
+        started: float,
+        train_seconds: float,
+        valid_preds: Optional[np.ndarray] = None,
+    ) -> Dict[str, float]:
+        """Score the epoch that began at ``started`` (``time.perf_counter()``) and whose train pass gave
+        ``train_preds [rows]`` in ``train_seconds``; update early stopping and history, then call the callbacks (see
+        :meth:`run_epoch`). ``valid_preds [rows]``: the network's eval-mode predictions on ``valid``, made elsewhere
+        (a batched ensemble's one pass); None: predicted here."""
+        if valid_preds is not None and self.averaging.active:
+            raise ValueError("valid_preds are of the network's weights; with smooth_steps valid scores their average")
+        epoch, tic = self.next_epoch, started
         with self.averaging.applied(self.network):
             reuse = not (self.settings.eval_train or self.averaging.active)
             train_metrics = self.evaluate(train, train_preds if reuse else None)
-            valid_metrics = self.evaluate(valid)
+            valid_metrics = self.evaluate(valid, valid_preds)
             score = score_of(valid_metrics, self.settings.metric)
             stop = self.stopper.update(epoch, score if np.isfinite(score) else -np.inf, self.network)
         record = {
@@ -411,6 +443,11 @@ class Trainer:
             self._resident[id(batches)] = batches.to(self.device)
         return self._resident[id(batches)]
 
+    def share_device_copies(self, other: "Trainer") -> None:
+        """Use ``other``'s copies of the segments on the device (:meth:`on_device`): one copy for a batched
+        ensemble's K members, not K."""
+        self._resident = other._resident
+
     def train_epoch(self, batches: DailyBatches) -> np.ndarray:
         """One pass over the days in shuffled order; returns the train-mode predictions ``[rows]`` (NaN on days
         without a finite label).
@@ -419,9 +456,7 @@ class Trainer:
         the losses are read back every :data:`CHECK_EVERY` steps, not after each; their mean over the epoch's steps
         is :attr:`epoch_objective`.
         """
-        self.network.train()
-        self._objective_sum, self._objective_steps = 0.0, 0
-        preds = torch.full((batches.n_rows,), float("nan"), device=self.device)  # [rows]
+        preds = self.begin_epoch(batches)
         order = self.generator.permutation(batches.n_days)
         days = self.on_device(batches).days(self.device, order)
         trainable = self.trainable_days(batches) if self.static_steps is not None else None
@@ -433,6 +468,17 @@ class Trainer:
                 preds[batches.day_slice(d)] = pred
             if len(self.unchecked) >= CHECK_EVERY:
                 self.check_losses()
+        self.end_epoch(batches)
+        return preds.cpu().numpy()
+
+    def begin_epoch(self, batches: DailyBatches) -> torch.Tensor:
+        """Train mode, the epoch's objective reset; returns the train predictions to fill ``[rows]`` (NaN)."""
+        self.network.train()
+        self._objective_sum, self._objective_steps = 0.0, 0
+        return torch.full((batches.n_rows,), float("nan"), device=self.device)
+
+    def end_epoch(self, batches: DailyBatches) -> None:
+        """The last losses checked, the epoch's mean objective set, the loss's skipped days logged."""
         self.check_losses()
         steps = self._objective_steps
         self.epoch_objective = self._objective_sum / steps if steps else float("nan")
@@ -448,7 +494,6 @@ class Trainer:
                 "skipped" if self.settings.loss == "ic" else "trained on their mse alone",
             )
             cast(DailyLoss, self.loss_fn).skipped_ic_days = 0
-        return preds.cpu().numpy()
 
     def train_step(self, day: Day, step: int = 0, day_number: int = -1) -> Optional[torch.Tensor]:
         """One optimizer step on one day; returns its predictions ``[n]`` (detached, on the device), or None when
@@ -462,19 +507,33 @@ class Trainer:
             pred, aux_pred = self._forward_with_aux(day)
         else:
             pred = self._forward(self.network, day)
-        maybe_loss = self.loss_fn(pred, cast(torch.Tensor, day.label), day.sample_weight)
-        if maybe_loss is None:
+        objective = self.day_objective(pred, aux_pred, day, step, day_number)
+        if objective is None:
             return None
-        loss = maybe_loss
-        if aux_pred is not None:  # main + aux_weight * mean_k(loss_k) (qlib_hist.context)
-            aux = aux_loss(aux_pred, cast(torch.Tensor, day.aux_label), self.aux_day_loss, day.sample_weight)
+        self.optimizer.zero_grad()
+        objective.backward()
+        self.optimizer_step()
+        return pred.detach()
+
+    def day_objective(
+        self, pred: torch.Tensor, aux_pred: Optional[torch.Tensor], day: Day, step: int, day_number: int
+    ) -> Optional[torch.Tensor]:
+        """The objective of one day's predictions ``pred [n]`` (and auxiliary outputs ``aux_pred [n, A]``): the
+        loss, plus ``aux_weight`` times the auxiliary horizons' mean loss; None when the loss skips the day. The
+        value joins :attr:`unchecked`."""
+        loss = self.loss_fn(pred, cast(torch.Tensor, day.label), day.sample_weight)
+        if loss is None:
+            return None
+        if aux_pred is not None and self.with_aux and day.aux_label is not None:  # (qlib_hist.context)
+            aux = aux_loss(aux_pred, day.aux_label, self.aux_day_loss, day.sample_weight)
             loss = loss + self.settings.aux_weight * aux
         self.unchecked.append((step, day_number, len(pred), loss.detach()))
-        self.optimizer.zero_grad()
-        loss.backward()
+        return loss
+
+    def optimizer_step(self) -> None:
+        """qlib's step: each gradient element clipped to ``[-CLIP_VALUE, CLIP_VALUE]``, then the optimizer's."""
         nn.utils.clip_grad_value_(self.network.parameters(), CLIP_VALUE)
         self.optimizer.step()
-        return pred.detach()
 
     def _forward(self, network: nn.Module, day: Day) -> torch.Tensor:
         """The network's predictions ``[n]`` for ``day``, in fp32 (under autocast with ``precision="bf16"``)."""
@@ -555,6 +614,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "shuffle_rng": self.generator.bit_generator.state,
+            **({} if self.dropout_generator is None else {"dropout_rng": self.dropout_generator.get_state()}),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -567,6 +627,8 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.generator.bit_generator.state = state["shuffle_rng"]
+        if self.dropout_generator is not None and "dropout_rng" in state:
+            self.dropout_generator.set_state(state["dropout_rng"])
         self.next_epoch, self.finished = state["next_epoch"], state["finished"]
 
 

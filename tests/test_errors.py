@@ -21,6 +21,8 @@ INTERNAL_VALUE_ERRORS = {
     ("qlib_hist.concepts.membership", "for_rows"),
     ("qlib_hist.static_steps", "pad_day"),
     ("qlib_hist.network", "__init__"),
+    ("qlib_hist.batched", "__init__"),  # members the settings already refuse (under 2, cuda_graphs)
+    ("qlib_hist.training", "close_epoch"),  # a batched ensemble's valid predictions with weight averaging
 }
 #: exception classes of the package that are not about the user's input
 INTERNAL_CLASSES = {"qlib_hist.concepts.legacy._RefusedGlobal"}  # raised and caught inside the unpickler

@@ -170,6 +170,7 @@ def test_fingerprint_fields_leave_out_where_to_write():
         "GPU",
         "finetune_epochs",  # finetune's recipe: fit (what a checkpoint resumes) never reads it
         "finetune_lr",
+        "ensemble_mode",  # how members step, not what a member computes: a checkpoint resumes in either mode
         # added in 0.7: in the fingerprint only when set (test_keys_added_in_0_7_leave_the_fingerprint_...)
         "market_context",
         "market_temperature",

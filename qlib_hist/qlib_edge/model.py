@@ -21,6 +21,7 @@ from qlib.log import get_module_logger
 from qlib.model.base import ModelFT
 
 from ..atomic_files import check_writable
+from ..batched import BatchedTrainer
 from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
 from ..concepts import ConceptSource, NoConcepts, load_concept_source
@@ -47,6 +48,18 @@ CHECKPOINT_NAME = "hist_checkpoint.pt"
 PICKLE_FORMAT = 2  # 1: qlib-hist 0.1.0 (flat attributes); 2: {"settings": {...}, "HIST_model": state dict, ...}
 EXPLAIN_PARTS = ["score", *OUTPUT_PARTS, "bias"]  # averaged over an ensemble's members
 RESULT_ATTRIBUTES = ("fitted", "best_epoch", "best_score", "history")  # kept in pickles beside the settings
+
+
+def ensemble_seconds(history: List[Dict[str, Any]], batched: bool) -> float:
+    """The seconds an ensemble's epochs took, from its ``history`` (records with ``epoch`` and ``seconds``): the sum
+    of the records; ``batched``: the members of one epoch step together, each record timed from their shared start,
+    so each epoch counts once, at its longest record."""
+    if not batched:
+        return float(sum(record["seconds"] for record in history))
+    longest: Dict[int, float] = {}
+    for record in history:
+        longest[record["epoch"]] = max(longest.get(record["epoch"], 0.0), record["seconds"])
+    return float(sum(longest.values()))
 
 
 class HIST(ModelFT):
@@ -200,6 +213,31 @@ class HIST(ModelFT):
             digest.update(f"|member{member}".encode())
         return Checkpoint(folder / CHECKPOINT_NAME, digest.hexdigest()[:16])
 
+    def batched_members(self) -> bool:
+        """Whether :meth:`fit` trains the ensemble's members batched (``ensemble_mode``; ``auto``: on CUDA)."""
+        t = self.settings.training
+        mode = t.ensemble_mode if t.ensemble_mode != "auto" else ("batched" if self.device.type == "cuda" else "")
+        return t.ensemble > 1 and mode == "batched"
+
+    def _member_trainer(
+        self, member: int, network: HISTModel, train: DailyBatches, valid: DailyBatches, callbacks: Sequence[Callback]
+    ) -> Trainer:
+        """Member ``member``'s trainer, its network made ready: the global RNGs seeded with its seed, ``model_path``
+        loaded (or the base pretrained), the market gate's scale fitted on train; its checkpoint callback first."""
+        t = self.settings.training
+        self._seed_everything(member)
+        checkpoint = self._checkpoint(train, valid, member)
+        if t.model_path is not None:
+            load_pretrained(network, t.model_path, self.logger)
+        elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
+            self._pretrain_base(network, train, valid)
+        if network.market_gate is not None:  # after model_path: the market state standardised by train's days
+            network.market_gate.fit_scale(cast(torch.Tensor, train.market))
+        own = [] if checkpoint is None else [checkpoint]
+        self.train_optimizer = self._new_optimizer(network=network)
+        recipe = self._member_recipe(member)
+        return Trainer(network, self.train_optimizer, recipe, self.device, self.logger, [*own, *callbacks])
+
     def _pretrain_base(self, network: HISTModel, train: DailyBatches, valid: DailyBatches) -> None:
         """Train the base RNN with a linear head, then start HIST's ``rnn.*``/``fc_out.*`` from it."""
         t = self.settings.training
@@ -239,21 +277,15 @@ class HIST(ModelFT):
             if path:
                 check_writable(path, what, folder)
         train, valid = self._train_valid(dataset, reweighter)
-        results = []
-        for member, network in enumerate(self.members()):
-            self._seed_everything(member)
-            checkpoint = self._checkpoint(train, valid, member)
-            if t.model_path is not None:
-                load_pretrained(network, t.model_path, self.logger)
-            elif t.pretrain_epochs and not (checkpoint is not None and checkpoint.path.exists()):
-                self._pretrain_base(network, train, valid)
-            if network.market_gate is not None:  # after model_path: the market state standardised by train's days
-                network.market_gate.fit_scale(cast(torch.Tensor, train.market))
-            own = [] if checkpoint is None else [checkpoint]
-            self.train_optimizer = self._new_optimizer(network=network)
-            recipe = self._member_recipe(member)
-            trainer = Trainer(network, self.train_optimizer, recipe, self.device, self.logger, [*own, *callbacks])
-            results.append(trainer.fit(train, valid, evals_result, keep_start=t.keep_start))
+        if self.batched_members():
+            trainers = [self._member_trainer(k, net, train, valid, callbacks) for k, net in enumerate(self.members())]
+            self.logger.info("ensemble of %d: the members train batched, as one network", len(trainers))
+            results = BatchedTrainer(trainers).fit(train, valid, evals_result, t.keep_start)
+        else:  # each member is made (seeded) just before its fit, so that its fit is the single model's of its seed
+            results = [
+                self._member_trainer(k, net, train, valid, callbacks).fit(train, valid, evals_result, t.keep_start)
+                for k, net in enumerate(self.members())
+            ]
         self._keep_result(results)
         if save_path:
             save_state_dict(self.HIST_model.state_dict(), save_path)
@@ -319,14 +351,14 @@ class HIST(ModelFT):
         self.best_epoch = [r.best_epoch for r in results]  # type: ignore[assignment]
         self.best_score = float(np.mean([r.best_score for r in results]))
         self.history = [dict(record, member=k) for k, r in enumerate(results) for record in r.history]
-        seconds = sum(record["seconds"] for record in self.history)
         self.logger.info(
-            "ensemble of %d: best epochs %s, mean best valid score %.6f, %d epochs in %.0f s (K fits)",
+            "ensemble of %d: best epochs %s, mean best valid score %.6f, %d member epochs in %.0f s (%s)",
             len(results),
             self.best_epoch,
             self.best_score,
             len(self.history),
-            seconds,
+            ensemble_seconds(self.history, self.batched_members()),
+            "batched" if self.batched_members() else "K fits",
         )
 
     def predict(self, dataset: DatasetH, segment: Union[Text, slice] = "test") -> pd.Series:
