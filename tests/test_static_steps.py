@@ -233,11 +233,93 @@ def test_captured_steps_match_eager_padded_steps_on_cuda():
     torch.testing.assert_close(captured[-1], eager[-1], atol=1e-5, rtol=1e-4)
 
 
+#: captured steps over several buckets: (loss, optimizer, weighted days, network options)
+MULTI_BUCKET_CASES = {
+    "mse_adam": ("mse", "adam", False, {}),
+    "ic_weighted_adamw": ("ic", "adamw", True, {"concept_refine": True, "hidden_topk": 2}),
+    "mse+ic_gd_lstm": ("mse+ic", "gd", True, {"base_model": "LSTM", "temporal_attention": True}),
+}
+#: day sizes whose buckets (64, 128, 192) interleave: each bucket's eager warm-up steps fall between another
+#: bucket's replays
+MULTI_BUCKET_SIZES = (37, 100, 61, 150, 120, 45, 190, 33, 70, 140, 50, 128, 64, 180, 99, 40, 160, 110)
+
+
+def _captured_run(device, capture: bool, loss: str, optimizer: str, weights: bool, options: dict, lr: float = 1e-3):
+    """Train steps over :data:`MULTI_BUCKET_SIZES` days: (each step's loss, each step's predictions, the final
+    weights), with steps captured per bucket or all eager (padded)."""
+    days = [
+        Day(*(None if t is None else t.to(device) for t in _day(n=n, seed=n, weights=weights)))
+        for n in MULTI_BUCKET_SIZES
+    ]
+    net = _net(**options).to(device)
+    name, decay = ("adam", 1e-3) if optimizer == "adamw" else (optimizer, 0.0)
+    daily = DailyLoss(loss, 0.5)
+    steps = StaticSteps(
+        net,
+        make_optimizer(name, net, lr, decay, capturable=capture),
+        lambda p, d: daily.static(p, d.label, d.sample_weight),
+        CLIP_VALUE,
+        lambda m, d: m.forward_day(d),
+        capture=capture,
+    )
+    losses, preds = [], []
+    for day in days:
+        pred, step_loss = steps.step(day)
+        losses.append(step_loss.item())
+        preds.append(pred.cpu())
+    return losses, preds, {k: v.detach().cpu() for k, v in net.state_dict().items()}, steps
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", MULTI_BUCKET_CASES.values(), ids=MULTI_BUCKET_CASES.keys())
+def test_captured_steps_over_several_buckets_match_eager_steps(case):
+    """Three buckets captured, each replayed between the others' eager warm-ups and replays: every step's loss and
+    predictions, and the final weights, equal the eager padded steps' to float rounding."""
+    cuda = torch.device("cuda")
+    eager_losses, eager_preds, eager_state, _ = _captured_run(cuda, False, *case)
+    losses, preds, state, steps = _captured_run(cuda, True, *case)
+    assert sorted(steps.graphs) == [64, 128, 192]  # every bucket was captured and replayed
+    np.testing.assert_allclose(losses, eager_losses, rtol=1e-3, atol=1e-5)
+    for step, (got, expected) in enumerate(zip(preds, eager_preds)):
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4, msg=f"step {step}")
+    for name, value in eager_state.items():
+        torch.testing.assert_close(state[name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_captured_step_draws_fresh_dropout_at_each_replay():
+    """With lr 0 the weights never move: replays of one day then differ only by their dropout masks, which a graph
+    must draw afresh at each replay (and, with dropout 0, they are equal)."""
+    cuda = torch.device("cuda")
+
+    def replays(dropout: float) -> list:
+        torch.manual_seed(0)
+        net = HISTModel(d_feat=D_FEAT, hidden_size=8, num_layers=2, dropout=dropout).to(cuda)
+        steps = StaticSteps(
+            net,
+            make_optimizer("adam", net, 0.0, capturable=True),
+            lambda p, d: DailyLoss("mse").static(p, d.label),
+            CLIP_VALUE,
+            lambda m, d: m.forward_day(d),
+            capture=True,
+        )
+        day = Day(*(None if t is None else t.to(cuda) for t in _day(n=50)))
+        return [steps.step(day)[0].cpu() for _ in range(6)][-2:]  # 3 eager, the capture, then replays
+
+    first, second = replays(0.3)
+    assert torch.isfinite(first).all() and float((first - second).abs().max()) > 1e-3
+    first, second = replays(0.0)
+    torch.testing.assert_close(first, second, rtol=0, atol=1e-6)  # index_add's atomics: not always bit-equal
+
+
 #: HIST.fit(cuda_graphs=True) as it is used: each case against the same fit with the padded steps run eagerly
 CAPTURE_CASES = {
     "ic_adamw": dict(loss="ic", weight_decay=1e-3),
     "mse+ic_smooth": dict(loss="mse+ic", ic_weight=0.5, smooth_steps=2),
     "mse_gd_paper": dict(loss="mse", optimizer="gd", lr=0.05, hidden_topk=2, concept_refine=True),
+    "ensemble_of_2": dict(loss="ic", ensemble=2, ensemble_mode="sequential"),  # each member its own graphs
 }
 
 
