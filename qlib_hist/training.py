@@ -502,11 +502,7 @@ class Trainer:
             pred, loss = self.static_steps.step(day)
             self.unchecked.append((step, day_number, len(pred), loss))
             return pred
-        aux_pred: Optional[torch.Tensor] = None
-        if self.with_aux and day.aux_label is not None:
-            pred, aux_pred = self._forward_with_aux(day)
-        else:
-            pred = self._forward(self.network, day)
+        pred, aux_pred = self._outputs(day)
         objective = self.day_objective(pred, aux_pred, day, step, day_number)
         if objective is None:
             return None
@@ -540,8 +536,11 @@ class Trainer:
         with autocast(self.device, self.settings.precision):
             return full_precision(forward_day(network, day))
 
-    def _forward_with_aux(self, day: Day) -> "tuple[torch.Tensor, torch.Tensor]":
-        """(predictions ``[n]``, auxiliary outputs ``[n, K]``) for ``day``, in fp32, from one pass."""
+    def _outputs(self, day: Day) -> "tuple[torch.Tensor, Optional[torch.Tensor]]":
+        """(predictions ``[n]``, auxiliary outputs ``[n, K]`` or None) for ``day``, in fp32, from one pass: the
+        auxiliary heads' outputs where they train (``aux_horizons``, on a day with their labels)."""
+        if not (self.with_aux and day.aux_label is not None):
+            return self._forward(self.network, day), None
         with autocast(self.device, self.settings.precision):
             pred, aux = cast(Any, self.network).forward_with_aux(day)
             return full_precision(pred), full_precision(aux)

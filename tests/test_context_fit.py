@@ -42,24 +42,34 @@ def test_the_market_gate_trains_predicts_and_pickles(market_model, short_dataset
     pd.testing.assert_series_equal(clone.predict(short_dataset), pred)
 
 
-def _write_bin(path, values: np.ndarray, first: int) -> None:
-    path.write_bytes(np.concatenate([[first], values]).astype("<f4").tobytes())
+def _provider_copy_with(demo, folder, patterns, rewrite):
+    """The demo provider copied into ``folder``, the values of each ``features/<pattern>`` bin file replaced by
+    ``rewrite(days, values)`` (``days``: the calendar days of the file's values; it may return fewer, from the
+    first day on)."""
+    copy = folder / "provider"
+    shutil.copytree(demo.provider_uri, copy)
+    calendar = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
+    for pattern in patterns:
+        for path in (copy / "features").glob(pattern):
+            raw = np.fromfile(path, dtype="<f4")
+            first, values = int(raw[0]), raw[1:].copy()
+            values = rewrite(calendar[first : first + len(values)], values)
+            path.write_bytes(np.concatenate([[first], values]).astype("<f4").tobytes())
+    return copy
 
 
 def test_changing_the_index_after_a_day_changes_no_prediction_up_to_it(market_model, short_dataset, demo, tmp_path):
     before = market_model.predict(short_dataset)
     days = before.index.get_level_values(0).unique().sort_values()
     cut = days[len(days) // 2]  # index data after this day are rewritten
-    copy = tmp_path / "provider"
-    shutil.copytree(demo.provider_uri, copy)
-    calendar = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
-    for field in ("close", "volume"):
-        path = copy / "features" / BENCHMARK.lower() / f"{field}.day.bin"
-        raw = np.fromfile(path, dtype="<f4")
-        first, values = int(raw[0]), raw[1:].copy()
-        later = calendar[first : first + len(values)] > cut
+
+    def scale_later(days, values):
+        later = days > cut
         values[later] *= np.linspace(0.5, 2.0, int(later.sum()), dtype=np.float32)
-        _write_bin(path, values, first)
+        return values
+
+    fields = [f"{BENCHMARK.lower()}/{field}.day.bin" for field in ("close", "volume")]
+    copy = _provider_copy_with(demo, tmp_path, fields, scale_later)
     try:
         init_qlib(copy)  # the stocks' features stay in the handler; the market state is read from here
         after = market_model.predict(short_dataset)
@@ -87,13 +97,8 @@ def test_days_an_index_has_no_bar_are_logged_and_gated_with_the_train_mean(
     and predicted with the gate at the train days' mean state (the standardised figures are 0)."""
     import logging
 
-    copy = tmp_path / "provider"
-    shutil.copytree(demo.provider_uri, copy)
-    calendar = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
-    end = calendar.searchsorted(pd.Timestamp("2016-09-20"))  # the test segment is September 2016
-    for path in (copy / "features" / BENCHMARK.lower()).glob("*.day.bin"):
-        raw = np.fromfile(path, dtype="<f4")
-        _write_bin(path, raw[1 : 1 + end - int(raw[0])], int(raw[0]))  # the index ends on 2016-09-19
+    end = pd.Timestamp("2016-09-20")  # the test segment is September 2016: the index ends on 2016-09-19
+    copy = _provider_copy_with(demo, tmp_path, [f"{BENCHMARK.lower()}/*.day.bin"], lambda days, v: v[days < end])
     try:
         init_qlib(copy)
         monkeypatch.setattr(logging.getLogger("qlib"), "propagate", True)  # qlib.init stops it at its own handler
@@ -126,14 +131,12 @@ def test_aux_labels_read_no_close_after_trains_last_day(demo, short_dataset, tmp
     calendar = days.unique().sort_values()
     assert np.isnan(labels[days >= calendar[-2], 0]).all() and np.isnan(labels[days >= calendar[-6], 1]).all()
     assert (~np.isnan(labels[days < calendar[-6], 1])).mean() > 0.9
-    copy = tmp_path / "provider"
-    shutil.copytree(demo.provider_uri, copy)
-    calendar_all = pd.DatetimeIndex(pd.read_csv(copy / "calendars" / "day.txt", header=None)[0])
-    for path in (copy / "features").glob("*/close.day.bin"):
-        raw = np.fromfile(path, dtype="<f4")
-        first, values = int(raw[0]), raw[1:].copy()
-        values[calendar_all[first : first + len(values)] > last_day] *= 3.0
-        _write_bin(path, values, first)
+
+    def triple_later(days, values):
+        values[days > last_day] *= 3.0
+        return values
+
+    copy = _provider_copy_with(demo, tmp_path, ["*/close.day.bin"], triple_later)
     try:
         init_qlib(copy)
         again = aux_labels(train.index, [1, 5], last_day)
