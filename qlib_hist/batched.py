@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batches import DailyBatches, Day
-from .network import HISTModel, full_precision
+from .network import HISTModel, full_precision, standardise
 from .static_steps import pad_day
 from .training import CHECK_EVERY, FitResult, Trainer, autocast
 
@@ -187,6 +187,31 @@ class StackedMembers:
         return steps * torch.cat(masks, dim=-1).to(steps.dtype)
 
 
+@torch.no_grad()
+def predict_members(stack: StackedMembers, batches: DailyBatches, device: torch.device, precision: str) -> np.ndarray:
+    """Every member's eval-mode predictions ``[K, rows]`` on ``batches`` (on ``device``), each day in one batched
+    pass (the K members on the same day: no padding)."""
+    for member in stack.members:
+        member.eval()
+    k = len(stack.members)
+    preds = torch.empty(k, batches.n_rows, device=device)
+    for d, day in batches.days(device):
+        with autocast(device, precision):
+            preds[:, batches.day_slice(d)] = stack([day] * k)[0]
+    return preds.cpu().numpy()
+
+
+def ensemble_scores(member_preds: np.ndarray, batches: DailyBatches) -> np.ndarray:
+    """The ensemble's prediction ``[rows]`` from its members' ``[K, rows]``: per day, the mean of the members'
+    z-scores (:class:`~qlib_hist.network.SeedEnsemble`'s rule, :func:`~qlib_hist.network.standardise`)."""
+    out = np.empty(batches.n_rows, dtype=np.float32)
+    for d in range(batches.n_days):
+        day = batches.day_slice(d)
+        scores = torch.from_numpy(member_preds[:, day])
+        out[day] = torch.stack([standardise(member) for member in scores]).mean(0).numpy()
+    return out
+
+
 class BatchedTrainer:
     """K member :class:`~qlib_hist.training.Trainer` s (each with its own optimizer, settings and callbacks)
     trained as one batched network (see the module docstring); the members are the trainers' networks, all
@@ -240,17 +265,9 @@ class BatchedTrainer:
             own = None if valid_preds is None else valid_preds[k]
             self.trainers[k].close_epoch(train, valid, preds[k], tic, seconds, own)
 
-    @torch.no_grad()
     def predict(self, batches: DailyBatches) -> np.ndarray:
-        """Every member's eval-mode predictions ``[K, rows]``, each day in one batched pass."""
-        for trainer in self.trainers:
-            trainer.network.eval()
-        preds = torch.empty(len(self.trainers), batches.n_rows, device=self.device)
-        k = len(self.trainers)
-        for d, day in self.trainers[0].on_device(batches).days(self.device):
-            with autocast(self.device, self.precision):
-                preds[:, batches.day_slice(d)] = self.stack([day] * k)[0]
-        return preds.cpu().numpy()
+        """Every member's eval-mode predictions ``[K, rows]`` (:func:`predict_members`)."""
+        return predict_members(self.stack, self.trainers[0].on_device(batches), self.device, self.precision)
 
     def train_epoch(self, batches: DailyBatches, running: Sequence[int]) -> Dict[int, np.ndarray]:
         """One pass over the days: step ``s`` trains each running member on the ``s``-th day of its own order;

@@ -158,9 +158,13 @@ def test_a_batched_fit_predicts_as_the_separate_fits(sequential_and_batched, sho
     for separate, member in zip(sequential.members(), batched.members()):  # each member's raw scores
         expected = predict_days(separate, test, torch.device("cpu"))
         np.testing.assert_allclose(predict_days(member, test, torch.device("cpu")), expected, rtol=0, atol=1e-5)
-    expected, got = sequential.predict(short_dataset, "test"), batched.predict(short_dataset, "test")
+    expected, got = sequential.predict(short_dataset, "test"), batched.predict(short_dataset, "test")  # batched
     assert got.index.equals(expected.index)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-4)  # the mean of per-day z-scores
+    batched.ensemble_mode = "sequential"  # the same members, predicted one after another (SeedEnsemble)
+    assert not batched.batched_members()
+    np.testing.assert_allclose(batched.predict(short_dataset, "test").to_numpy(), got.to_numpy(), atol=1e-5)
+    batched.ensemble_mode = "batched"
 
 
 def test_batched_members_score_their_averaged_weights_with_smooth_steps(demo, short_dataset):

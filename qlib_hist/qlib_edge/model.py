@@ -21,7 +21,7 @@ from qlib.log import get_module_logger
 from qlib.model.base import ModelFT
 
 from ..atomic_files import check_writable
-from ..batched import BatchedTrainer
+from ..batched import BatchedTrainer, StackedMembers, ensemble_scores, predict_members
 from ..batches import DailyBatches, check_labels
 from ..callbacks import Callback, Checkpoint
 from ..concepts import ConceptSource, NoConcepts, load_concept_source
@@ -366,8 +366,13 @@ class HIST(ModelFT):
         if not self.fitted:
             raise TrainingError("model is not fitted yet!")
         check_precision(self.settings.training.precision, self.device)  # before the segment is read
-        batches = self._batches(dataset, segment, with_label=False)
-        preds = predict_days(self.HIST_model, batches.to(self.device), self.device, self.settings.training.precision)
+        batches = self._batches(dataset, segment, with_label=False).to(self.device)
+        precision = self.settings.training.precision
+        if self.batched_members():  # the K members on each day in one pass
+            member_preds = predict_members(StackedMembers(self.members()), batches, self.device, precision)
+            preds = ensemble_scores(member_preds, batches)
+        else:
+            preds = predict_days(self.HIST_model, batches, self.device, precision)
         return batches.in_dataset_order(pd.Series(preds, index=batches.index, name="score"))
 
     def explain(self, dataset: DatasetH, segment: Union[Text, slice] = "test", top: int = 3) -> pd.DataFrame:
