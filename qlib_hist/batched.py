@@ -11,18 +11,19 @@ padded to the segment's longest day with a mask (HIST's static-shape path, as fo
     x = [x_1 \\,\\|\\, \\dots \\,\\|\\, x_K] \\in \\mathbb{R}^{N \\times T \\times K d}
 
 One RNN call per layer runs the K members, because member ``k``'s units only ever meet member ``k``'s weights in a
-block-diagonal matrix: each member's outputs and gradients are its own (equal to a separate fit's; on a CPU
-bit-equal in the tests). All that follows the RNN runs under ``torch.func.vmap`` over the members' stacked
-parameters. The parameters stay in the members (``HISTModel`` s, stacked at each step, so gradients flow back to
-them); each member keeps its own optimizer (its Adam moments and step count), its seed, initialisation, day order,
-early stopping, weight averaging, history and checkpoint: these are the member's own
-:class:`~qlib_hist.training.Trainer`. The summed losses take one backward pass; each member then takes its own
-clipped optimizer step. A member that has early-stopped is frozen, not dropped: it stays in the batch (the shapes
-stay those of K members) and no longer steps.
+block-diagonal matrix: each member's outputs and gradients are its own while its values are finite (equal to a
+separate fit's to float rounding: 1e-5 in the tests; a NaN, though, reaches every member, as ``0 * NaN``). All that
+follows the RNN runs under ``torch.func.vmap`` over the members' stacked parameters. The parameters stay in the
+members (``HISTModel`` s, stacked at each step, so gradients flow back to them); each member keeps its own optimizer
+(its Adam moments and step count), its seed, initialisation, day order, early stopping, weight averaging, history
+and checkpoint: these are the member's own :class:`~qlib_hist.training.Trainer`. The summed losses take one backward
+pass; each member then takes its own clipped optimizer step. A member that has early-stopped is frozen, not dropped:
+it stays in the batch (the shapes stay those of K members) and no longer steps.
 
 What differs from K separate fits: float rounding (the block-diagonal products and the padded days sum in another
 order; the tests hold members to 1e-5 of the separate fits), and the RNN's dropout between layers, which each member
-draws from its own generator (seeded ``seed + k``) rather than from torch's global stream: with ``dropout > 0`` the
+draws from its own generator (seeded from ``seed + k`` and a stream tag, so that its masks do not reuse the draws
+of its initial weights) rather than from torch's global stream: with ``dropout > 0`` the
 members are separate fits' equals in distribution, not draw for draw.
 
 Shapes: ``K`` members, ``N`` stocks on the longest of the step's days, ``T`` time steps, ``d = d_feat``, ``H`` the
@@ -41,9 +42,13 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batches import DailyBatches, Day
+from .errors import QlibHistError
 from .network import HISTModel, full_precision, standardise
 from .static_steps import pad_day
-from .training import CHECK_EVERY, FitResult, Trainer, autocast
+from .training import CHECK_EVERY, FitResult, Trainer, TrainingError, autocast
+
+#: the tag of the dropout streams' seeds (``SeedSequence([seed + k, DROPOUT_STREAM])``): apart from the weights' draws
+DROPOUT_STREAM = 0x44524F50
 
 #: the gates of each RNN type, in torch's weight layout (``LSTM``: i, f, g, o; ``GRU``: r, z, n)
 RNN_GATES = {"LSTM": 4, "GRU": 3}
@@ -136,14 +141,15 @@ class StackedMembers:
         self,
         days: Sequence[Day],
         frozen: Optional[Sequence[bool]] = None,
-        generators: Optional[Sequence[torch.Generator]] = None,
+        generators: Optional[Sequence[Optional[torch.Generator]]] = None,
         size: Optional[int] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Member ``k``'s predictions on ``days[k]`` (see the class's Shapes). ``frozen[k]``: member ``k`` gets no
         gradient. ``generators`` (training with ``dropout > 0``): each member's dropout stream between RNN
-        layers; None = no dropout (eval). ``size``: pad every day to this many stocks (default: the longest day's);
-        at one size a member's values do not depend on the other members' days, bit for bit, since their inputs
-        meet its weights only as exact zeros."""
+        layers (None for a member: no dropout, as for a frozen one); None = no dropout at all (eval).
+        ``size``: pad every day to this many stocks (default: the longest day's); at one size a member's
+        values do not depend on the other members' (finite) days, bit for bit, since their inputs meet its
+        weights only as exact zeros."""
         k = len(self.members)
         frozen = [False] * k if frozen is None else list(frozen)
         size = max(len(day.x) for day in days) if size is None else size
@@ -151,6 +157,11 @@ class StackedMembers:
         x = _stacked([day.x for day in padded])  # [K, N, d*T]
         gate = self.gate
         if gate is not None:
+            if any(day.market is None for day in padded):
+                raise QlibHistError(
+                    "this ensemble gates its inputs with market_context: give each day's market state (the batches "
+                    "of a HIST with that setting carry it)"
+                )
             market = _stacked([day.market for day in padded])  # [K, M]
             gate_params = self.stacked("market_gate.", frozen)
             x = vmap(lambda p, x_k, m_k: functional_call(gate, p, (x_k, m_k), strict=True))(gate_params, x, market)
@@ -161,13 +172,14 @@ class StackedMembers:
         ]
         for layer, template in enumerate(self.layers):
             steps, _ = functional_call(template, block_diagonal_layer(rnns, layer, self.gates), (steps,), strict=True)
-            if layer < self.num_layers - 1 and self.dropout > 0 and generators is not None:
+            if layer < self.num_layers - 1 and self.dropout_between_layers and generators is not None:
                 steps = self._dropout(steps, generators)  # [T, N, K*H]
         steps = steps.reshape(-1, size, k, self.hidden).permute(2, 1, 0, 3)  # [K, N, T, H]
         concepts = _stacked([day.concepts for day in padded])  # [K, N, C]
         mask = _stacked([day.mask for day in padded])  # [K, N]
         member_weight = None if padded[0].member_weight is None else _stacked([d.member_weight for d in padded])
         params = self.stacked("", frozen)
+        self.after_rnn.train(generators is not None)  # what follows the RNN has no dropout; its mode says training
 
         def one_member(p, steps_k, c_k, w_k, mask_k):
             return functional_call(self.after_rnn, p, (steps_k, c_k, w_k, mask_k), strict=True)
@@ -176,12 +188,20 @@ class StackedMembers:
         pred, aux = vmap(one_member, in_dims=in_dims)(params, steps, concepts, member_weight, mask)
         return full_precision(pred), full_precision(aux)
 
-    def _dropout(self, steps: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """Inverted dropout on the RNN's outputs ``[T, N, K*H]``, member ``k``'s units from ``generators[k]``."""
+    @property
+    def dropout_between_layers(self) -> bool:
+        """Whether the RNN drops units between its layers in training (``dropout > 0`` and two layers or more)."""
+        return self.dropout > 0 and self.num_layers > 1
+
+    def _dropout(self, steps: torch.Tensor, generators: Sequence[Optional[torch.Generator]]) -> torch.Tensor:
+        """Inverted dropout on the RNN's outputs ``[T, N, K*H]``, member ``k``'s units from ``generators[k]`` (None:
+        that member's units are kept)."""
         keep = 1.0 - self.dropout
         shape = (*steps.shape[:2], self.hidden)
         masks = [
-            torch.empty(shape, device=steps.device).bernoulli_(keep, generator=generator) / keep
+            torch.ones(shape, device=steps.device)
+            if generator is None
+            else torch.empty(shape, device=steps.device).bernoulli_(keep, generator=generator) / keep
             for generator in generators
         ]
         return steps * torch.cat(masks, dim=-1).to(steps.dtype)
@@ -231,11 +251,15 @@ class BatchedTrainer:
             trainer.share_device_copies(first)
         self.device, self.precision = first.device, first.settings.precision
         self.stack = StackedMembers([trainer.network for trainer in self.trainers])  # type: ignore[misc]
-        if self.stack.dropout > 0:
+        if self.stack.dropout_between_layers:
             for trainer in self.trainers:
                 generator = torch.Generator(device=self.device)
                 seed = trainer.settings.seed
-                generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+                if seed is None:
+                    generator.seed()  # the members' weights were not seeded either
+                else:
+                    tagged = np.random.SeedSequence([seed, DROPOUT_STREAM]).generate_state(1, np.uint64)[0]
+                    generator.manual_seed(int(tagged) >> 1)
                 trainer.dropout_generator = generator
 
     def fit(
@@ -269,6 +293,20 @@ class BatchedTrainer:
         """Every member's eval-mode predictions ``[K, rows]`` (:func:`predict_members`)."""
         return predict_members(self.stack, self.trainers[0].on_device(batches), self.device, self.precision)
 
+    def check_losses(self, running: Sequence[int]) -> None:
+        """Every running member's unchecked losses read back (:meth:`~qlib_hist.training.Trainer.check_losses`);
+        a non-finite one stops the ensemble, naming the member it was first seen in (a member's NaN reaches the
+        others through the block-diagonal products, so that member need not be where it began)."""
+        for k in running:
+            try:
+                self.trainers[k].check_losses()
+            except TrainingError as err:
+                raise TrainingError(
+                    f"batched ensemble, member {k} (seed {self.trainers[k].settings.seed}): {err}; a member's "
+                    "non-finite weights reach every member of a batched ensemble: ensemble_mode 'sequential' tells "
+                    "which one diverged"
+                ) from None
+
     def train_epoch(self, batches: DailyBatches, running: Sequence[int]) -> Dict[int, np.ndarray]:
         """One pass over the days: step ``s`` trains each running member on the ``s``-th day of its own order;
         returns each running member's train-mode predictions ``[rows]`` (NaN on days its loss skipped)."""
@@ -276,10 +314,12 @@ class BatchedTrainer:
         preds = {k: trainers[k].begin_epoch(batches) for k in running}
         orders = {k: trainers[k].generator.permutation(batches.n_days) for k in running}
         frozen = [k not in orders for k in range(len(trainers))]
-        for k, still in enumerate(frozen):  # a frozen member runs in eval mode (its stream is not drawn from)
+        for k, still in enumerate(frozen):  # the members' modes, for what reads them (the pass runs on copies)
             trainers[k].network.train(not still)
         on_device = trainers[0].on_device(batches)
-        generators = [cast(torch.Generator, t.dropout_generator) for t in trainers] if self.stack.dropout > 0 else None
+        generators = None  # each running member's dropout stream; a frozen member's is not drawn from
+        if self.stack.dropout_between_layers:
+            generators = [None if still else t.dropout_generator for t, still in zip(trainers, frozen)]
         #: one size for the segment: each member's steps are then its own whatever the others train on (a member
         #: resumed at another epoch than the rest continues bit for bit)
         size = int(batches.day_count.max())
@@ -305,9 +345,9 @@ class BatchedTrainer:
                 total.backward()
             for k in stepping:
                 trainers[k].optimizer_step()
-            for k in running:
-                if len(trainers[k].unchecked) >= CHECK_EVERY:
-                    trainers[k].check_losses()
+            if any(len(trainers[k].unchecked) >= CHECK_EVERY for k in running):
+                self.check_losses(running)
+        self.check_losses(running)
         for k in running:
             trainers[k].end_epoch(batches)
         return {k: preds[k].cpu().numpy() for k in running}

@@ -183,7 +183,7 @@ class Checkpoint(Callback):
 
     def _check_contents(self, state: Dict[str, Any], expected: Dict[str, Any], trainer: TrainerState) -> None:
         """Every entry :meth:`Trainer.state_dict` writes, and the network's weights with its names and shapes."""
-        missing = [key for key in expected if key not in state]
+        missing = [key for key in expected if key not in state and key not in OPTIONAL_STATE]
         if missing:
             raise self._damaged(f"no {', '.join(map(repr, missing))}")
         model = state["model"]
@@ -202,6 +202,11 @@ class Checkpoint(Callback):
     def read(self) -> Dict[str, Any]:
         """The checkpoint's content, checked to belong to this fit."""
         return read_checkpoint_file(self.path, self.fingerprint)
+
+
+#: trainer-state entries a checkpoint may lack: the dropout stream of a batched ensemble's member (a sequential fit's
+#: checkpoint, resumed batched, starts that stream from its seed)
+OPTIONAL_STATE = ("dropout_rng",)
 
 
 def damaged_checkpoint(path: Path, what: str) -> CheckpointError:

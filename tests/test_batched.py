@@ -17,7 +17,7 @@ from qlib_hist.callbacks import Callback
 from qlib_hist.network import HISTModel
 from qlib_hist.qlib_edge.model import ensemble_seconds
 from qlib_hist.settings import HISTSettings, SettingsError
-from qlib_hist.training import predict_days
+from qlib_hist.training import TrainingError, predict_days
 
 from conftest import small_hist
 
@@ -162,9 +162,11 @@ def test_a_batched_fit_predicts_as_the_separate_fits(sequential_and_batched, sho
     assert got.index.equals(expected.index)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-4)  # the mean of per-day z-scores
     batched.ensemble_mode = "sequential"  # the same members, predicted one after another (SeedEnsemble)
-    assert not batched.batched_members()
-    np.testing.assert_allclose(batched.predict(short_dataset, "test").to_numpy(), got.to_numpy(), atol=1e-5)
-    batched.ensemble_mode = "batched"
+    try:
+        assert not batched.batched_members()
+        np.testing.assert_allclose(batched.predict(short_dataset, "test").to_numpy(), got.to_numpy(), atol=1e-5)
+    finally:
+        batched.ensemble_mode = "batched"
 
 
 def test_batched_members_score_their_averaged_weights_with_smooth_steps(demo, short_dataset):
@@ -210,8 +212,9 @@ def test_a_killed_batched_fit_resumes_bit_for_bit(demo, short_dataset, tmp_path)
 
 
 def test_a_sequential_ensembles_checkpoints_resume_batched(demo, short_dataset, tmp_path, caplog):
+    """Even with dropout: the sequential checkpoint has no member dropout stream, which then starts from its seed."""
     logging.getLogger("qlib").propagate = True
-    settings = dict(hidden_size=8, n_epochs=3, ensemble=2, checkpoint_dir=str(tmp_path))
+    settings = dict(hidden_size=8, n_epochs=3, ensemble=2, num_layers=2, dropout=0.2, checkpoint_dir=str(tmp_path))
     with pytest.raises(KeyboardInterrupt):  # member 0 done (3 epochs), member 1 killed after its first
         small_hist(demo, **settings, ensemble_mode="sequential").fit(short_dataset, callbacks=[_StopAfter(3)])
     resumed = small_hist(demo, **settings, ensemble_mode="batched")
@@ -224,8 +227,23 @@ def test_a_sequential_ensembles_checkpoints_resume_batched(demo, short_dataset, 
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 0, 1, 2]
 
 
+def test_a_non_finite_loss_stops_the_batched_ensemble_naming_the_member(demo, short_dataset):
+    model = small_hist(demo, hidden_size=8, ensemble=3, ensemble_mode="batched")
+    train, valid = model._train_valid(short_dataset, None)
+    with torch.no_grad():
+        model.members()[1].fc_indi.weight[0, 0] = float("nan")  # member 1 diverged
+    trainers = [model._member_trainer(k, net, train, valid, ()) for k, net in enumerate(model.members())]
+    with pytest.raises(TrainingError, match=r"batched ensemble, member \d \(seed \d\): epoch 0: the train loss is nan"):
+        BatchedTrainer(trainers).fit(train, valid)
+
+
 def test_the_ensemble_mode_setting(demo):
     assert not small_hist(demo, ensemble=2).batched_members()  # auto: sequential on a CPU, where batching is slower
+    on_cuda = small_hist(demo, ensemble=2)
+    on_cuda.__dict__["device"] = torch.device("cuda")  # the rule alone: no tensor goes there
+    assert on_cuda.batched_members()  # auto: batched on CUDA ...
+    on_cuda.__dict__["settings"] = on_cuda.settings.replace(cuda_graphs=True)
+    assert not on_cuda.batched_members()  # ... unless cuda_graphs captures the members' steps one by one
     assert small_hist(demo, ensemble=2, ensemble_mode="batched").batched_members()
     assert not small_hist(demo, ensemble=2, ensemble_mode="sequential").batched_members()
     with pytest.raises(SettingsError, match="ensemble_mode must be one of"):

@@ -214,9 +214,11 @@ class HIST(ModelFT):
         return Checkpoint(folder / CHECKPOINT_NAME, digest.hexdigest()[:16])
 
     def batched_members(self) -> bool:
-        """Whether :meth:`fit` trains the ensemble's members batched (``ensemble_mode``; ``auto``: on CUDA)."""
+        """Whether :meth:`fit` trains the ensemble's members batched (``ensemble_mode``; ``auto``: on CUDA, unless
+        ``cuda_graphs`` captures the members' steps one by one)."""
         t = self.settings.training
-        mode = t.ensemble_mode if t.ensemble_mode != "auto" else ("batched" if self.device.type == "cuda" else "")
+        auto = self.device.type == "cuda" and not t.cuda_graphs
+        mode = t.ensemble_mode if t.ensemble_mode != "auto" else ("batched" if auto else "sequential")
         return t.ensemble > 1 and mode == "batched"
 
     def _member_trainer(
@@ -277,7 +279,8 @@ class HIST(ModelFT):
             if path:
                 check_writable(path, what, folder)
         train, valid = self._train_valid(dataset, reweighter)
-        if self.batched_members():
+        batched = self.batched_members()
+        if batched:
             trainers = [self._member_trainer(k, net, train, valid, callbacks) for k, net in enumerate(self.members())]
             self.logger.info("ensemble of %d: the members train batched, as one network", len(trainers))
             results = BatchedTrainer(trainers).fit(train, valid, evals_result, t.keep_start)
@@ -286,7 +289,7 @@ class HIST(ModelFT):
                 self._member_trainer(k, net, train, valid, callbacks).fit(train, valid, evals_result, t.keep_start)
                 for k, net in enumerate(self.members())
             ]
-        self._keep_result(results)
+        self._keep_result(results, batched)
         if save_path:
             save_state_dict(self.HIST_model.state_dict(), save_path)
 
@@ -339,10 +342,10 @@ class HIST(ModelFT):
         )
         return train, valid
 
-    def _keep_result(self, results: List[FitResult]) -> None:
+    def _keep_result(self, results: List[FitResult], batched: bool = False) -> None:
         """One member: its best epoch, score and history (qlib's). An ensemble: ``best_epoch`` per member, the
-        members' mean ``best_score``, and every member's epochs in ``history`` (each record has ``member``), which
-        is what the ensemble cost: K fits."""
+        members' mean ``best_score``, and every member's epochs in ``history`` (each record has ``member``): what
+        the ensemble cost, K fits, or with ``batched`` members (they stepped together) each epoch once."""
         self.fitted = True
         if len(results) == 1:
             result = results[0]
@@ -357,8 +360,8 @@ class HIST(ModelFT):
             self.best_epoch,
             self.best_score,
             len(self.history),
-            ensemble_seconds(self.history, self.batched_members()),
-            "batched" if self.batched_members() else "K fits",
+            ensemble_seconds(self.history, batched),
+            "batched" if batched else "K fits",
         )
 
     def predict(self, dataset: DatasetH, segment: Union[Text, slice] = "test") -> pd.Series:
