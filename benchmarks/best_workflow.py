@@ -15,8 +15,13 @@ and backtest) with two things taken from the choice that ``python -m benchmarks.
   2017: a 2012 start is 5 years); the YAML keeps that length before qlib's valid start (2015: from 2010), and its
   handler starts and fits its processors there, as the trials' did.
 
+Where the screen (``python -m benchmarks.screen``: the recipe with ``market_context``, ``aux_horizons`` or both,
+chosen on valid over two windows) has chosen a candidate other than the recipe alone, that candidate's options
+(its variant in ``grids/screen_dev.yaml``) join the model kwargs; with the recipe alone chosen, or no choice yet,
+the file is the search's alone.
+
 ``tests/benchmarks/test_best_workflow.py`` checks that the committed file is what this writes from the committed
-choice, so the YAML cannot drift from the search.
+choices, so the YAML cannot drift from the search and the screen.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import script_parser
-from benchmarks.config import PROFILES, WORKFLOW, WORKFLOW_YAML
+from benchmarks.config import PROFILES, WORKFLOW, WORKFLOW_YAML, load_workflow
 from benchmarks.paths import HERE, ROOT, repo_relative
 from benchmarks.search import CONCEPT_WEIGHT, MAX_EPOCHS, METRIC, PRETRAINED_HIDDEN, param_problems
 from benchmarks.search_records import ROW_KEYS
@@ -37,6 +42,11 @@ from qlib_hist.settings import HISTSettings
 BEST_YAML = ROOT / "workflow_config_hist_best.yaml"
 CHOICE_JSON = HERE / "results" / "search_choice.json"
 PRETRAINED = "benchmarks/LSTM/model_lstm_csi300.pkl"  # the template's, qlib's layout
+SCREEN_JSON = HERE / "results" / "screen_choice.json"
+SCREEN_GRID = HERE / "grids" / "screen_dev.yaml"
+RECIPE_ROW = "hist_pit+best"  # the screen's name for the search's recipe alone
+#: the settings a screen candidate may add to the search's recipe
+SCREEN_KEYS = ("market_context", "market_temperature", "aux_horizons", "aux_weight")
 
 
 class ChoiceError(ValueError):
@@ -62,8 +72,26 @@ def train_start(choice: dict) -> str:
     return f"{qlib_valid - years}-01-01"
 
 
-def model_kwargs_block(choice: dict) -> str:
-    """The YAML lines of ``task.model.kwargs`` (12-space indent) for ``choice``."""
+def screen_options(screen: dict | None, source: str = "the screen's choice") -> dict:
+    """The settings the screen's choice (a ``screen_choice.json``) adds to the recipe: the chosen candidate's keys
+    beside ``from_workflow`` in ``grids/screen_dev.yaml``; ``{}`` when the recipe alone was chosen or the screen
+    has not chosen yet."""
+    row = (screen or {}).get("choice")
+    if not row or row == RECIPE_ROW:
+        return {}
+    variants = load_workflow(SCREEN_GRID)["variants"]
+    variant = row.removeprefix(RECIPE_ROW.split("+")[0] + "+")
+    if variant == row or variant not in variants:
+        raise ChoiceError(f"{source}: {row!r} is not a candidate of {repo_relative(SCREEN_GRID)}")
+    options = {key: value for key, value in variants[variant].items() if key != "from_workflow"}
+    unknown = sorted(set(options) - set(SCREEN_KEYS))
+    if unknown:
+        raise ChoiceError(f"{source}: {row!r} sets {unknown}, which the screen does not choose")
+    return options
+
+
+def model_kwargs_block(choice: dict, options: dict | None = None) -> str:
+    """The YAML lines of ``task.model.kwargs`` (12-space indent) for ``choice`` and the screen's ``options``."""
     lines = [
         ("d_feat", 6),
         ("hidden_size", choice["hidden_size"]),
@@ -89,6 +117,7 @@ def model_kwargs_block(choice: dict) -> str:
     ]
     if choice["concept_weight"]:
         lines.append(("concept_weight", f'"{CONCEPT_WEIGHT}"'))
+    lines += list((options or {}).items())
     lines += [("seed", 0), ("GPU", 0)]
     unused = set(_switched_off(choice).unused_options())
     return "".join(f"            {key}: {_yaml(value)}\n" for key, value in lines if key not in unused)
@@ -108,6 +137,16 @@ def _confirmed(choice: dict) -> str:
     return f"; mean over seeds {', '.join(map(str, summary['seeds']))}: {summary['mean']:.4f}"
 
 
+def _screened(options: dict | None) -> str:
+    """``,\n# with aux_horizons from benchmarks/results/screen_choice.json (...)`` where the screen added options."""
+    if not options:
+        return ""
+    return (
+        f",\n# with {', '.join(options)} from benchmarks/results/screen_choice.json (the screen's choice on valid over "
+        "two windows)"
+    )
+
+
 def _yaml_float(value: float) -> str:
     """``value`` unrounded (Python's shortest repr) in a form every YAML loader reads as a float: YAML 1.1
     (PyYAML) reads ``1e-05`` as a string, so the mantissa gets a point (``1.0e-05``)."""
@@ -117,12 +156,14 @@ def _yaml_float(value: float) -> str:
 
 
 def _yaml(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml(item) for item in value) + "]"
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def best_workflow(choice: dict, template: str, source: str = "the choice") -> str:
-    """The text of ``workflow_config_hist_best.yaml`` for ``choice`` (a ``search_choice.json``), from ``template``
-    (the text of ``workflow_config_hist_Alpha360.yaml``)."""
+def best_workflow(choice: dict, template: str, source: str = "the choice", options: dict | None = None) -> str:
+    """The text of ``workflow_config_hist_best.yaml`` for ``choice`` (a ``search_choice.json``) and the screen's
+    ``options`` (:func:`screen_options`), from ``template`` (the text of ``workflow_config_hist_Alpha360.yaml``)."""
     check_choice(choice, source)
     start = train_start(choice)
     needs = (
@@ -136,13 +177,13 @@ def best_workflow(choice: dict, template: str, source: str = "the choice") -> st
         "# HIST with the recipe the search chose on the valid segment (issue 28): qlib's HIST benchmark otherwise\n"
         "# (workflow_config_hist_Alpha360.yaml). Written by `python -m benchmarks.best_workflow` from\n"
         f"# benchmarks/results/search_choice.json (trial {choice.get('trial', '?')}, valid IC "
-        f"{choice.get(METRIC, float('nan')):.4f}{_confirmed(choice)}); do not edit by hand.\n"
+        f"{choice.get(METRIC, float('nan')):.4f}{_confirmed(choice)}){_screened(options)}; do not edit by hand.\n"
         f"{needs}"
         "# Run: qrun workflow_config_hist_best.yaml\n"
     )
     text = re.sub(r"\A(#[^\n]*\n)+", lambda _: header, template, count=1)
     model = re.compile(r"(\n    model:\n(?:        [^\n]*\n)*?        kwargs:\n)((?:            [^\n]*\n)+)")
-    text, found = model.subn(lambda m: m.group(1) + model_kwargs_block(choice), text, count=1)
+    text, found = model.subn(lambda m: m.group(1) + model_kwargs_block(choice, options), text, count=1)
     old_start = WORKFLOW["task"]["dataset"]["kwargs"]["segments"]["train"][0]
     for pattern in (r"(\n    start_time: )", r"(\n    fit_start_time: )", r"(\n                train: \[)"):
         text, n = re.subn(pattern + re.escape(old_start), lambda m: m.group(1) + start, text, count=1)
@@ -155,11 +196,14 @@ def best_workflow(choice: dict, template: str, source: str = "the choice") -> st
 def main(argv: list[str] | None = None) -> int:
     parser = script_parser("benchmarks.best_workflow", __doc__)
     parser.add_argument("--choice", default=str(CHOICE_JSON), help="the search's choice (search --report writes it)")
+    parser.add_argument("--screen", default=str(SCREEN_JSON), help="the screen's choice (benchmarks.screen writes it)")
     parser.add_argument("--out", default=str(BEST_YAML))
     args = parser.parse_args(argv)
     try:
         choice = json.loads(Path(args.choice).read_text(encoding="utf-8"))
-        text = best_workflow(choice, WORKFLOW_YAML.read_text(encoding="utf-8"), source=args.choice)
+        screen = json.loads(Path(args.screen).read_text(encoding="utf-8")) if Path(args.screen).exists() else None
+        options = screen_options(screen, source=args.screen)
+        text = best_workflow(choice, WORKFLOW_YAML.read_text(encoding="utf-8"), source=args.choice, options=options)
     except (OSError, ValueError) as err:
         parser.error(str(err))
     atomic_write_text(Path(args.out), text)

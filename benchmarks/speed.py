@@ -1,12 +1,14 @@
 """Speed and memory: qlib's HIST (patched to run) vs qlib_hist's HIST on the same handler, kwargs and device.
 
     python -m benchmarks.speed --provider-uri ../shared/data/cn_csi300 [--device cpu|cuda] [--epochs 3]
-    python -m benchmarks.speed --device cuda --precision fp32 bf16 --shared 8     # the GPU table (issue 29)
+    python -m benchmarks.speed --device cuda --precision fp32 bf16 --shared 8     # the GPU table
+    python -m benchmarks.speed --precision fp32 bf16 --threads 1   # a CPU with avx512_bf16/AMX: fp32 against bf16
 
 Rows (:data:`ROWS`): ``qlib``; ``ours``. With ``--device cuda`` also ``ours_plain`` (ours with the loop as it was
 before 0.6: each day copied from the host, each step's loss read back at once), ``ours_graphs`` (``cuda_graphs``),
 ``ours_ensemble5`` (``ensemble: 5`` trained batched: its epoch is the five members' together) and, for ``bf16`` in
-``--precision``, ``ours_bf16`` (``precision: bf16`` with ``cuda_graphs``); ``--shared N`` runs
+``--precision``, ``ours_bf16`` (``precision: bf16`` with ``cuda_graphs``); on a CPU, ``bf16`` in ``--precision``
+adds ``ours_bf16_cpu`` (``precision: bf16``, eager; the CPU must report avx512_bf16 or AMX); ``--shared N`` runs
 N copies of the fastest of ours side by side on the one GPU. Each row runs in its own subprocess (so peak memory is
 its own) and reports:
 
@@ -40,6 +42,7 @@ from benchmarks import script_parser
 from benchmarks.config import WORKFLOW
 from benchmarks.paths import HERE, ROOT, SHARED, repo_relative
 from qlib_hist.atomic_files import atomic_write_text
+from qlib_hist.training import BF16_CPU_FLAGS, cpu_flags
 
 #: the speed runs' own segments (dates), shorter than the cpu-quick table's
 SEGMENTS = {
@@ -56,13 +59,15 @@ ROWS: dict[str, dict | None] = {
     "ours_graphs": {"cuda_graphs": True},
     "ours_bf16": {"cuda_graphs": True, "precision": "bf16"},
     "ours_ensemble5": {"ensemble": 5, "ensemble_mode": "batched"},
+    "ours_bf16_cpu": {"precision": "bf16"},
 }
 
 
 def rows_for(device: str, precisions: list[str]) -> list[str]:
-    """The rows a run measures: qlib and ours on a CPU; on CUDA the fp32 paths and, with bf16, the bf16 one."""
+    """The rows a run measures: qlib and ours on a CPU (with bf16, ours in bf16 too); on CUDA the fp32 paths and,
+    with bf16, the bf16 one."""
     if device == "cpu":
-        return ["qlib", "ours"]
+        return ["qlib", "ours"] + (["ours_bf16_cpu"] if "bf16" in precisions else [])
     rows = ["qlib", "ours_plain", "ours", "ours_graphs", "ours_ensemble5"] if "fp32" in precisions else ["qlib"]
     return rows + (["ours_bf16"] if "bf16" in precisions else [])
 
@@ -144,6 +149,8 @@ def measure(impl: str, args: argparse.Namespace) -> dict:
     from benchmarks.run import build_concepts
     from qlib_hist.qlib_edge.handler_cache import cached_handler
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     qlib.init(provider_uri=str(args.provider_uri), region=WORKFLOW["qlib_init"]["region"], kernels=2)
     profile = dict(PROFILES["cpu-quick"], n_epochs=args.epochs, early_stop=args.epochs + 1)
     handler = handler_config(args.market, SEGMENTS["train"][0], SEGMENTS["test"][1], SEGMENTS["train"])
@@ -241,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sw-csv", default=str(SHARED / "sw_industry_history.csv"))
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     parser.add_argument("--shared", type=int, default=0, help="also run N copies of ours side by side (CUDA)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of each row (default: torch's own)")
     parser.add_argument("--impl", choices=tuple(ROWS), help=argparse.SUPPRESS)  # subprocess mode
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -252,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(measure(args.impl, args)), flush=True)
         return 0
 
-    if args.device == "cpu" and (args.precision != ["fp32"] or args.shared):
-        parser.error("--precision bf16 and --shared are CUDA rows: use them with --device cuda")
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (torch's own) or more, not {args.threads}")
+    if args.device == "cpu" and args.shared:
+        parser.error("--shared is a CUDA row: use it with --device cuda")
+    if args.device == "cpu" and "bf16" in args.precision and not set(BF16_CPU_FLAGS) & cpu_flags():
+        flags = " or ".join(BF16_CPU_FLAGS)
+        parser.error(f"--precision bf16 on a CPU needs one that reports {flags}: this one does not")
 
     def command(impl: str) -> list[str]:
         return [
@@ -274,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             args.cache_dir,
             "--sw-csv",
             args.sw_csv,
+            "--threads",
+            str(args.threads),
         ]
 
     def finished(impl: str, proc: subprocess.CompletedProcess) -> dict:

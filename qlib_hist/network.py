@@ -8,6 +8,7 @@ pretrain the encoder.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
@@ -28,6 +29,13 @@ PEER_SEARCH_CHUNK = 1024  # rows of the N x N similarity held at once during the
 def full_precision(values: torch.Tensor) -> torch.Tensor:
     """``values`` in fp32 when autocast made them bf16/fp16; unchanged otherwise (fp32 stays the same tensor)."""
     return values.float() if values.dtype in (torch.bfloat16, torch.float16) else values
+
+
+def after_encoder(state: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on ``state``'s device: under ``precision: bf16`` only the encoder (the RNN and its input gate)
+    runs in bf16. The concept modules and heads are a few small matmuls a day, which bf16 makes slower on a CPU
+    (casts and small-GEMM overhead) and less exact; they take the encoder's state in fp32."""
+    return torch.autocast(state.device.type, enabled=False)
 
 
 def make_rnn(settings: NetworkSettings) -> nn.Module:
@@ -404,7 +412,19 @@ class HISTModel(nn.Module):
         w: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
     ) -> HISTParts:
-        """:meth:`parts` from the encoder's state ``x_hidden [N, H]`` (and its time attention ``[N, T]`` or None)."""
+        """:meth:`parts` from the encoder's state ``x_hidden [N, H]`` (and its time attention ``[N, T]`` or None), in
+        fp32: under a bf16 autocast only the encoder runs in bf16 (:func:`after_encoder`)."""
+        with after_encoder(x_hidden):
+            return self._parts_of_state(x_hidden, time_attention, c, w, mask)
+
+    def _parts_of_state(
+        self,
+        x_hidden: torch.Tensor,
+        time_attention: Optional[torch.Tensor],
+        c: torch.Tensor,
+        w: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+    ) -> HISTParts:
         on = self.settings
         n, device = len(x_hidden), x_hidden.device
         zero = torch.zeros_like(x_hidden)  # [N, H]   a switched-off part
@@ -454,8 +474,7 @@ class HISTModel(nn.Module):
         of the unpadded day (to float rounding); nothing in the pass has a data-dependent shape.
         """
         check_shapes(x, concept_matrix, member_weight, self.d_feat)
-        p = self.parts(x, concept_matrix, member_weight, mask, market)
-        return self.fc_out(p.concept + p.hidden_concept + p.individual).squeeze(-1)
+        return self.heads(self.parts(x, concept_matrix, member_weight, mask, market))[0]
 
     def forward_day(self, day: "Day") -> torch.Tensor:
         """Predictions ``[n]`` for one :class:`~qlib_hist.batches.Day` (what the trainer calls)."""
@@ -467,10 +486,15 @@ class HISTModel(nn.Module):
         """The RNN's outputs ``steps [N, T, H]`` -> (predictions ``[N]``, auxiliary outputs ``[N, A]``, ``A = 0``
         without ``aux_horizons``): all that follows the RNN, for a batched ensemble (:mod:`qlib_hist.batched`),
         which runs it under ``vmap`` over its members' stacked parameters."""
-        p = self.parts_of_state(*pool_steps(steps, self.temporal_att), c, w, mask)
-        representation = p.concept + p.hidden_concept + p.individual  # [N, H]
-        aux = representation[:, :0] if self.aux_head is None else self.aux_head(representation)
-        return self.fc_out(representation).squeeze(-1), aux
+        return self.heads(self.parts_of_state(*pool_steps(steps, self.temporal_att), c, w, mask))
+
+    def heads(self, p: HISTParts) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(predictions ``[N]``, auxiliary outputs ``[N, A]``, ``A = 0`` without ``aux_horizons``) from the parts:
+        both heads read the same representation ``concept + hidden_concept + individual`` ``[N, H]``, in fp32."""
+        with after_encoder(p.individual):
+            representation = p.concept + p.hidden_concept + p.individual  # [N, H]
+            aux = representation[:, :0] if self.aux_head is None else self.aux_head(representation)
+            return self.fc_out(representation).squeeze(-1), aux
 
     def forward_with_aux(self, day: "Day") -> Tuple[torch.Tensor, torch.Tensor]:
         """(predictions ``[n]``, auxiliary-horizon outputs ``[n, K]``) for one day, from one pass: both heads read
@@ -478,9 +502,7 @@ class HISTModel(nn.Module):
         if self.aux_head is None:
             raise QlibHistError("this network has no aux_horizons: use forward_day")
         check_shapes(day.x, day.concepts, day.member_weight, self.d_feat)
-        p = self.parts(day.x, day.concepts, day.member_weight, day.mask, day.market)
-        representation = p.concept + p.hidden_concept + p.individual  # [n, H]
-        return self.fc_out(representation).squeeze(-1), self.aux_head(representation)
+        return self.heads(self.parts(day.x, day.concepts, day.member_weight, day.mask, day.market))
 
 
 class RNNRegressor(nn.Module):

@@ -355,8 +355,8 @@ class TrainSettings(_Validated):
     precision: str = setting(
         "fp32",
         choices=PRECISIONS,
-        help="`bf16`: autocast the encoder and linear layers (CUDA, or a CPU with avx512_bf16/AMX, where a train pass "
-        "took 0.55x of fp32's time at the same test IC); elsewhere keep `fp32`",
+        help="`bf16`: the encoder runs under bf16 autocast, the concept modules and heads in fp32 (CUDA, or a CPU with "
+        "avx512_bf16/AMX, where an epoch took 0.69x of fp32's time); elsewhere keep `fp32`",
         see="model.md#gpu-speed",
     )
     cuda_graphs: bool = setting(

@@ -208,8 +208,8 @@ def check_cuda_graphs(cuda_graphs: bool, device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``precision="bf16"`` (the encoder and linear layers; softmaxes, cosines and
-    the loss stay fp32), nothing for fp32."""
+    """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for fp32. The network turns it off after its
+    encoder (:func:`qlib_hist.network.after_encoder`): the concept modules, the heads and the loss run in fp32."""
     if precision == "bf16":  # no weight-cast cache: a captured CUDA graph must recast inside each replay
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_under_basetemp(tmp_path_factory):
+    """The session's ``tempfile`` folders go under pytest's basetemp, which pytest prunes: qlib's
+    ``Recorder.load_object`` leaves each artifact mlflow copied to a fresh ``mkdtemp`` folder (thousands a suite).
+    In this process only: subprocesses and Ray (which reads ``$TMPDIR`` for its socket paths) keep the system's."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
+    yield
+    tempfile.tempdir = before
 
 
 def _shared_data_dir() -> Path:

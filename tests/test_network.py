@@ -221,6 +221,24 @@ def test_modules_are_the_parts():
     assert torch.equal(F.leaky_relu(net.fc_es_fore(es.shared)), parts.concept)
 
 
+@pytest.mark.parametrize("aux", [(), (2, 3)])
+def test_under_bf16_autocast_only_the_encoder_runs_in_bf16(aux):
+    """``precision: bf16``: the encoder's state is bf16 arithmetic, all that follows it is fp32 on that state."""
+    torch.manual_seed(2)
+    net = HISTModel(d_feat=D_FEAT, hidden_size=16, num_layers=1, aux_horizons=aux).eval()
+    x, c = _option_inputs(n=30, seed=4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, alpha = net.encode(x)
+        pred, aux_out = net.heads(net.parts(x, c))
+        alone = net(x, c)
+    with torch.no_grad():
+        fp32_hidden = net.encode(x)[0]
+        expected, expected_aux = net.heads(net.parts_of_state(hidden, alpha, c))  # fp32 from the bf16 state
+    assert hidden.dtype == torch.float32 and not torch.equal(hidden, fp32_hidden)  # the encoder did run in bf16
+    assert pred.dtype == aux_out.dtype == torch.float32
+    assert torch.equal(pred, expected) and torch.equal(aux_out, expected_aux) and torch.equal(alone, expected)
+
+
 # ==================================================================================================== closest peers
 def _closest_peer(u: torch.Tensor, chunk: int) -> torch.Tensor:
     """qlib's argmax: the single closest peer of each row."""

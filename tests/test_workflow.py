@@ -32,6 +32,8 @@ def qrun_dir(tmp_path_factory):
     write_demo_provider(out, n_stocks=30, seed=1)
     config = write_demo_config(out, seed=1, n_epochs=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no file-store opt-out
+    (out / "tmp").mkdir()
+    env["TMPDIR"] = str(out / "tmp")  # the artifact copies qlib's recorder leaves stay in the test's folder
     proc = subprocess.run(
         [qrun_executable(), str(config)], cwd=out, env=env, capture_output=True, text=True, timeout=900
     )

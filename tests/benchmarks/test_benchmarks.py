@@ -476,3 +476,20 @@ def test_the_benchmarks_config_reader_takes_qlib_style_dates(tmp_path):
     path.write_text(DATE_STYLE_YAML.replace("test: [2017-01-01, 2020-08-01]", "test: [2017-01-01, 0001-01-01]"))
     with pytest.raises(DateOutOfRange, match=r"workflow.yaml: task.dataset.kwargs.segments.test\[1\]: 0001-01-01"):
         load_workflow(path)
+
+
+def test_speed_rows_per_device_and_precision(monkeypatch, capsys):
+    from benchmarks import speed
+
+    assert speed.rows_for("cpu", ["fp32"]) == ["qlib", "ours"]
+    assert speed.rows_for("cpu", ["fp32", "bf16"]) == ["qlib", "ours", "ours_bf16_cpu"]
+    assert speed.ROWS["ours_bf16_cpu"] == {"precision": "bf16"}  # eager: cuda_graphs is refused on a CPU
+    assert "ours_bf16" in speed.rows_for("cuda", ["fp32", "bf16"])
+    assert "ours_bf16_cpu" not in speed.rows_for("cuda", ["fp32", "bf16"])
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2"})
+    with pytest.raises(SystemExit):
+        speed.main(["--precision", "fp32", "bf16"])
+    assert "avx512_bf16 or amx_bf16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        speed.main(["--shared", "2"])
+    assert "--shared is a CUDA row" in capsys.readouterr().err

@@ -143,8 +143,50 @@ def test_the_committed_best_yaml_is_what_the_committed_choice_writes():
         assert not bw.BEST_YAML.exists(), "workflow_config_hist_best.yaml without results/search_choice.json"
         return
     choice = json.loads(bw.CHOICE_JSON.read_text())
-    assert bw.BEST_YAML.read_text() == bw.best_workflow(choice, WORKFLOW_YAML.read_text()), (
-        "stale: run python -m benchmarks.best_workflow"
-    )
+    screen = json.loads(bw.SCREEN_JSON.read_text()) if bw.SCREEN_JSON.exists() else None
+    written = bw.best_workflow(choice, WORKFLOW_YAML.read_text(), options=bw.screen_options(screen))
+    assert bw.BEST_YAML.read_text() == written, "stale: run python -m benchmarks.best_workflow"
     kwargs = load_workflow(bw.BEST_YAML)["task"]["model"]["kwargs"]
     assert HISTSettings.from_kwargs(**kwargs)[0].warnings() == []  # the shipped recipe: nothing HIST warns about
+
+
+@pytest.mark.parametrize(
+    "row, added",
+    [
+        ("hist_pit+best_aux", {"aux_horizons": [2, 3]}),
+        ("hist_pit+best_market", {"market_context": ["SH000300", "SH000905", "SH000903"]}),
+        ("hist_pit+best_market_aux", {"market_context": ["SH000300", "SH000905", "SH000903"], "aux_horizons": [2, 3]}),
+    ],
+)
+def test_the_screens_choice_adds_its_candidates_options_to_the_recipe(tmp_path, row, added):
+    options = bw.screen_options({"choice": row})
+    assert options == added
+    path = tmp_path / "best.yaml"
+    path.write_text(bw.best_workflow(CHOICE, WORKFLOW_YAML.read_text(), options=options))
+    kwargs = load_workflow(path)["task"]["model"]["kwargs"]
+    trial = trial_kwargs(CHOICE, "membership.csv", "lstm.pkl")
+    assert _settings(kwargs) == _settings({**trial, **added})
+    assert _settings(kwargs) != _settings(trial)
+    assert f"with {', '.join(added)} from benchmarks/results/screen_choice.json" in path.read_text()
+
+
+@pytest.mark.parametrize("screen", [None, {"choice": None}, {"choice": "hist_pit+best"}])
+def test_no_screen_choice_or_the_recipe_alone_writes_the_searchs_file(screen):
+    assert bw.screen_options(screen) == {}
+    template = WORKFLOW_YAML.read_text()
+    assert bw.best_workflow(CHOICE, template, options=bw.screen_options(screen)) == bw.best_workflow(CHOICE, template)
+
+
+@pytest.mark.parametrize("row", ["hist_pit+best_wide", "lstm+best_aux", "best_aux"])
+def test_a_screen_choice_that_is_no_candidate_is_refused_by_name(row):
+    with pytest.raises(bw.ChoiceError) as err:
+        bw.screen_options({"choice": row}, source="s.json")
+    assert str(err.value) == f"s.json: '{row}' is not a candidate of benchmarks/grids/screen_dev.yaml"
+
+
+def test_the_command_takes_the_screens_choice(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps(CHOICE))
+    (tmp_path / "s.json").write_text(json.dumps({"choice": "hist_pit+best_aux"}))
+    out = tmp_path / "best.yaml"
+    assert bw.main(["--choice", str(tmp_path / "c.json"), "--screen", str(tmp_path / "s.json"), "--out", str(out)]) == 0
+    assert load_workflow(out)["task"]["model"]["kwargs"]["aux_horizons"] == [2, 3]
