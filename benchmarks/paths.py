@@ -8,7 +8,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent  # benchmarks/
 ROOT = HERE.parent  # the repository
-SHARED = ROOT.parent / "shared" / "data"  # the real-data folder beside the repository
+#: the real-data folder: ``$QLIB_HIST_SHARED_DATA``, else ``shared/data`` beside the repository (as the tests read it)
+SHARED = Path(os.environ.get("QLIB_HIST_SHARED_DATA") or ROOT.parent / "shared" / "data").expanduser()
 
 _TRACEBACK_FILE = re.compile(r'File "([^"]+)"')
 

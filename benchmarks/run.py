@@ -460,6 +460,30 @@ def check_resources(args: argparse.Namespace) -> None:
         raise GridError(str(err)) from None
 
 
+DEFAULT_MODEL_PATH = SHARED / "qlib_reference" / "model_lstm_csi300.pkl"
+
+
+def pretrained_file(model_path: str | None, parser: argparse.ArgumentParser) -> Path | None:
+    """``--model-path``: the file, or None for random weights (``''``, or the default file missing, which is said
+    loudly: the rows' results depend on it). A file named and missing is an error before anything runs."""
+    if model_path == "":
+        return None
+    if model_path is None:
+        if DEFAULT_MODEL_PATH.is_file():
+            return DEFAULT_MODEL_PATH
+        print(
+            f"WARNING: no pretrained LSTM at {repo_relative(DEFAULT_MODEL_PATH)}: the HIST rows start from random "
+            "weights (results differ from runs that had it); pass --model-path FILE, or --model-path '' to mean this",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    path = Path(model_path).expanduser().resolve()
+    if not path.is_file():
+        parser.error(f"--model-path {model_path}: no such file")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
     parser = script_parser("benchmarks.run", __doc__)
@@ -478,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--model-path",
-        default=str(SHARED / "qlib_reference" / "model_lstm_csi300.pkl"),
-        help="pretrained LSTM for HIST's base (qlib's benchmark file); ignored when missing",
+        default=None,
+        help=f"pretrained LSTM for HIST's base (qlib's benchmark file; default {repo_relative(DEFAULT_MODEL_PATH)}, "
+        "with a warning where it is missing); '' = none: HIST rows start from random weights",
     )
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
     parser.add_argument("--results-dir", default=str(HERE / "results"))
@@ -509,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cache.mkdir(parents=True, exist_ok=True)
     provider = Path(args.provider_uri).expanduser().resolve()
-    model_path = Path(args.model_path).expanduser().resolve() if args.model_path else None
+    model_path = pretrained_file(args.model_path, parser)
     ctx = GridContext(
         grid=grid,
         provider_uri=str(provider),

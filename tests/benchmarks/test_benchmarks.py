@@ -493,3 +493,21 @@ def test_speed_rows_per_device_and_precision(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         speed.main(["--shared", "2"])
     assert "--shared is a CUDA row" in capsys.readouterr().err
+
+
+def test_the_pretrained_file_is_named_or_its_absence_said(tmp_path, monkeypatch, capsys):
+    from benchmarks import run
+
+    parser = argparse.ArgumentParser()
+    present = tmp_path / "lstm.pkl"
+    present.write_bytes(b"x")
+    assert run.pretrained_file(str(present), parser) == present.resolve()
+    assert run.pretrained_file("", parser) is None and capsys.readouterr().err == ""  # none, on purpose
+    monkeypatch.setattr(run, "DEFAULT_MODEL_PATH", present)
+    assert run.pretrained_file(None, parser) == present
+    monkeypatch.setattr(run, "DEFAULT_MODEL_PATH", tmp_path / "absent.pkl")
+    assert run.pretrained_file(None, parser) is None
+    assert "WARNING: no pretrained LSTM at" in capsys.readouterr().err  # random weights, said aloud
+    with pytest.raises(SystemExit):
+        run.pretrained_file(str(tmp_path / "typo.pkl"), parser)
+    assert "--model-path" in (err := capsys.readouterr().err) and "typo.pkl: no such file" in err
