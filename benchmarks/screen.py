@@ -62,7 +62,9 @@ def choose(scores: dict[str, dict[str, dict[int, float]]], seeds: tuple[int, ...
 
 
 def table(scores: dict[str, dict[str, dict[int, float]]], seeds: tuple[int, ...] = SEEDS) -> str:
-    """Markdown: each candidate's valid IC per window (mean over the seeds it has, and how many) and overall."""
+    """Markdown: each candidate's valid IC per window (mean over the seeds it has, and how many) and overall: the
+    score the choice compares, shown once the candidate has every (window, seed) (a mean over the runs that have
+    landed would weigh the windows unequally)."""
     lines = ["| candidate | " + " | ".join(f"valid IC, {w}" for w in WINDOWS) + " | mean of both | runs |"]
     lines.append("|---|" + "---|" * (len(WINDOWS) + 2))
     for row, per_window in scores.items():
@@ -71,7 +73,7 @@ def table(scores: dict[str, dict[str, dict[int, float]]], seeds: tuple[int, ...]
             values = [by_seed[s] for s in seeds if s in by_seed]
             cells.append(f"{np.mean(values):.4f} ({len(values)} of {len(seeds)})" if values else "—")
         every = [v for by_seed in per_window.values() for v in by_seed.values()]
-        mean = f"{np.mean(every):.4f}" if every else "—"
+        mean = f"{np.mean(every):.4f}" if len(every) == len(seeds) * len(WINDOWS) else "—"
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean} | {len(every)} of {len(seeds) * len(WINDOWS)} |")
     return "\n".join(lines)
 

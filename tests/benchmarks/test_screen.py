@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.screen import CANDIDATES, WINDOWS, choose, main, valid_scores
+from benchmarks.screen import CANDIDATES, WINDOWS, choose, main, table, valid_scores
 
 
 def _write(results, folder, row, seed, valid, test_ic=0.9):
@@ -51,6 +51,14 @@ def test_the_page_never_shows_a_test_figure(tmp_path, capsys):
     assert "0.0812 (3 of 3)" in page and "0.9" not in page  # the runs' test IC (0.9) is never read
     record = json.loads((tmp_path / "screen_choice.json").read_text())
     assert record["choice"] == "hist_pit+best" and "metrics" not in json.dumps(record)
+
+
+def test_the_overall_mean_waits_for_both_windows(tmp_path):
+    _fill(tmp_path, {"hist_pit+best": (0.08, 0.10)})
+    _write(tmp_path, "screen-dev", "hist_pit+best_aux", 0, 0.09)
+    lines = {line.split(" |")[0]: line for line in table(valid_scores(tmp_path)).splitlines()}
+    assert lines["| hist_pit+best"].endswith("| 0.0900 | 6 of 6 |")
+    assert lines["| hist_pit+best_aux"].endswith("| — | 1 of 6 |")  # not 0.0900: one window, one seed
 
 
 def test_a_run_without_a_finite_valid_score_counts_as_missing(tmp_path):
