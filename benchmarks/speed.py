@@ -42,7 +42,7 @@ from benchmarks import script_parser
 from benchmarks.config import WORKFLOW
 from benchmarks.paths import HERE, ROOT, SHARED, repo_relative
 from qlib_hist.atomic_files import atomic_write_text
-from qlib_hist.training import BF16_CPU_FLAGS, cpu_flags
+from qlib_hist.training import BF16_CPU_FLAGS, cpu_has_bf16
 
 #: the speed runs' own segments (dates), shorter than the cpu-quick table's
 SEGMENTS = {
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be 0 (torch's own) or more, not {args.threads}")
     if args.device == "cpu" and args.shared:
         parser.error("--shared is a CUDA row: use it with --device cuda")
-    if args.device == "cpu" and "bf16" in args.precision and not set(BF16_CPU_FLAGS) & cpu_flags():
+    if args.device == "cpu" and "bf16" in args.precision and not cpu_has_bf16():
         flags = " or ".join(BF16_CPU_FLAGS)
         parser.error(f"--precision bf16 on a CPU needs one that reports {flags}: this one does not")
 

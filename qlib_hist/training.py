@@ -186,6 +186,11 @@ def cpu_flags() -> set:
         return set()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (one of :data:`BF16_CPU_FLAGS`), where bf16 is faster than fp32."""
+    return bool(set(BF16_CPU_FLAGS) & cpu_flags())
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse ``precision="bf16"`` where it cannot pay: a CPU without native bf16 (AVX-512 BF16 or AMX)."""
     if precision != "bf16":
@@ -194,7 +199,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         if not torch.cuda.is_bf16_supported():
             raise SettingsError(f"precision='bf16': {torch.cuda.get_device_name(device)} has no bf16; use 'fp32'")
         return
-    if not set(BF16_CPU_FLAGS) & cpu_flags():
+    if not cpu_has_bf16():
         raise SettingsError(
             "precision='bf16' needs a CUDA device or a CPU with avx512_bf16/AMX (this CPU has neither, where bf16 "
             "runs slower than fp32): use precision='fp32'"

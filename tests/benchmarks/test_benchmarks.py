@@ -486,7 +486,7 @@ def test_speed_rows_per_device_and_precision(monkeypatch, capsys):
     assert speed.ROWS["ours_bf16_cpu"] == {"precision": "bf16"}  # eager: cuda_graphs is refused on a CPU
     assert "ours_bf16" in speed.rows_for("cuda", ["fp32", "bf16"])
     assert "ours_bf16_cpu" not in speed.rows_for("cuda", ["fp32", "bf16"])
-    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr("qlib_hist.training.cpu_flags", lambda: {"avx2"})
     with pytest.raises(SystemExit):
         speed.main(["--precision", "fp32", "bf16"])
     assert "avx512_bf16 or amx_bf16" in capsys.readouterr().err
