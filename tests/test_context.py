@@ -61,9 +61,12 @@ def test_a_label_that_reads_past_the_last_train_day_is_masked():
     # a k-day label of day t reads the close of t+1+k: kept while t + 1 + k <= 7
     assert (keep[:, 0] == (position + 2 <= 7)).all() and (keep[:, 1] == (position + 4 <= 7)).all()
     assert keep[:, 0].sum() == 2 * 6 and keep[:, 1].sum() == 2 * 4
-    # a last day that is not a trading day counts as the trading day before it
-    weekend = aux_label_mask(dates, [1], calendar, calendar[7] + pd.Timedelta(hours=12))
-    assert (weekend == keep[:, :1]).all()
+    # a last day that is not a trading day (the Saturday and Sunday after Friday, position 7) counts as the trading
+    # day before it
+    assert calendar[7].day_name() == "Friday"
+    for days_later in (1, 2):
+        weekend = aux_label_mask(dates, [1, 3], calendar, calendar[7] + pd.Timedelta(days=days_later))
+        assert (weekend == keep).all()
 
 
 def test_rank_normalise_is_qlibs_cs_rank_norm_per_day():

@@ -113,6 +113,85 @@ def test_days_an_index_has_no_bar_are_logged_and_gated_with_the_train_mean(
     ]
 
 
+def _train_days(dataset) -> pd.DatetimeIndex:
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    label = dataset.prepare("train", col_set="label", data_key=DataHandlerLP.DK_L)
+    return pd.DatetimeIndex(label.index.get_level_values(0).unique()).sort_values()
+
+
+def test_the_gate_is_scaled_by_the_train_days_alone(market_model, short_dataset, demo):
+    from qlib_hist.qlib_edge.context import market_features
+
+    init_qlib(demo.provider_uri)
+    market = market_features([BENCHMARK], _train_days(short_dataset)).astype(np.float64)  # [days, 21]
+    gate = market_model.HIST_model.market_gate
+    std = np.nanstd(market, axis=0)
+    np.testing.assert_allclose(gate.mean.numpy(), np.nanmean(market, axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gate.std.numpy(), np.where(std > 0, std, 1.0), rtol=1e-5, atol=1e-7)
+
+
+def test_a_day_without_a_bar_leaves_every_figure_of_the_index_missing(demo, short_dataset, tmp_path):
+    """No bar on two days inside the window: each of the index's figures is NaN on them (the gate's train mean),
+    while the day before them keeps its state and a day later than them still has one."""
+    from qlib_hist.qlib_edge.context import market_features
+
+    days = _train_days(short_dataset)
+    gap = days[30:32]
+    init_qlib(demo.provider_uri)
+    before = market_features([BENCHMARK], days)
+
+    def drop_bars(calendar, values):
+        values[calendar.isin(gap)] = np.nan
+        return values
+
+    fields = [f"{BENCHMARK.lower()}/{field}.day.bin" for field in ("close", "volume", "open", "high", "low")]
+    copy = _provider_copy_with(demo, tmp_path, fields, drop_bars)
+    try:
+        init_qlib(copy)
+        after = market_features([BENCHMARK], days)
+    finally:
+        init_qlib(demo.provider_uri)
+    on_gap = days.isin(gap)
+    assert np.isnan(after[on_gap]).all() and not np.isnan(before[on_gap]).any()
+    np.testing.assert_array_equal(after[:30], before[:30])
+    assert np.isfinite(after[40, 1:]).all()  # the windows after the gap are built from the days they have
+
+
+def test_an_infinite_index_figure_is_one_error_naming_the_index_and_day(demo, short_dataset, tmp_path):
+    from qlib_hist.qlib_edge.context import market_features
+
+    days = _train_days(short_dataset)
+
+    def zero_close(calendar, values):
+        values[calendar == days[20]] = 0.0  # the next day's return divides by it
+        return values
+
+    copy = _provider_copy_with(demo, tmp_path, [f"{BENCHMARK.lower()}/close.day.bin"], zero_close)
+    try:
+        init_qlib(copy)
+        with pytest.raises(DataError, match=rf"{BENCHMARK}'s ret is infinite on {days[21].date()} \(segment train\)"):
+            market_features([BENCHMARK], days, "train")
+    finally:
+        init_qlib(demo.provider_uri)
+
+
+def test_a_figure_with_no_value_on_any_train_day_is_one_error_naming_it(demo, short_dataset, tmp_path):
+    """An index whose volume the provider lacks: its amount figures would be dead inputs, so ``fit`` refuses it."""
+    copy = _provider_copy_with(
+        demo, tmp_path, [f"{BENCHMARK.lower()}/volume.day.bin"], lambda days, v: np.full_like(v, np.nan)
+    )
+    try:
+        init_qlib(copy)
+        model = small_hist(demo, TINY, market_context=[BENCHMARK])
+        empty = rf"market_context: 10 figure\(s\) have no value on any train day: {BENCHMARK}:amount_ratio5"
+        with pytest.raises(DataError, match=empty):
+            model.fit(short_dataset)
+    finally:
+        init_qlib(demo.provider_uri)
+    assert not model.fitted
+
+
 def test_aux_labels_read_no_close_after_trains_last_day(demo, short_dataset, tmp_path):
     """The labels of the train rows are the same whatever the prices after train's end: rewriting every close after
     it changes none of them."""

@@ -21,7 +21,7 @@ import pandas as pd
 from qlib.data import D
 
 from ..batches import DataError
-from ..context import MARKET_WINDOWS, aux_label_mask, rank_normalise
+from ..context import MARKET_WINDOWS, aux_label_mask, market_names, rank_normalise
 
 RETURN = "$close/Ref($close,1)-1"
 AMOUNT = "$close*$volume"
@@ -43,15 +43,17 @@ def market_expressions() -> list[str]:
 def market_features(
     indexes: Sequence[str], days: pd.DatetimeIndex, segment: str = "", logger: Optional[logging.Logger] = None
 ) -> np.ndarray:
-    """float32 ``[len(days), len(indexes) * FEATURES_PER_INDEX]``: each index's state on each day (index-major);
-    NaN where an index has no bar that day (the core gates such a day with the train mean), which is logged per
-    index with the count and the last such day.
+    """float32 ``[len(days), len(indexes) * FEATURES_PER_INDEX]``: each index's state on each day (index-major).
+    On a day an index has no bar (no ``$close``) every figure of that index is NaN, so the core gates the day with
+    the train mean, and such days are logged per index with the count and the last one; a figure whose window has
+    too few days (the provider's first day has no return) is NaN alone.
 
-    Raises :class:`DataError` naming every index the provider has no bar for on any of those days."""
+    Raises :class:`DataError` naming every index the provider has no bar for on any of those days, or an index
+    figure that is infinite (a close or an amount of 0 in the provider) with its first such day."""
     expressions = market_expressions()
     start, end = days.min(), days.max()
     try:
-        frame = D.features(list(indexes), expressions, start_time=start, end_time=end, freq="day")
+        frame = D.features(list(indexes), [*expressions, "$close"], start_time=start, end_time=end, freq="day")
     except Exception as err:  # qlib raises many types for an instrument or field it cannot read
         raise DataError(
             f"market_context {list(indexes)}: qlib cannot read them ({type(err).__name__}: {err})"
@@ -64,10 +66,20 @@ def market_features(
             f"{end.date()}{f' (segment {segment})' if segment else ''}: name index instruments the provider holds "
             "(e.g. SH000300 in qlib's cn_data), and check that their data reach the segment's days"
         )
+    figures = market_names(["index"])
     parts = []
     for name in indexes:
-        values = frame.xs(name, level=0).reindex(days).to_numpy(dtype=np.float32)
-        absent = np.isnan(values[:, 0])  # no return that day: no bar (or none the day before)
+        read = np.array(frame.xs(name, level=0).reindex(days).to_numpy(dtype=np.float64))  # writable
+        values, absent = read[:, :-1], np.isnan(read[:, -1])  # [days, figures], [days] no bar that day
+        values[absent] = np.nan
+        infinite = np.isinf(values)
+        if infinite.any():
+            day, figure = np.argwhere(infinite)[0]
+            raise DataError(
+                f"market_context: {name}'s {figures[figure].split(':')[1]} is infinite on {days[day].date()}"
+                f"{f' (segment {segment})' if segment else ''}: a close or an amount of 0 in the provider's data of "
+                f"{name}; repair or drop that index"
+            )
         if absent.any() and logger is not None:
             logger.warning(
                 "market_context: %s has no bar on %d of %d days%s (the last %s): those days are gated with the "
@@ -78,14 +90,28 @@ def market_features(
                 f" of segment {segment}" if segment else "",
                 days[absent][-1].date(),
             )
-        parts.append(values)
+        parts.append(values.astype(np.float32))
     return np.concatenate(parts, axis=1)
+
+
+def check_train_market(market: np.ndarray, indexes: Sequence[str]) -> None:
+    """Raises :class:`DataError` naming each figure of ``market`` (``[days, M]``, the train segment's state of
+    ``indexes``) that has no value on any train day: the gate could not scale it, and it would be a dead input
+    (e.g. ``$volume`` missing for an index leaves its amount figures empty)."""
+    empty = np.isnan(market).all(axis=0)
+    if empty.any():
+        names = [name for name, none in zip(market_names(indexes), empty) if none]
+        raise DataError(
+            f"market_context: {len(names)} figure(s) have no value on any train day: {', '.join(names[:6])}"
+            f"{' ...' if len(names) > 6 else ''}; check that the provider holds $close and $volume of "
+            f"{', '.join(sorted({name.split(':')[0] for name in names}))} over the train segment"
+        )
 
 
 def aux_labels(index: pd.MultiIndex, horizons: Sequence[int], last_day: pd.Timestamp) -> np.ndarray:
     """float32 ``[rows, len(horizons)]``: each row's ``k``-day forward return, rank-normalised per day, on ``index``
     ((datetime, instrument), day-sorted). A row whose label reads a close after ``last_day`` (the train segment's
-    end) is NaN, so no later price reaches training."""
+    end) is NaN, so no later price reaches the auxiliary heads."""
     dates = index.get_level_values(0)
     instruments = sorted(index.get_level_values(1).unique())
     expressions = [f"Ref($close,{-(k + 1)})/Ref($close,-1)-1" for k in horizons]

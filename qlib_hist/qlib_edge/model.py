@@ -41,7 +41,7 @@ from ..training import (
     predict_days,
     select_device,
 )
-from .context import aux_labels, market_features
+from .context import aux_labels, check_train_market, market_features
 from .dataset import Segment, segment_batches, segment_name
 
 CHECKPOINT_NAME = "hist_checkpoint.pt"
@@ -335,6 +335,8 @@ class HIST(ModelFT):
         if horizons:  # labels of other horizons, none reading a close after train's last day
             last_day = train.index.get_level_values(0).max()
             train = dataclasses.replace(train, aux_labels=torch.from_numpy(aux_labels(train.index, horizons, last_day)))
+        if train.market is not None:
+            check_train_market(train.market.numpy(), self.settings.network.market_context)
         check_labels(train, "train")
         check_labels(valid, "valid", need_daily_variation=self.settings.training.metric in ("ic", "rank_ic"))
         self.logger.info(
