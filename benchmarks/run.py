@@ -332,6 +332,7 @@ def run_one(key: RunKey, dataset: Any, ctx: GridContext) -> dict:
         "model": key.model,
         "variant": key.variant,
         "settings": ctx.grid.variants[key.variant],
+        "profile_settings": ctx.grid.profile,
         "seed": key.seed,
         "grid": ctx.grid.name,
         "profile": ctx.grid.profile_name,
@@ -484,6 +485,37 @@ def pretrained_file(model_path: str | None, parser: argparse.ArgumentParser) -> 
     return path
 
 
+def stale_runs(grid: Grid, runs_dir: Path, keys: list[RunKey]) -> list[str]:
+    """The run files of ``keys`` made with other settings than ``grid`` now gives their row, each as ``file: the
+    keys that changed``: the variant's settings, and the profile's (dates, epochs) where the file records them
+    (files from before 0.8.2 do not). A result file is never rerun, so without this check an edited row (a
+    regenerated ``from_workflow`` YAML, a new date) would silently keep the results of the old one."""
+    stale = []
+    for key in keys:
+        path = runs_dir / key.file_name
+        if not path.exists():
+            continue
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            stale.append(f"{path.name}: unreadable ({type(err).__name__})")
+            continue
+        now = json.loads(json.dumps({"settings": grid.variants[key.variant], "profile_settings": grid.profile}))
+        changed = []
+        for part, values in now.items():
+            if part not in stored:
+                continue
+            then = stored[part] or {}
+            changed += [
+                f"{name} {then.get(name)!r} -> {values.get(name)!r}"
+                for name in sorted(set(then) | set(values))
+                if then.get(name) != values.get(name)
+            ]
+        if changed:
+            stale.append(f"{path.name}: {', '.join(changed)}")
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
     parser = script_parser("benchmarks.run", __doc__)
@@ -528,6 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir).expanduser().resolve()
     runs_dir = Path(args.results_dir).expanduser().resolve() / grid.name / "runs"
     keys = grid.runs()
+    stale = stale_runs(grid, runs_dir, keys)
+    if stale:
+        parser.error(
+            f"grid {grid.name}: {len(stale)} run file(s) in {runs_dir} were made with other settings than "
+            f"{grid.source} now gives their row, and would be taken as its results: {'; '.join(stale[:3])}"
+            f"{' ...' if len(stale) > 3 else ''}. Give a changed row a new variant name, or delete its files to "
+            "rerun it"
+        )
     missing = [key for key in keys if not (runs_dir / key.file_name).exists()]
     print(f"grid {grid.name}: {len(keys)} runs, {len(keys) - len(missing)} done, submitting {len(missing)}", flush=True)
     if not missing:

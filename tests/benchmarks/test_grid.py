@@ -297,3 +297,42 @@ def test_ray_workers_start_qlib_without_forking(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         worker_dataset(ctx)
     assert seen["kernels"] == 1 and seen["provider_uri"] == str(tmp_path)
+
+
+def test_a_run_file_made_with_other_settings_stops_the_grid_before_it_runs(tmp_path, capsys):
+    """A result file is never rerun, so a row edited after its runs (a new variant setting, other dates) would keep
+    the old results under the new row: ``benchmarks.run`` names each such file and what changed, and runs nothing."""
+    import json
+
+    from benchmarks.run import main, stale_runs
+
+    text = "name: g\nprofile: cpu-quick\nmodels: [hist_pit]\nseeds: [0, 1]\nvariants:\n  topk: {hidden_topk: 3}\n"
+    grid_file = write(tmp_path, text)
+    results = tmp_path / "results"
+    runs = results / "g" / "runs"
+    runs.mkdir(parents=True)
+    grid = load_grid(grid_file, list(ROWS))
+    for key in grid.runs():  # as run_one writes them (0.8.2 on); seed 1's file from before profile_settings
+        stored = {"settings": grid.variants[key.variant], "seed": key.seed}
+        if key.seed == 0:
+            stored["profile_settings"] = grid.profile
+        (runs / key.file_name).write_text(json.dumps(stored))
+    (tmp_path / "provider" / "calendars").mkdir(parents=True)  # enough for the argument checks
+    command = ["--grid", str(grid_file), "--results-dir", str(results), "--cache-dir", str(tmp_path / "cache")]
+    command += ["--provider-uri", str(tmp_path / "provider")]
+    assert stale_runs(grid, runs, grid.runs()) == []
+    assert main(command) == 0  # every run done: nothing submitted
+
+    write(tmp_path, text.replace("hidden_topk: 3", "hidden_topk: 5"))
+    with pytest.raises(SystemExit) as exit_:
+        main(command)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "2 run file(s)" in err
+    assert "hist_pit+topk_seed0.json: hidden_topk 3 -> 5" in err and "new variant name" in err
+
+    write(tmp_path, text + "settings:\n  n_epochs: 3\n")  # the profile's epochs: only seed 0's file records them
+    grid = load_grid(grid_file, list(ROWS))
+    assert stale_runs(grid, runs, grid.runs()) == [
+        f"hist_pit+topk_seed0.json: n_epochs {PROFILES['cpu-quick']['n_epochs']} -> 3"
+    ]
+    assert not (tmp_path / "cache").exists()  # refused before anything was made
