@@ -52,12 +52,13 @@ def newey_west_t(diff: Sequence[float] | np.ndarray, lags: int = NW_LAGS) -> flo
 def seed_mean_daily(runs: Sequence[dict], key: str) -> pd.Series | None:
     """The mean over ``runs`` (seeds of one row) of their daily series ``key``, indexed by date; ``None`` if any run
     lacks it (a run made before the series was recorded): a mean over some seeds would not pair with the other row's.
+    A day some seed lacks (or scored NaN) is NaN, so it is left out, not averaged over the other seeds.
     """
     series = [r.get(key) for r in runs]
     if not series or any(s is None for s in series):
         return None
     frame = pd.concat([pd.Series(s, dtype=float) for s in series], axis=1)
-    return frame.mean(axis=1)
+    return frame.mean(axis=1, skipna=False)
 
 
 def paired_t(mine: Sequence[dict], theirs: Sequence[dict], key: str, lags: int = NW_LAGS) -> float:

@@ -156,6 +156,12 @@ def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
                         f"--borrow {spec}: model kwarg {key}={theirs.get(key)!r} differs from "
                         f"{row_of(peer)}'s {ours.get(key)!r}"
                     )
+    taken = sorted({r["seed"] for r in runs if row_of(r) == new_row} & {r["seed"] for r in mine})
+    if taken:
+        raise SystemExit(
+            f"--borrow {spec}: this grid's row {new_row} already has seed(s) {', '.join(map(str, taken))}: "
+            "borrow as another row name, or only seeds it lacks"
+        )
     return [{**run, "variant": variant or DEFAULT, "borrowed_from": f"{grid}/{row}"} for run in mine]
 
 

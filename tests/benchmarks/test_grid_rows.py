@@ -337,3 +337,13 @@ def test_final_grid_gives_every_row_the_same_data_and_budget_and_the_averaged_ro
     assert seeds["hist_pit+best"] == seeds["qlib_hist_patched"] == list(range(9))
     assert seeds["hist_pit+pretrained_as_is"] == [0]  # untrained: a seed changes nothing
     assert all(seeds[row] == list(range(5)) for row in ("hist_pit", "lstm", "gru", "lightgbm"))
+
+
+def test_borrowing_into_a_row_that_has_the_seeds_is_refused_and_into_its_missing_seeds_allowed(tmp_path):
+    """Two runs of one row and seed would be counted twice in the table and one would hide the other in the margins."""
+    full = [_result("full", {}, s, "modules") for s in (0, 1)]
+    _write_runs(tmp_path, "ablation", [_result(DEFAULT, {}, s, "ablation") for s in (1, 2)])
+    with pytest.raises(SystemExit, match=r"this grid's row hist_pit\+full already has seed\(s\) 1: borrow as another"):
+        borrow(tmp_path, "ablation:hist_pit=hist_pit+full", full)
+    _write_runs(tmp_path, "other", [_result(DEFAULT, {}, s, "other") for s in (2, 3)])
+    assert [r["seed"] for r in borrow(tmp_path, "other:hist_pit=hist_pit+full", full)] == [2, 3]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.paired import newey_west_t, paired_t
+from benchmarks.paired import newey_west_t, paired_t, seed_mean_daily
 from benchmarks.report import margins
 
 
@@ -105,3 +105,32 @@ def test_days_one_side_lacks_are_left_out_and_a_missing_series_is_na():
     expected = newey_west_t(np.tile([0.01, 0.03], 15)[1:])
     assert paired_t(b, a, "daily_ic") == pytest.approx(expected)
     assert math.isnan(paired_t(b, a, "daily_rank_ic"))  # run files from before the series was recorded
+
+
+def _ar1(n: int, phi: float, seed: int) -> np.ndarray:
+    """An AR(1) daily difference (innovations N(0, 0.03)) shifted by +0.004."""
+    shocks = np.random.default_rng(seed).normal(0.0, 0.03, n)
+    d = np.zeros(n)
+    for t in range(n):
+        d[t] = (phi * d[t - 1] if t else 0.0) + shocks[t]
+    return d + 0.004
+
+
+@pytest.mark.parametrize(
+    "n, phi, lags, reference",
+    [  # statsmodels 0.15: OLS(d, ones).fit(cov_type="HAC", cov_kwds={"maxlags": lags}).tvalues[0] (HC0 at 0 lags)
+        (250, 0.5, 5, -0.7767670518558529),
+        (40, 0.3, 5, -0.4383836955092373),
+        (250, 0.5, 0, -1.187964307644225),
+        (971, 0.2, 5, 5.191391772980045),
+    ],
+)
+def test_it_is_statsmodels_hac_t_of_a_mean(n, phi, lags, reference):
+    """Pinned against an independent implementation (statsmodels is not a dependency: the values are its output)."""
+    assert newey_west_t(_ar1(n, phi, seed=n), lags) == pytest.approx(reference, rel=1e-10)
+
+
+def test_a_day_some_seed_lacks_is_left_out_not_averaged_over_the_others():
+    runs = [{"daily_ic": {"d1": 1.0, "d2": float("nan")}}, {"daily_ic": {"d1": 3.0, "d2": 4.0, "d3": 5.0}}]
+    mean = seed_mean_daily(runs, "daily_ic")
+    assert mean["d1"] == 2.0 and math.isnan(mean["d2"]) and math.isnan(mean["d3"])
