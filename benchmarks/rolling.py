@@ -339,11 +339,14 @@ def run_rolling_task(args: argparse.Namespace, concepts: dict, item: tuple) -> d
     import qlib
     import torch
 
+    from qlib_hist.qlib_edge.recorders import artifact_copies_removed
+
     row, seed = item
     torch.set_num_threads(args.threads)
     store = Path(args.cache_dir) / STORE
     qlib.init(**qlib_init_kwargs(args.provider_uri, sqlite_uri(store), kernels=1))  # no fork in a Ray worker
-    result = run_row(row, seed, concepts, args, store)
+    with artifact_copies_removed():  # the result's reads of the merged recorder's artifacts
+        result = run_row(row, seed, concepts, args, store)
     atomic_write_text(result_path(row, seed, args.step), json.dumps(result, indent=1))
     return {"metrics": result["metrics"], "fit_seconds": round(result["fit_seconds"])}
 

@@ -401,8 +401,11 @@ def run_grid_task(ctx: GridContext, key: RunKey) -> dict:
     import ray
     import torch
 
+    from qlib_hist.qlib_edge.recorders import artifact_copies_removed
+
     torch.set_num_threads(ctx.threads)
-    result = run_one(key, worker_dataset(ctx), ctx)
+    with artifact_copies_removed():  # the records' and the result's reads of pred.pkl, label.pkl, ...
+        result = run_one(key, worker_dataset(ctx), ctx)
     result["ray_node"] = ray.get_runtime_context().get_node_id()  # where it ran, on a cluster of several
     result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"  # Ray's GPU, if any
     atomic_write_text(Path(ctx.runs_dir) / key.file_name, json.dumps(result, indent=1, default=str))

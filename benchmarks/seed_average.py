@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from qlib.utils import init_instance_by_config
     from qlib.workflow import R
 
+    from qlib_hist.qlib_edge.recorders import artifact_copies_removed
+
     tracking_uri = args.tracking_uri or sqlite_uri(Path(args.cache_dir).resolve() / "mlruns.db")
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(f"bench_{grid.name}")
@@ -118,15 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     run_ids = [finished_recorder(client, experiment.experiment_id, f"{k.row}_seed{k.seed}") for k in keys]
     qlib.init(**qlib_init_kwargs(str(Path(args.provider_uri).resolve()), tracking_uri))
     members = [R.get_recorder(recorder_id=i, experiment_name=experiment.name) for i in run_ids]
-    preds = [member.load_object("pred.pkl")[SCORE] for member in members]
-    label = members[0].load_object("label.pkl")
     key = average_key(keys[0], len(keys))
-    with R.start(experiment_name=experiment.name, recorder_name=f"{key.row}_seed{key.seed}"):
-        recorder = R.get_recorder()
-        recorder.save_objects(**{"pred.pkl": average_scores(preds).to_frame(), "label.pkl": label})
-        for record in record_configs(grid.profile, args.benchmark):
-            if record["class"] != "SignalRecord":  # the signal is the mean above, saved as SignalRecord saves it
-                init_instance_by_config(record, recorder=recorder).generate()
+    with artifact_copies_removed():  # the reads of the members' and the average's artifacts
+        preds = [member.load_object("pred.pkl")[SCORE] for member in members]
+        label = members[0].load_object("label.pkl")
+        with R.start(experiment_name=experiment.name, recorder_name=f"{key.row}_seed{key.seed}"):
+            recorder = R.get_recorder()
+            recorder.save_objects(**{"pred.pkl": average_scores(preds).to_frame(), "label.pkl": label})
+            for record in record_configs(grid.profile, args.benchmark):
+                if record["class"] != "SignalRecord":  # the signal is the mean above, saved as SignalRecord saves it
+                    init_instance_by_config(record, recorder=recorder).generate()
+        recorded = recorded_results(recorder)
     first = results[0]
     result = {
         "model": key.model,
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": first["config"],
         "fit_seconds": sum(r["fit_seconds"] for r in results),
         "member_metrics": {str(r["seed"]): r["metrics"] for r in results},
-        **recorded_results(recorder),
+        **recorded,
     }
     atomic_write_text(runs_dir / key.file_name, json.dumps(result, indent=1, default=str))
     print(f"{key.row} ({len(keys)} fits): {result['metrics']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +133,18 @@ def cold_run(demo, tmp_path_factory):
     directory = tmp_path_factory.mktemp("cold")
     workflow = write_workflow(directory, demo.provider_uri, demo.membership, n_epochs=2)
     init_store(workflow)
-    merged = HISTRolling(workflow, step=STEP, warm=False, exp_name="cold").run()
-    return dict(workflow=workflow, merged=merged, windows=windows("cold_windows"))
+    scratch = tmp_path_factory.mktemp("scratch")  # the system's temporary folder, as the run sees it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(scratch))
+        merged = HISTRolling(workflow, step=STEP, warm=False, exp_name="cold").run()
+    leftover = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*"))
+    return dict(workflow=workflow, merged=merged, windows=windows("cold_windows"), leftover=leftover)
+
+
+def test_a_rolling_run_leaves_nothing_in_the_temporary_folder(cold_run):
+    """qlib's ``Recorder.load_object`` copies each artifact it loads (every window's pred.pkl, label.pkl, params.pkl
+    and the analysis records' reads) into a fresh temporary folder it never removes."""
+    assert cold_run["leftover"] == []
 
 
 def test_the_windows_slide_with_their_processors(cold_run):

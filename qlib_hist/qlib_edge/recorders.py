@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import pandas as pd
 import yaml
@@ -22,6 +25,24 @@ REPORT_METRICS = {
     "information ratio": "1day.excess_return_with_cost.information_ratio",
     "max drawdown": "1day.excess_return_with_cost.max_drawdown",
 }
+
+
+@contextlib.contextmanager
+def artifact_copies_removed() -> Iterator[None]:
+    """Inside the block, the folders :mod:`tempfile` makes go in one fresh folder, removed on exit.
+
+    qlib's ``Recorder.load_object``, with mlflow 3 and a local artifact store, copies each artifact it loads into a
+    fresh ``mkdtemp`` folder and never removes it: one folder for every ``pred.pkl``, ``label.pkl`` or
+    ``params.pkl`` read (thousands over a rolling run or a benchmark grid). ``tempfile.tempdir`` is process-wide:
+    for the single-threaded loops that load artifacts, not for code that keeps a temporary file past the block."""
+    folder = tempfile.mkdtemp(prefix="qlib_hist_artifacts_")
+    before = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def latest_recorder(experiment_name: str) -> Any:
@@ -97,7 +118,8 @@ def recorded_hist(
             recorder = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment)
         except ValueError:  # qlib's answer for an experiment or a recorder that does not exist
             raise ConfigError(f"no recorder {recorder_id!r} in experiment {experiment!r}") from None
-    model = recorder.load_object("params.pkl")
+    with artifact_copies_removed():
+        model = recorder.load_object("params.pkl")
     if not isinstance(model, HIST):
         raise ConfigError(
             f"recorder {recorder.id} of experiment {experiment!r} holds a {type(model).__name__}, not qlib_hist.HIST"

@@ -60,6 +60,7 @@ from qlib.workflow.task.utils import TimeAdjuster
 from ..config_dates import as_timestamp, config_dates, date_span, unreadable_yaml
 from ..digests import json_digest
 from ..errors import QlibHistError
+from .recorders import artifact_copies_removed
 
 #: qlib's private names this module overrides or calls, by owner (pyqlib has no promise to keep them): the versions
 #: it is tested with are declared in setup.cfg (``pyqlib>=0.9.6,<0.10``), and tests/test_qlib_private_api.py names
@@ -242,7 +243,7 @@ def hist_task_train(
         MODEL_TAG: _digest(task_config["model"]),
     }
     previous = previous_window(experiment_name, task_config) if warm else None
-    with R.start(experiment_name=experiment_name, recorder_name=recorder_name):
+    with artifact_copies_removed(), R.start(experiment_name=experiment_name, recorder_name=recorder_name):
         _log_task_info(task_config)
         recorder = R.get_recorder()
         dataset = init_instance_by_config(copy.deepcopy(task_config["dataset"]))
@@ -454,8 +455,9 @@ class HISTRolling(Rolling):
         if not self._checked:
             self.check()
         self._train_rolling_tasks()
-        self._ens_rolling()
-        self._update_rolling_rec()
+        with artifact_copies_removed():  # the windows' signals and the analysis records' reads
+            self._ens_rolling()
+            self._update_rolling_rec()
         return R.get_recorder(experiment_name=self.exp_name, recorder_id=self._rid)
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -317,8 +318,12 @@ def test_seed_average_scores_the_mean_of_the_seeds_standardised(grid_run, tmp_pa
     provider, benchmark = args[args.index("--provider-uri") + 1], args[args.index("--benchmark") + 1]
     common = ["--grid", str(root / "tiny.yaml"), "--provider-uri", provider, "--benchmark", benchmark]
     common += ["--results-dir", str(tmp_path / "results"), "--tracking-uri", uri]
-    with contextlib.redirect_stdout(io.StringIO()):
+    scratch = tmp_path / "scratch"  # the system's temporary folder, as the command sees it
+    scratch.mkdir()
+    with contextlib.redirect_stdout(io.StringIO()), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(scratch))
         assert average_main([*common, "--row", "hist_pit+small", "--seeds", "0", "1"]) == 0
+    assert not any(scratch.iterdir())  # qlib's copies of the loaded artifacts removed
     result = json.loads((tmp_path / "results" / "tiny" / "runs" / "hist_pit+small_avg2_seed0.json").read_text())
     assert result["members"] == [0, 1] and result["fits"] == 2 and len(result["metrics"]) == 7
     members = [
