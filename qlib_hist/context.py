@@ -40,12 +40,17 @@ FEATURES_PER_INDEX = 1 + 4 * len(MARKET_WINDOWS)
 RANK_NORM_SCALE = 3.46
 
 
+def market_figures() -> list[str]:
+    """The names of one index's :data:`FEATURES_PER_INDEX` figures (``ret``, ``ret_mean5``, ``ret_std5``, ...)."""
+    figures = ["ret"]
+    for d in MARKET_WINDOWS:
+        figures += [f"ret_mean{d}", f"ret_std{d}", f"amount_ratio{d}", f"amount_cv{d}"]
+    return figures
+
+
 def market_names(indexes: Sequence[str]) -> list[str]:
     """The names of the market-state columns, index-major (``SH000300:ret``, ``SH000300:ret_mean5``, ...)."""
-    per_index = ["ret"]
-    for d in MARKET_WINDOWS:
-        per_index += [f"ret_mean{d}", f"ret_std{d}", f"amount_ratio{d}", f"amount_cv{d}"]
-    return [f"{name}:{field}" for name in indexes for field in per_index]
+    return [f"{name}:{figure}" for name in indexes for figure in market_figures()]
 
 
 class MarketGate(nn.Module):

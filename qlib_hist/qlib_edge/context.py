@@ -21,14 +21,14 @@ import pandas as pd
 from qlib.data import D
 
 from ..batches import DataError
-from ..context import MARKET_WINDOWS, aux_label_mask, market_names, rank_normalise
+from ..context import MARKET_WINDOWS, aux_label_mask, market_figures, market_names, rank_normalise
 
 RETURN = "$close/Ref($close,1)-1"
 AMOUNT = "$close*$volume"
 
 
 def market_expressions() -> list[str]:
-    """The qlib expressions of one index's market state, in the order of :func:`qlib_hist.context.market_names`."""
+    """The qlib expressions of one index's market state, in the order of :func:`qlib_hist.context.market_figures`."""
     fields = [RETURN]
     for d in MARKET_WINDOWS:
         fields += [
@@ -66,7 +66,7 @@ def market_features(
             f"{end.date()}{f' (segment {segment})' if segment else ''}: name index instruments the provider holds "
             "(e.g. SH000300 in qlib's cn_data), and check that their data reach the segment's days"
         )
-    figures = market_names(["index"])
+    figures = market_figures()
     parts = []
     for name in indexes:
         read = np.array(frame.xs(name, level=0).reindex(days).to_numpy(dtype=np.float64))  # writable
@@ -76,7 +76,7 @@ def market_features(
         if infinite.any():
             day, figure = np.argwhere(infinite)[0]
             raise DataError(
-                f"market_context: {name}'s {figures[figure].split(':')[1]} is infinite on {days[day].date()}"
+                f"market_context: {name}'s {figures[figure]} is infinite on {days[day].date()}"
                 f"{f' (segment {segment})' if segment else ''}: a close or an amount of 0 in the provider's data of "
                 f"{name}; repair or drop that index"
             )
