@@ -283,7 +283,7 @@ def test_qlib_segments_grid_is_the_issues_capped_cpu_design():
     assert (grid.profile["n_epochs"], grid.profile["early_stop"]) == (30, 10) and grid.seeds == [0]
     assert grid.profile["segments"] == PROFILES["qlib-bench"]["segments"]
     assert [key.row for key in grid.runs()] == ["qlib_hist_patched", "hist_pit+best", "hist_pit+pretrained_as_is"]
-    best = workflow_kwargs(ROOT / "workflow_config_hist_best.yaml", "test")
+    best = workflow_kwargs(ROOT / "benchmarks" / "grids" / "recipe_0.6.yaml", "test")  # the recipe its runs had
     assert grid.variants["best"] == {**best, "n_epochs": 30, "early_stop": 10}  # the recipe on the grid's budget
     off = {"predefined_concepts": False, "hidden_concepts": False, "individual": False}
     assert grid.variants["pretrained_as_is"] == {**off, "n_epochs": 0}
@@ -306,16 +306,13 @@ def test_a_row_without_valid_scores_shows_na_not_nan():
 
 
 def test_final_grid_gives_every_row_the_same_data_and_budget_and_the_averaged_rows_nine_seeds():
-    """The issue's final table: ours best is the shipped YAML's recipe (its budget equal to the grid's, so no row
-    trains longer), and the two 5-fit rows' members are seeds 0-8 of their single rows."""
+    """The issue's final table: ours best is the recipe the shipped YAML held when its runs were made (its budget
+    equal to the grid's, so no row trains longer), and the two 5-fit rows' members are seeds 0-8 of their single
+    rows."""
     from benchmarks.grid import workflow_kwargs
 
     path = ROOT / "benchmarks" / "grids" / "final.yaml"
-    best_yaml = ROOT / "workflow_config_hist_best.yaml"
-    if not best_yaml.exists():
-        with pytest.raises(GridError, match="workflow_config_hist_best.yaml does not exist"):
-            load_grid(path, list(ROWS))
-        return
+    best_yaml = ROOT / "benchmarks" / "grids" / "recipe_0.6.yaml"
     grid = load_grid(path, list(ROWS))
     assert grid.name == "final" and grid.profile_name == "cpu-quick" and grid.seeds == [0, 1, 2, 3, 4]
     assert grid.profile["segments"]["test"] == PROFILES["cpu-quick"]["segments"]["test"]

@@ -19,9 +19,9 @@ VERSUS, VERSUS_AVERAGED = "qlib_hist_patched", "qlib_hist_patched+avg5"
 
 #: the start of a README row label -> the run row it reports
 ROWS = {
-    "`qlib_hist`, `workflow_config_hist_best.yaml`": "hist_pit+best",
+    "`qlib_hist`, the 0.6–0.8 recipe": "hist_pit+best",
     "qlib's HIST (": "qlib_hist_patched",
-    "`qlib_hist`, the best YAML with `ensemble: 5`": "hist_pit+best_avg5",
+    "`qlib_hist`, that recipe with `ensemble: 5`": "hist_pit+best_avg5",
     "qlib's HIST, 5 fits": "qlib_hist_patched+avg5",
     "`qlib_hist`, default keys": "hist_pit",
     "qlib's pretrained LSTM file": "hist_pit+pretrained_as_is",
