@@ -117,18 +117,52 @@ def n_fits(run: dict) -> int:
 #: result fields that must agree between a borrowed run and this grid's runs of its model
 SAME_FIELDS = ("profile", "provider_uri")
 
+#: model kwargs that set the training budget: a borrowed run's own variant may not change them unless the borrow says
+#: so (``--borrow-budget``), so that every row of a table gets the same epochs and early stopping
+BUDGET_KWARGS = ("n_epochs", "early_stop", "metric")
+
+
+#: model kwargs that name a file: where the runs found it depends on the folder they ran from (a pretrained file, the
+#: runner's concept table in its cache), so a borrow compares the file's name
+PATH_KWARGS = ("model_path", "stock2concept", "stock_index")
+
+
+def _kwargs(run: dict) -> dict:
+    """The run's model kwargs without the seed, each file kwarg (:data:`PATH_KWARGS`) as its file name."""
+    kwargs = {k: v for k, v in run["config"]["kwargs"].items() if k != "seed"}
+    return {k: Path(v).name if k in PATH_KWARGS and isinstance(v, str) else v for k, v in kwargs.items()}
+
 
 def _fixed_kwargs(run: dict) -> dict:
-    """The run's model kwargs that its grid variant did not set, without the seed."""
-    return {k: v for k, v in run["config"]["kwargs"].items() if k not in run.get("settings", {}) and k != "seed"}
+    """The run's model kwargs that its grid variant did not set (:func:`_kwargs`)."""
+    return {k: v for k, v in _kwargs(run).items() if k not in run.get("settings", {})}
 
 
-def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
+def _nearest_row(kwargs: dict, peers: list[dict]) -> tuple[str, dict]:
+    """The row of ``peers`` whose model kwargs (:func:`_kwargs`) differ from ``kwargs`` in the fewest keys (a tie goes
+    to the row that trains fewer models, then to the first), and those keys with ``kwargs``' values (``None``: not
+    set)."""
+    diffs, fits = {}, {}
+    for peer in peers:
+        theirs = _kwargs(peer)
+        row = row_of(peer)
+        diffs.setdefault(
+            row, {k: kwargs.get(k) for k in sorted(set(kwargs) | set(theirs)) if kwargs.get(k) != theirs.get(k)}
+        )
+        fits.setdefault(row, n_fits(peer))
+    nearest = min(diffs, key=lambda row: (len(diffs[row]), fits[row]))
+    return nearest, diffs[nearest]
+
+
+def borrow(results: Path, spec: str, runs: list[dict], own_budget: bool = False) -> list[dict]:
     """The runs ``--borrow GRID:ROW=AS`` adds to ``runs``, relabelled ``AS`` (``model+variant``).
 
     Each borrowed run must agree with every run of ``runs`` of its model on :data:`SAME_FIELDS` and on every model
-    kwarg that run's variant does not set (:func:`_fixed_kwargs`), seeds aside, its own variant's included: so a
-    borrowed variant row is refused unless this grid's runs share its setting. Otherwise ``SystemExit`` names it.
+    kwarg that neither run's grid variant sets, seeds aside. The borrowed run's own variant settings are what its row
+    compares (e.g. ``aux_horizons``), except the training budget (:data:`BUDGET_KWARGS`), which must agree too unless
+    ``own_budget`` (``--borrow-budget``: e.g. qlib's HIST at its own 200 epochs beside capped rows). Otherwise
+    ``SystemExit`` names the field. Each borrowed run's ``borrowed_settings`` holds its kwargs that differ from the
+    nearest row of this grid (``borrowed_versus``, :func:`_nearest_row`): what the page says the row changes.
     """
     grid, _, rest = spec.partition(":")
     row, _, new_row = rest.partition("=")
@@ -141,28 +175,43 @@ def borrow(results: Path, spec: str, runs: list[dict]) -> list[dict]:
     peers = [r for r in runs if r["model"] == model and "config" in r]
     if model != mine[0]["model"] or not peers:
         raise SystemExit(f"--borrow {spec}: this grid has no run of model {mine[0]['model']!r} to compare with")
+    borrowed = []
     for run in mine:
+        theirs = _kwargs(run)
+        own = set(run.get("settings", {})) if own_budget else set(run.get("settings", {})) - set(BUDGET_KWARGS)
         for peer in peers:
             for key in SAME_FIELDS:
                 if run.get(key) != peer.get(key):
                     raise SystemExit(
                         f"--borrow {spec}: {key} {run.get(key)!r} differs from {row_of(peer)}'s {peer.get(key)!r}"
                     )
-            theirs = {k: v for k, v in run["config"]["kwargs"].items() if k != "seed"}
             ours = _fixed_kwargs(peer)
             for key in sorted((set(theirs) | set(ours)) - set(peer.get("settings", {}))):
-                if theirs.get(key) != ours.get(key):
+                if theirs.get(key) == ours.get(key):
+                    continue
+                if key not in own and not (own_budget and key in BUDGET_KWARGS):
                     raise SystemExit(
                         f"--borrow {spec}: model kwarg {key}={theirs.get(key)!r} differs from "
                         f"{row_of(peer)}'s {ours.get(key)!r}"
+                        + (" (the training budget: --borrow-budget to show it anyway)" if key in BUDGET_KWARGS else "")
                     )
+        nearest, changed = _nearest_row(theirs, peers)
+        borrowed.append(
+            {
+                **run,
+                "variant": variant or DEFAULT,
+                "borrowed_from": f"{grid}/{row}",
+                "borrowed_settings": changed,
+                "borrowed_versus": nearest,
+            }
+        )
     taken = sorted({r["seed"] for r in runs if row_of(r) == new_row} & {r["seed"] for r in mine})
     if taken:
         raise SystemExit(
             f"--borrow {spec}: this grid's row {new_row} already has seed(s) {', '.join(map(str, taken))}: "
             "borrow as another row name, or only seeds it lacks"
         )
-    return [{**run, "variant": variant or DEFAULT, "borrowed_from": f"{grid}/{row}"} for run in mine]
+    return borrowed
 
 
 def _mean_std(values: list[float], digits: int) -> str:
@@ -358,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         "--borrow", action="append", default=[], metavar="GRID:ROW=AS", help="add another grid's runs of ROW as AS"
     )
     parser.add_argument(
+        "--borrow-budget",
+        action="append",
+        default=[],
+        metavar="GRID:ROW=AS",
+        help="as --borrow, for runs at their own training budget (n_epochs, early_stop, metric); the page says so",
+    )
+    parser.add_argument(
         "--versus",
         action="append",
         default=[],
@@ -370,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         raise SystemExit(f"no runs in {results / args.name / 'runs'}")
     borrowed = [run for spec in args.borrow for run in borrow(results, spec, runs)]
+    borrowed += [run for spec in args.borrow_budget for run in borrow(results, spec, runs, own_budget=True)]
     runs += borrowed
     lead_tables = {}
     for versus in args.versus:  # refused before any file is written
@@ -384,9 +441,14 @@ def main(argv: list[str] | None = None) -> int:
         page += ["Made by:", "", "```bash", args.command, "```", ""]
     page += [summary_table(runs), ""]
     for row in dict.fromkeys(row_of(r) for r in borrowed):
-        source = next(r["borrowed_from"] for r in borrowed if row_of(r) == row)
+        first = next(r for r in borrowed if row_of(r) == row)
+        changed = ", ".join(
+            f"`{k}` at its default" if v is None else f"`{k}: {json.dumps(v)}`"
+            for k, v in first["borrowed_settings"].items()
+        )
         page += [
-            f"Row `{row}` is `{source}`'s runs: the same model, data and settings, fitted once for both grids.",
+            f"Row `{row}` is `{first['borrowed_from']}`'s runs, fitted once for both grids: the same model and data, "
+            + (f"set as `{first['borrowed_versus']}` but for {changed}." if changed else "with the same settings."),
             "",
         ]
     rows = rows_in_order(runs)

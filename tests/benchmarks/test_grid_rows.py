@@ -200,8 +200,37 @@ def test_borrowed_runs_join_as_the_named_row_when_their_settings_match(tmp_path)
     assert [(r["variant"], r["seed"], r["borrowed_from"]) for r in borrowed] == [
         ("full", s, "ablation/hist_pit") for s in (0, 1, 2)
     ]
-    with pytest.raises(SystemExit, match="model kwarg concept_weight='\\$close' differs from hist_pit\\+no_hidden"):
-        borrow(tmp_path, "ablation:hist_pit+concept_weight=hist_pit+full", mine)
+    assert borrowed[0]["borrowed_versus"] == "hist_pit+no_hidden"
+    assert borrowed[0]["borrowed_settings"] == {"hidden_concepts": None}  # the ablation's default leaves it unset
+
+
+def test_a_borrowed_variant_row_brings_its_own_settings_but_not_its_own_budget(tmp_path):
+    """A variant row from another grid compares its own option (the screen's choice beside the final grid's rows);
+    the training budget stays every row's, unless the borrow says otherwise (qlib's HIST at its own 200 epochs)."""
+    mine = [_result(DEFAULT, {}, 0, "final"), _result("best", {"lr": 2e-4}, 0, "final")]
+    _write_runs(tmp_path, "screen", [_result("aux", {"lr": 2e-4, "aux_horizons": [2, 3]}, s, "screen") for s in (0, 1)])
+    borrowed = borrow(tmp_path, "screen:hist_pit+aux=hist_pit+chosen", mine)
+    assert [(r["variant"], r["borrowed_versus"], r["borrowed_settings"]) for r in borrowed] == [
+        ("chosen", "hist_pit+best", {"aux_horizons": [2, 3]})
+    ] * 2
+    _write_runs(tmp_path, "long", [_result("aux", {"aux_horizons": [2], "n_epochs": 200}, 0, "long")])
+    with pytest.raises(SystemExit, match=r"model kwarg n_epochs=200 differs from hist_pit's 20 \(the training budget"):
+        borrow(tmp_path, "long:hist_pit+aux=hist_pit+chosen", mine)
+    at_own = borrow(tmp_path, "long:hist_pit+aux=hist_pit+chosen", mine, own_budget=True)
+    assert at_own[0]["borrowed_settings"] == {"aux_horizons": [2], "n_epochs": 200}
+    _write_runs(tmp_path, "rate", [_result("aux", {"aux_horizons": [2]}, 0, "rate", lr=5e-4)])
+    with pytest.raises(SystemExit, match="model kwarg lr=0.0005 differs from hist_pit's 0.0001"):
+        borrow(tmp_path, "rate:hist_pit+aux=hist_pit+chosen", mine, own_budget=True)  # not its variant's: refused
+
+
+def test_a_borrow_compares_file_kwargs_by_file_name(tmp_path):
+    """Runs made from another folder name the same cache file by another relative path; another file is refused."""
+    mine = [_result(DEFAULT, {}, 0, "final")]
+    _write_runs(tmp_path, "moved", [_result(DEFAULT, {}, 1, "moved", stock2concept="../main/benchmarks/cache/sw.csv")])
+    assert borrow(tmp_path, "moved:hist_pit=hist_pit+other", mine)[0]["borrowed_settings"] == {}
+    _write_runs(tmp_path, "other", [_result(DEFAULT, {}, 1, "other", stock2concept="benchmarks/cache/csrc.csv")])
+    with pytest.raises(SystemExit, match="model kwarg stock2concept='csrc.csv' differs from hist_pit's 'sw.csv'"):
+        borrow(tmp_path, "other:hist_pit=hist_pit+other", mine)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +280,10 @@ def test_the_report_page_says_which_rows_are_borrowed(tmp_path):
     )
     page = (tmp_path / "modules.md").read_text()
     assert "| HIST (qlib_hist, point-in-time SW concepts), full | 0, 1 |" in page
-    assert "Row `hist_pit+full` is `ablation/hist_pit`'s runs" in page
+    assert (
+        "Row `hist_pit+full` is `ablation/hist_pit`'s runs, fitted once for both grids: the same model and data, set "
+        "as `hist_pit+no_hidden` but for `hidden_concepts` at its default." in page
+    )
     assert not list((tmp_path / "modules" / "runs").glob("*full*"))  # borrowed, not copied
 
 
