@@ -142,7 +142,8 @@ def _nearest_row(kwargs: dict, peers: list[dict]) -> tuple[str, dict]:
     """The row of ``peers`` whose model kwargs (:func:`_kwargs`) differ from ``kwargs`` in the fewest keys (a tie goes
     to the row that trains fewer models, then to the first), and those keys with ``kwargs``' values (``None``: not
     set)."""
-    diffs, fits = {}, {}
+    diffs: dict[str, dict] = {}
+    fits: dict[str, int] = {}
     for peer in peers:
         theirs = _kwargs(peer)
         row = row_of(peer)
