@@ -1,4 +1,6 @@
-"""The README's first table against the run files it quotes (``benchmarks/results/final/runs``).
+"""The README's first table against the run files it quotes (``benchmarks/results/final/runs``, and the shipped
+YAML's row from ``benchmarks/results/screen-dev/runs``: the screen's fits of its choice, on the final grid's data and
+budget, borrowed as ``benchmarks.report --borrow`` does).
 
 Every cell is recomputed with :mod:`benchmarks.report`'s and :mod:`benchmarks.paired`'s own functions, so a figure
 typed by hand, or left behind when a run lands, fails here. Needs no data beyond the repository."""
@@ -10,15 +12,19 @@ import pytest
 
 from benchmarks.paired import paired_t
 from benchmarks.paths import ROOT
-from benchmarks.report import fit_seconds, load_runs, row_of
+from benchmarks.report import borrow, fit_seconds, load_runs, row_of
 
 README = ROOT / "README.md"
-RUNS_DIR = ROOT / "benchmarks" / "results" / "final" / "runs"
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS_DIR = RESULTS / "final" / "runs"
+#: rows of the table from another grid's runs: row -> (grid, its row there)
+BORROWED = {"hist_pit+chosen": ("screen-dev", "hist_pit+best_aux")}
 MARKER = "<!-- headline-table:"
 VERSUS, VERSUS_AVERAGED = "qlib_hist_patched", "qlib_hist_patched+avg5"
 
 #: the start of a README row label -> the run row it reports
 ROWS = {
+    "`qlib_hist`, the shipped YAML": "hist_pit+chosen",
     "`qlib_hist`, the 0.6–0.8 recipe": "hist_pit+best",
     "qlib's HIST (": "qlib_hist_patched",
     "`qlib_hist`, that recipe with `ensemble: 5`": "hist_pit+best_avg5",
@@ -43,7 +49,18 @@ def by_row() -> dict[str, dict[int, dict]]:
     for run in load_runs(RUNS_DIR):
         if "metrics" in run:
             out.setdefault(row_of(run), {})[run["seed"]] = run
+    for row, (grid, theirs) in BORROWED.items():
+        borrowed = [run for run in load_runs(RESULTS / grid / "runs") if row_of(run) == theirs and "metrics" in run]
+        out[row] = {run["seed"]: run for run in borrowed}
     return out
+
+
+def test_the_borrowed_rows_pass_the_reports_borrow_check(by_row):
+    """The same data, budget and settings but the borrowed variant's own: what ``--borrow`` accepts."""
+    final = [run for run in load_runs(RUNS_DIR) if "metrics" in run]
+    for row, (grid, theirs) in BORROWED.items():
+        runs = borrow(RESULTS, f"{grid}:{theirs}={row}", final)
+        assert sorted(r["seed"] for r in runs) == sorted(by_row[row])
 
 
 def _signed(value: float, digits: int) -> str:
