@@ -15,8 +15,8 @@ provider=../shared/data/cn_csi300
 dev_runs="python -m benchmarks.run --grid benchmarks/grids/final.yaml --provider-uri $provider --cpus 2 --threads 1; \
 python -m benchmarks.run --grid benchmarks/grids/screen_dev.yaml --provider-uri $provider --cpus 2 --threads 1; \
 for s in 0 1 2 3 4; do python -m benchmarks.seed_average --grid benchmarks/grids/final.yaml --row hist_pit+best \
---seeds \$s .. \$((s+4)) --provider-uri $provider; python -m benchmarks.seed_average --grid benchmarks/grids/final.yaml \
---row qlib_hist_patched --seeds \$s .. \$((s+4)) --provider-uri $provider; done"
+--seeds \$(seq \$s \$((s+4))) --provider-uri $provider; python -m benchmarks.seed_average --grid benchmarks/grids/final.yaml \
+--row qlib_hist_patched --seeds \$(seq \$s \$((s+4))) --provider-uri $provider; done"
 dev_report=(--grid final --borrow screen-dev:hist_pit+best_aux=hist_pit+chosen --versus qlib_hist_patched
     --versus hist_pit+best --versus hist_pit+pretrained_as_is --versus qlib_hist_patched+avg5 --versus hist_pit)
 python -m benchmarks.report "${dev_report[@]}" --command "$dev_runs; python -m benchmarks.report ${dev_report[*]}"

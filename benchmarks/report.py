@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from benchmarks import script_parser
-from benchmarks.grid import DEFAULT
+from benchmarks.grid import DEFAULT, load_grid
 from benchmarks.paired import DAILY_KEYS, NW_LAGS, paired_t
 from benchmarks.paths import HERE, repo_relative
-from benchmarks.run import REPORT_METRICS
+from benchmarks.run import REPORT_METRICS, ROWS
 from qlib_hist.atomic_files import atomic_path, atomic_write_text
 
 LABELS = {
@@ -117,10 +118,13 @@ def n_fits(run: dict) -> int:
 #: result fields that must agree between a borrowed run and this grid's runs of its model
 SAME_FIELDS = ("profile", "provider_uri")
 
-#: model kwargs that set the training budget: a borrowed run's own variant may not change them unless the borrow says
-#: so (``--borrow-budget``), so that every row of a table gets the same epochs and early stopping
-BUDGET_KWARGS = ("n_epochs", "early_stop", "metric")
+#: model kwargs that set the training budget (epochs, early stop, pretraining epochs, fits): a borrowed run must have
+#: every trained row's values, even where its own variant sets them, unless the borrow says otherwise
+#: (``--borrow-budget``), so that every row of a table gets the same epochs and early stopping
+BUDGET_KWARGS = ("n_epochs", "early_stop", "pretrain_epochs", "ensemble")
 
+#: profile settings that are the budget, not the data: the rest (dates, segments, the fit window) are the data
+PROFILE_BUDGET = ("n_epochs", "early_stop")
 
 #: model kwargs that name a file: where the runs found it depends on the folder they ran from (a pretrained file, the
 #: runner's concept table in its cache), so a borrow compares the file's name
@@ -138,32 +142,99 @@ def _fixed_kwargs(run: dict) -> dict:
     return {k: v for k, v in _kwargs(run).items() if k not in run.get("settings", {})}
 
 
-def _nearest_row(kwargs: dict, peers: list[dict]) -> tuple[str, dict]:
+def _grid_files() -> dict[str, Path]:
+    """Each grid name -> its file under ``benchmarks/grids`` (the ``name`` of every ``*.yaml`` there that has one)."""
+    files: dict[str, Path] = {}
+    for path in sorted((HERE / "grids").rglob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            files.setdefault(spec["name"], path)
+    return files
+
+
+def data_settings(run: dict, spec: str) -> dict:
+    """The data a run was fitted and scored on: its grid's profile (dates, segments, fit window) without the budget
+    (:data:`PROFILE_BUDGET`). Run files record it (``profile_settings``) from 0.8.2 on; for an older file it is read
+    from the grid file of the run's ``grid`` name, and with neither, ``SystemExit`` says so (naming ``spec``)."""
+    profile = run.get("profile_settings")
+    if profile is None:
+        path = _grid_files().get(run.get("grid", ""))
+        if path is None:
+            raise SystemExit(
+                f"--borrow {spec}: cannot tell the data of grid {run.get('grid')!r}'s runs: their files record no "
+                "profile_settings and no grid file under benchmarks/grids has that name"
+            )
+        profile = load_grid(path, list(ROWS)).profile
+    profile = json.loads(json.dumps(profile))  # tuples as lists, as a run file holds them
+    return {k: v for k, v in profile.items() if k not in PROFILE_BUDGET}
+
+
+def _nearest_row(kwargs: dict, peers: list[dict]) -> tuple[str, dict, list[str]]:
     """The row of ``peers`` whose model kwargs (:func:`_kwargs`) differ from ``kwargs`` in the fewest keys (a tie goes
-    to the row that trains fewer models, then to the first), and those keys with ``kwargs``' values (``None``: not
-    set)."""
-    diffs: dict[str, dict] = {}
+    to the row that trains fewer models, then to the first in the table's order), the keys ``kwargs`` sets otherwise
+    (with its values), and the keys that row sets and ``kwargs`` leaves unset."""
+    diffs: dict[str, tuple[dict, list[str]]] = {}
     fits: dict[str, int] = {}
     for peer in peers:
         theirs = _kwargs(peer)
         row = row_of(peer)
-        diffs.setdefault(
-            row, {k: kwargs.get(k) for k in sorted(set(kwargs) | set(theirs)) if kwargs.get(k) != theirs.get(k)}
-        )
+        other = {k: v for k, v in kwargs.items() if k not in theirs or theirs[k] != v}
+        diffs.setdefault(row, (other, sorted(set(theirs) - set(kwargs))))
         fits.setdefault(row, n_fits(peer))
-    nearest = min(diffs, key=lambda row: (len(diffs[row]), fits[row]))
-    return nearest, diffs[nearest]
+    order = rows_in_order(peers)
+    nearest = min(diffs, key=lambda row: (sum(map(len, diffs[row])), fits[row], order.index(row)))
+    return (nearest, *diffs[nearest])
 
 
-def borrow(results: Path, spec: str, runs: list[dict], own_budget: bool = False) -> list[dict]:
+def _check_borrow(spec: str, run: dict, peers: list[dict], own_budget: bool) -> None:
+    """``SystemExit`` naming the first field by which a borrowed ``run`` may not sit beside ``peers`` (this grid's
+    runs of its model): the provider or profile, the data, a trained row's budget, or a model kwarg that neither
+    run's variant sets."""
+    for peer in peers:
+        for key in SAME_FIELDS:
+            if run.get(key) != peer.get(key):
+                raise SystemExit(
+                    f"--borrow {spec}: {key} {run.get(key)!r} differs from {row_of(peer)}'s {peer.get(key)!r}"
+                )
+    theirs, own = _kwargs(run), set(run.get("settings", {})) - set(BUDGET_KWARGS)
+    mine = data_settings(run, spec)
+    for peer in peers:
+        ours = data_settings(peer, spec)
+        for key in sorted(set(mine) | set(ours)):
+            if mine.get(key) != ours.get(key):
+                raise SystemExit(
+                    f"--borrow {spec}: the data's {key} {mine.get(key)!r} differs from {row_of(peer)}'s "
+                    f"{ours.get(key)!r}"
+                )
+        peer_kwargs = _kwargs(peer)
+        for key in BUDGET_KWARGS if not own_budget and peer_kwargs.get("n_epochs") != 0 else ():
+            if theirs.get(key) != peer_kwargs.get(key):
+                raise SystemExit(
+                    f"--borrow {spec}: model kwarg {key}={theirs.get(key)!r} differs from {row_of(peer)}'s "
+                    f"{peer_kwargs.get(key)!r}: the training budget (--borrow-budget to show the row anyway)"
+                )
+        fixed = _fixed_kwargs(peer)
+        for key in sorted((set(theirs) | set(fixed)) - set(peer.get("settings", {})) - own - set(BUDGET_KWARGS)):
+            if theirs.get(key) != fixed.get(key):
+                raise SystemExit(
+                    f"--borrow {spec}: model kwarg {key}={theirs.get(key)!r} differs from {row_of(peer)}'s "
+                    f"{fixed.get(key)!r}"
+                )
+
+
+def borrow(
+    results: Path, spec: str, runs: list[dict], own_budget: bool = False, borrowed: Iterable[dict] = ()
+) -> list[dict]:
     """The runs ``--borrow GRID:ROW=AS`` adds to ``runs``, relabelled ``AS`` (``model+variant``).
 
-    Each borrowed run must agree with every run of ``runs`` of its model on :data:`SAME_FIELDS` and on every model
-    kwarg that neither run's grid variant sets, seeds aside. The borrowed run's own variant settings are what its row
-    compares (e.g. ``aux_horizons``), except the training budget (:data:`BUDGET_KWARGS`), which must agree too unless
-    ``own_budget`` (``--borrow-budget``: e.g. qlib's HIST at its own 200 epochs beside capped rows). Otherwise
-    ``SystemExit`` names the field. Each borrowed run's ``borrowed_settings`` holds its kwargs that differ from the
-    nearest row of this grid (``borrowed_versus``, :func:`_nearest_row`): what the page says the row changes.
+    Each borrowed run must sit beside every finished run of ``runs`` of its model (:func:`_check_borrow`): the same
+    profile, provider and data (:func:`data_settings`); the training budget of every trained row
+    (:data:`BUDGET_KWARGS`) unless ``own_budget`` (``--borrow-budget``: e.g. qlib's HIST at its own 200 epochs beside
+    capped rows); and every model kwarg that neither run's grid variant sets, seeds aside. Its own variant's other
+    settings are what its row compares (e.g. ``aux_horizons``, or a whole ``from_workflow`` recipe), and the page
+    names each by which it differs from the nearest row (``borrowed_versus``, ``borrowed_settings``,
+    ``borrowed_unset``: :func:`_nearest_row`). A seed the row ``AS`` has already, in ``runs`` or in the runs
+    ``borrowed`` by an earlier ``--borrow``, is refused. Otherwise ``SystemExit`` names the field.
     """
     grid, _, rest = spec.partition(":")
     row, _, new_row = rest.partition("=")
@@ -173,46 +244,30 @@ def borrow(results: Path, spec: str, runs: list[dict], own_budget: bool = False)
     mine = [r for r in load_runs(results / grid / "runs") if row_of(r) == row and "metrics" in r]
     if not mine:
         raise SystemExit(f"--borrow {spec}: no finished run of {row!r} in {results / grid / 'runs'}")
-    peers = [r for r in runs if r["model"] == model and "config" in r]
+    peers = [r for r in runs if r["model"] == model and "config" in r and "metrics" in r]
     if model != mine[0]["model"] or not peers:
         raise SystemExit(f"--borrow {spec}: this grid has no run of model {mine[0]['model']!r} to compare with")
-    borrowed = []
-    for run in mine:
-        theirs = _kwargs(run)
-        own = set(run.get("settings", {})) if own_budget else set(run.get("settings", {})) - set(BUDGET_KWARGS)
-        for peer in peers:
-            for key in SAME_FIELDS:
-                if run.get(key) != peer.get(key):
-                    raise SystemExit(
-                        f"--borrow {spec}: {key} {run.get(key)!r} differs from {row_of(peer)}'s {peer.get(key)!r}"
-                    )
-            ours = _fixed_kwargs(peer)
-            for key in sorted((set(theirs) | set(ours)) - set(peer.get("settings", {}))):
-                if theirs.get(key) == ours.get(key):
-                    continue
-                if key not in own and not (own_budget and key in BUDGET_KWARGS):
-                    raise SystemExit(
-                        f"--borrow {spec}: model kwarg {key}={theirs.get(key)!r} differs from "
-                        f"{row_of(peer)}'s {ours.get(key)!r}"
-                        + (" (the training budget: --borrow-budget to show it anyway)" if key in BUDGET_KWARGS else "")
-                    )
-        nearest, changed = _nearest_row(theirs, peers)
-        borrowed.append(
-            {
-                **run,
-                "variant": variant or DEFAULT,
-                "borrowed_from": f"{grid}/{row}",
-                "borrowed_settings": changed,
-                "borrowed_versus": nearest,
-            }
-        )
-    taken = sorted({r["seed"] for r in runs if row_of(r) == new_row} & {r["seed"] for r in mine})
+    taken = sorted({r["seed"] for r in [*runs, *borrowed] if row_of(r) == new_row} & {r["seed"] for r in mine})
     if taken:
         raise SystemExit(
             f"--borrow {spec}: this grid's row {new_row} already has seed(s) {', '.join(map(str, taken))}: "
             "borrow as another row name, or only seeds it lacks"
         )
-    return borrowed
+    out = []
+    for run in mine:
+        _check_borrow(spec, run, peers, own_budget)
+        nearest, changed, unset = _nearest_row(_kwargs(run), peers)
+        out.append(
+            {
+                **run,
+                "variant": variant or DEFAULT,
+                "borrowed_from": f"{grid}/{row}",
+                "borrowed_versus": nearest,
+                "borrowed_settings": changed,
+                "borrowed_unset": unset,
+            }
+        )
+    return out
 
 
 def _mean_std(values: list[float], digits: int) -> str:
@@ -426,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_runs(results / args.name / "runs")
     if not runs:
         raise SystemExit(f"no runs in {results / args.name / 'runs'}")
-    borrowed = [run for spec in args.borrow for run in borrow(results, spec, runs)]
-    borrowed += [run for spec in args.borrow_budget for run in borrow(results, spec, runs, own_budget=True)]
+    borrowed: list[dict] = []
+    for spec, own_budget in [(spec, False) for spec in args.borrow] + [(spec, True) for spec in args.borrow_budget]:
+        borrowed += borrow(results, spec, runs, own_budget, borrowed)
     runs += borrowed
     lead_tables = {}
     for versus in args.versus:  # refused before any file is written
@@ -444,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in dict.fromkeys(row_of(r) for r in borrowed):
         first = next(r for r in borrowed if row_of(r) == row)
         changed = ", ".join(
-            f"`{k}` at its default" if v is None else f"`{k}: {json.dumps(v)}`"
-            for k, v in first["borrowed_settings"].items()
+            [f"`{k}: {json.dumps(v)}`" for k, v in first["borrowed_settings"].items()]
+            + [f"`{k}` unset" for k in first["borrowed_unset"]]
         )
         page += [
             f"Row `{row}` is `{first['borrowed_from']}`'s runs, fitted once for both grids: the same model and data, "

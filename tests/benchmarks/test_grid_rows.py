@@ -166,9 +166,20 @@ def test_qlib_bench_profile_is_qlibs_segments_on_this_data():
     assert (profile["n_epochs"], profile["early_stop"]) == (MODEL_KWARGS["n_epochs"], MODEL_KWARGS["early_stop"])
 
 
+#: the profile a borrow test's runs record: the data (dates, segments) and the budget
+PROFILE = {
+    "start": "2010-01-01",
+    "fit": ["2010-01-01", "2016-12-31"],
+    "segments": {"train": ["2010-01-01", "2016-12-31"], "valid": ["2017-01-01", "2018-12-31"]},
+    "n_epochs": 20,
+    "early_stop": 5,
+}
+
+
 def _result(variant: str, settings: dict, seed: int, grid: str, **kwargs) -> dict:
     base = {"lr": 1e-4, "n_epochs": 20, "early_stop": 5, "stock2concept": "benchmarks/cache/sw.csv"}
     return {
+        "profile_settings": PROFILE,
         "model": "hist_pit",
         "variant": variant,
         "settings": settings,
@@ -201,7 +212,7 @@ def test_borrowed_runs_join_as_the_named_row_when_their_settings_match(tmp_path)
         ("full", s, "ablation/hist_pit") for s in (0, 1, 2)
     ]
     assert borrowed[0]["borrowed_versus"] == "hist_pit+no_hidden"
-    assert borrowed[0]["borrowed_settings"] == {"hidden_concepts": None}  # the ablation's default leaves it unset
+    assert (borrowed[0]["borrowed_settings"], borrowed[0]["borrowed_unset"]) == ({}, ["hidden_concepts"])
 
 
 def test_a_borrowed_variant_row_brings_its_own_settings_but_not_its_own_budget(tmp_path):
@@ -214,13 +225,68 @@ def test_a_borrowed_variant_row_brings_its_own_settings_but_not_its_own_budget(t
         ("chosen", "hist_pit+best", {"aux_horizons": [2, 3]})
     ] * 2
     _write_runs(tmp_path, "long", [_result("aux", {"aux_horizons": [2], "n_epochs": 200}, 0, "long")])
-    with pytest.raises(SystemExit, match=r"model kwarg n_epochs=200 differs from hist_pit's 20 \(the training budget"):
+    with pytest.raises(SystemExit, match=r"model kwarg n_epochs=200 differs from hist_pit's 20: the training budget"):
         borrow(tmp_path, "long:hist_pit+aux=hist_pit+chosen", mine)
     at_own = borrow(tmp_path, "long:hist_pit+aux=hist_pit+chosen", mine, own_budget=True)
     assert at_own[0]["borrowed_settings"] == {"aux_horizons": [2], "n_epochs": 200}
+    _write_runs(tmp_path, "five", [_result("aux", {"aux_horizons": [2], "ensemble": 5}, 0, "five")])
+    with pytest.raises(SystemExit, match=r"model kwarg ensemble=5 differs from hist_pit's None: the training budget"):
+        borrow(tmp_path, "five:hist_pit+aux=hist_pit+chosen", mine)  # five fits are a budget too
     _write_runs(tmp_path, "rate", [_result("aux", {"aux_horizons": [2]}, 0, "rate", lr=5e-4)])
     with pytest.raises(SystemExit, match="model kwarg lr=0.0005 differs from hist_pit's 0.0001"):
         borrow(tmp_path, "rate:hist_pit+aux=hist_pit+chosen", mine, own_budget=True)  # not its variant's: refused
+
+
+def test_a_borrowed_budget_is_every_trained_rows_even_where_the_rows_variants_set_it(tmp_path):
+    """Every row of the grid sets its epochs in its variant (qlib-segments-capped's rows do): a borrowed row still
+    has to match them; an untrained row (0 epochs) sets no budget."""
+    mine = [
+        _result("best", {"lr": 2e-4, "n_epochs": 30, "early_stop": 10}, 0, "capped"),
+        _result("as_is", {"n_epochs": 0}, 0, "capped"),
+    ]
+    _write_runs(tmp_path, "same", [_result("aux", {"aux_horizons": [2], "n_epochs": 30, "early_stop": 10}, 0, "same")])
+    assert borrow(tmp_path, "same:hist_pit+aux=hist_pit+chosen", mine)[0]["borrowed_versus"] == "hist_pit+best"
+    _write_runs(tmp_path, "long", [_result("aux", {"aux_horizons": [2], "n_epochs": 200, "early_stop": 10}, 0, "long")])
+    with pytest.raises(SystemExit, match=r"n_epochs=200 differs from hist_pit\+best's 30: the training budget"):
+        borrow(tmp_path, "long:hist_pit+aux=hist_pit+chosen", mine)
+
+
+def test_a_borrow_compares_the_data_recorded_or_read_from_the_grid_file(tmp_path):
+    """Two grids of one profile name can have other dates (the ablation trains from 2014, the final grid from 2010);
+    runs from before 0.8.2 record no profile, so their grid file (by name) says what data they had."""
+    mine = [_result(DEFAULT, {}, 0, "final")]
+    later = {**PROFILE, "fit": ["2014-01-01", "2016-12-31"]}
+    _write_runs(tmp_path, "short", [{**_result(DEFAULT, {}, 1, "short"), "profile_settings": later}])
+    with pytest.raises(SystemExit, match=r"the data's fit \['2014-01-01', '2016-12-31'\] differs from hist_pit's"):
+        borrow(tmp_path, "short:hist_pit=hist_pit+other", mine)
+    _write_runs(
+        tmp_path, "longer", [{**_result(DEFAULT, {}, 1, "longer"), "profile_settings": {**PROFILE, "n_epochs": 9}}]
+    )
+    assert borrow(tmp_path, "longer:hist_pit=hist_pit+other", mine)  # the profile's budget is checked as kwargs
+    old = [{**_result(DEFAULT, {}, 0, "final"), "profile_settings": None}]
+    _write_runs(tmp_path, "screen-dev", [{**_result(DEFAULT, {}, 1, "screen-dev"), "profile_settings": None}])
+    assert borrow(tmp_path, "screen-dev:hist_pit=hist_pit+other", old)  # grids/final.yaml, grids/screen_dev.yaml
+    _write_runs(tmp_path, "ablation", [{**_result(DEFAULT, {}, 1, "ablation"), "profile_settings": None}])
+    with pytest.raises(SystemExit, match=r"the data's fit \['2014-01-01', '2016-12-31'\] differs"):
+        borrow(tmp_path, "ablation:hist_pit=hist_pit+other", old)  # grids/ablation.yaml trains from 2014
+    _write_runs(tmp_path, "gone", [{**_result(DEFAULT, {}, 1, "gone"), "profile_settings": None}])
+    with pytest.raises(SystemExit, match="cannot tell the data of grid 'gone'.s runs"):
+        borrow(tmp_path, "gone:hist_pit=hist_pit+other", mine)
+
+
+def test_two_borrows_into_one_row_cannot_give_it_a_seed_twice(tmp_path):
+    mine = [_result(DEFAULT, {}, 0, "final")]
+    _write_runs(tmp_path, "final", mine)
+    _write_runs(tmp_path, "one", [_result(DEFAULT, {}, s, "one") for s in (1, 2)])
+    _write_runs(tmp_path, "two", [_result(DEFAULT, {}, s, "two") for s in (2, 3)])
+    first = borrow(tmp_path, "one:hist_pit=hist_pit+more", mine)
+    with pytest.raises(SystemExit, match=r"row hist_pit\+more already has seed\(s\) 2"):
+        borrow(tmp_path, "two:hist_pit=hist_pit+more", mine, borrowed=first)
+    with pytest.raises(SystemExit, match=r"row hist_pit\+more already has seed\(s\) 2"):
+        report_main(
+            ["--grid", "final", "--results-dir", str(tmp_path), "--borrow", "one:hist_pit=hist_pit+more"]
+            + ["--borrow-budget", "two:hist_pit=hist_pit+more"]
+        )
 
 
 def test_a_borrow_compares_file_kwargs_by_file_name(tmp_path):
@@ -282,7 +348,7 @@ def test_the_report_page_says_which_rows_are_borrowed(tmp_path):
     assert "| HIST (qlib_hist, point-in-time SW concepts), full | 0, 1 |" in page
     assert (
         "Row `hist_pit+full` is `ablation/hist_pit`'s runs, fitted once for both grids: the same model and data, set "
-        "as `hist_pit+no_hidden` but for `hidden_concepts` at its default." in page
+        "as `hist_pit+no_hidden` but for `hidden_concepts` unset." in page
     )
     assert not list((tmp_path / "modules" / "runs").glob("*full*"))  # borrowed, not copied
 

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.paired import paired_t
 from benchmarks.paths import ROOT
-from benchmarks.report import borrow, fit_seconds, load_runs, row_of
+from benchmarks.report import borrow, fit_seconds, label, load_runs, margins, row_of, rows_in_order
 
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -21,6 +21,8 @@ RUNS_DIR = RESULTS / "final" / "runs"
 BORROWED = {"hist_pit+chosen": ("screen-dev", "hist_pit+best_aux")}
 MARKER = "<!-- headline-table:"
 VERSUS, VERSUS_AVERAGED = "qlib_hist_patched", "qlib_hist_patched+avg5"
+#: rows the paragraph under the table quotes the shipped YAML's lead over one by one
+VERSUS_ROWS_QUOTED = ("qlib_hist_patched", "hist_pit+best")
 
 #: the start of a README row label -> the run row it reports
 ROWS = {
@@ -117,3 +119,59 @@ def test_every_cell_is_what_the_run_files_give(by_row):
 def test_the_prose_quotes_the_test_days(by_row):
     days = len(next(iter(by_row["hist_pit+best"].values()))["daily_ic"])
     assert f"over {days} test days" in README.read_text(encoding="utf-8")
+
+
+def _leads(runs: list[dict], versus: str) -> dict[str, dict[str, str]]:
+    """``benchmarks.report.margins``' lead table over ``versus``: row -> its cells by column name."""
+    lines = margins(runs, versus).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = rows_in_order(runs)
+    by_label = {label(row, rows): row for row in rows}
+    out = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[by_label[cells[0]]] = dict(zip(header, cells))
+    return out
+
+
+def _with_borrowed(grid: str, spec: str) -> list[dict]:
+    runs = [run for run in load_runs(RESULTS / grid / "runs") if "metrics" in run]
+    return runs + borrow(RESULTS, spec, runs)
+
+
+def test_what_holds_quotes_the_leads_the_run_files_give():
+    """The paragraph under the table quotes leads, paired t and the qlib-segments figures: each is recomputed."""
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    dev = _with_borrowed("final", "screen-dev:hist_pit+best_aux=hist_pit+chosen")
+    over_qlib = _leads(dev, "qlib_hist_patched")
+    chosen, recipe = over_qlib["hist_pit+chosen"], over_qlib["hist_pit+best"]
+    over_recipe = _leads(dev, "hist_pit+best")["hist_pit+chosen"]
+    t_col, std_col = "paired t (NW 5)", "in std"
+    phrases = [
+        f"by {chosen['IC lead']} IC, a paired t of {chosen['IC ' + t_col]} over the test days, and by "
+        f"{chosen['Rank IC lead']} Rank IC; across seeds that is {chosen['IC ' + std_col].lstrip('+')} and "
+        f"{chosen['Rank IC ' + std_col].lstrip('+')} standard deviations",
+        f"recipe by {over_recipe['IC lead']} IC (paired t {over_recipe['IC ' + t_col]})",
+        f"level with qlib's HIST on IC (paired t {recipe['IC ' + t_col]}) and ahead on Rank IC by "
+        f"{recipe['Rank IC lead']}, {recipe['Rank IC ' + std_col].lstrip('+')} standard deviations",
+    ]
+    others = _leads(dev, "hist_pit+chosen")
+    one_fit = [row for row, cells in others.items() if cells["Fits"] == "1" and row not in VERSUS_ROWS_QUOTED]
+    weakest = min(-float(others[row]["IC " + t_col]) for row in one_fit)  # their lead over ours: minus ours
+    phrases.append(f"every other row by a paired t of {weakest:.1f} or more")
+    capped = _with_borrowed("qlib-segments-capped", "screen-qlib-segments:hist_pit+best_aux=hist_pit+chosen")
+    mine = [run for run in capped if row_of(run) == "hist_pit+chosen"]
+    theirs = {run["seed"]: run for run in capped if row_of(run) == "qlib_hist_patched"}
+    seg = _leads(capped, "qlib_hist_patched")["hist_pit+chosen"]
+    ic, rank = (np.array([run["metrics"][m] for run in mine]) for m in ("IC", "Rank IC"))
+    same = [theirs[run["seed"]]["metrics"] for run in mine]
+    phrases.append(
+        f"IC {ic.mean():.4f} ± {ic.std():.4f} and Rank IC {rank.mean():.4f} ± {rank.std():.4f} over {len(mine)} seeds, "
+        f"against qlib's HIST's {np.mean([m['IC'] for m in same]):.4f} and "
+        f"{np.mean([m['Rank IC'] for m in same]):.4f} on the same seeds: a paired t of {seg['IC ' + t_col]} on IC, "
+        f"and {seg['IC ' + std_col].lstrip('+')} and {seg['Rank IC ' + std_col].lstrip('+')} standard deviations"
+    )
+    shipped = [run for run in dev if row_of(run) == "hist_pit+chosen"]
+    phrases.append(f"the shipped YAML ({len(shipped)} seeds so far)")
+    for phrase in phrases:
+        assert phrase in text, f"README.md's 'What holds' should say: {phrase!r}"
