@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two final tables, rewritten from the committed run files (no fit runs here; a second or so each):
+# The two final tables and the targets page, rewritten from the committed run files (no fit runs here):
 #   benchmarks/results/final.md                 the dev window (train 2010-2016, valid 2017-2018, test 2019-2022)
 #   benchmarks/results/qlib-segments-capped.md  qlib's segments (train 2010-2014, valid 2015-2016, test 2017-2020)
 # The shipped YAML's row (hist_pit+chosen) is the screen's fits of its choice (grids/screen_dev.yaml and
@@ -32,3 +32,5 @@ if compgen -G "$results/qlib-segments-full/runs/*.json" >/dev/null; then
         --versus qlib_hist_patched+full_budget)
 fi
 python -m benchmarks.report "${qseg_report[@]}" --command "$qseg_runs; python -m benchmarks.report ${qseg_report[*]}"
+# and the targets page (results/edge.md) from the same run files
+python -m benchmarks.edge >/dev/null

@@ -21,6 +21,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -366,19 +367,44 @@ def margins(runs: list[dict], versus: str) -> str:
         deterministic = untrained(list(by_row[row].values())) and untrained(list(by_row[versus].values()))
         cells = [label(row, rows), "/".join(str(n) for n in sorted(fits)), ", ".join(map(str, pairs))]
         for metric in MARGIN_METRICS:
-            mine = np.array([pair[0]["metrics"][metric] for pair in pairs.values()])
-            theirs = np.array([pair[1]["metrics"][metric] for pair in pairs.values()])
-            lead, spread = mine.mean() - theirs.mean(), max(mine.std(), theirs.std())
-            if spread > 0:
-                in_std = f"{lead / spread:+.1f}"
-            elif len(pairs) < 2 and not deterministic:  # one seed: its spread is not measured, not zero
-                in_std = "n/a (1 seed)"
-            else:
-                in_std = "0" if lead == 0 else f"{np.sign(lead) * np.inf:+}"
-            t = paired_t([pair[0] for pair in pairs.values()], [pair[1] for pair in pairs.values()], DAILY_KEYS[metric])
-            cells += [f"{lead:+.4f}", in_std, "n/a" if np.isnan(t) else f"{t:+.1f}"]
+            cells += lead_over(pairs, metric, deterministic).cells()
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Lead:
+    """One row's lead over another on one metric, over the seeds both have (:func:`lead_over`)."""
+
+    lead: float  # mean of mine minus mean of theirs
+    in_std: float  # lead / the larger seed std (ddof 0); ±inf when both are 0; NaN with one seed (not measured)
+    t: float  # the paired Newey–West t over test days; NaN without the daily series
+
+    def cells(self) -> list[str]:
+        """The three cells of :func:`margins`: lead, in std, paired t."""
+        if np.isnan(self.in_std):
+            in_std = "n/a (1 seed)"
+        elif np.isinf(self.in_std):
+            in_std = f"{self.in_std:+}"
+        else:
+            in_std = "0" if self.lead == 0 else f"{self.in_std:+.1f}"
+        return [f"{self.lead:+.4f}", in_std, "n/a" if np.isnan(self.t) else f"{self.t:+.1f}"]
+
+
+def lead_over(pairs: dict[int, tuple[dict, dict]], metric: str, deterministic: bool = False) -> Lead:
+    """The lead of the first run of each pair (seed -> (mine, theirs), :func:`_paired`) over the second on ``metric``
+    (``IC`` or ``Rank IC``); ``deterministic``: both rows are untrained, so a spread of 0 over one seed is measured."""
+    mine = np.array([pair[0]["metrics"][metric] for pair in pairs.values()])
+    theirs = np.array([pair[1]["metrics"][metric] for pair in pairs.values()])
+    lead, spread = float(mine.mean() - theirs.mean()), float(max(mine.std(), theirs.std()))
+    if spread > 0:
+        in_std = lead / spread
+    elif len(pairs) < 2 and not deterministic:  # one seed: its spread is not measured, not zero
+        in_std = float("nan")
+    else:
+        in_std = 0.0 if lead == 0 else float(np.sign(lead) * np.inf)
+    t = paired_t([pair[0] for pair in pairs.values()], [pair[1] for pair in pairs.values()], DAILY_KEYS[metric])
+    return Lead(lead, in_std, t)
 
 
 def _paired(mine: dict[int, dict], theirs: dict[int, dict]) -> dict[int, tuple[dict, dict]]:
