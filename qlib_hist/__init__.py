@@ -13,7 +13,7 @@ from .errors import QlibHistError
 from .network import HISTModel, RNNRegressor
 from .settings import ConceptSettings, HISTSettings, NetworkSettings, TrainSettings
 
-__version__ = "0.8.2"
+__version__ = "0.8.3"
 __all__ = [
     "HIST",
     "HISTExplainRecord",
