@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks import script_parser
 from benchmarks.paths import HERE
-from benchmarks.report import MARGIN_METRICS, Lead, _paired, borrow, lead_over, load_runs, row_of
+from benchmarks.report import MARGIN_METRICS, Lead, borrow, lead_over, load_runs, pair_by_seed, row_of
 from qlib_hist.atomic_files import atomic_write_text
 
 #: the targets: a lead of at least this many seed standard deviations, and a paired daily t of at least this
@@ -106,7 +106,7 @@ def outcome(results: Path, comparison: Comparison) -> Outcome:
         raise SystemExit(f"benchmarks.edge: no finished run in {results / comparison.grid / 'runs'}")
     ours = _runs(results, comparison.ours, grid_runs)
     theirs = _runs(results, comparison.theirs, grid_runs, comparison.own_budget)
-    pairs = _paired(ours, theirs) if ours and theirs else {}
+    pairs = pair_by_seed(ours, theirs) if ours and theirs else {}
     leads = {metric: lead_over(pairs, metric) if pairs else None for metric in MARGIN_METRICS}
     return Outcome(comparison, ours, theirs, leads)
 

@@ -360,7 +360,7 @@ def margins(runs: list[dict], versus: str) -> str:
     for row in rows:
         if row == versus or row not in by_row:
             continue
-        pairs = _paired(by_row[row], by_row[versus])
+        pairs = pair_by_seed(by_row[row], by_row[versus])
         if not pairs:
             continue
         fits = {n_fits(run) for pair in pairs.values() for run in pair}
@@ -392,8 +392,9 @@ class Lead:
 
 
 def lead_over(pairs: dict[int, tuple[dict, dict]], metric: str, deterministic: bool = False) -> Lead:
-    """The lead of the first run of each pair (seed -> (mine, theirs), :func:`_paired`) over the second on ``metric``
-    (``IC`` or ``Rank IC``); ``deterministic``: both rows are untrained, so a spread of 0 over one seed is measured."""
+    """The lead of the first run of each pair (seed -> (mine, theirs), :func:`pair_by_seed`) over the second on
+    ``metric`` (``IC`` or ``Rank IC``); ``deterministic``: both rows are untrained, so a spread of 0 over one seed is
+    measured."""
     mine = np.array([pair[0]["metrics"][metric] for pair in pairs.values()])
     theirs = np.array([pair[1]["metrics"][metric] for pair in pairs.values()])
     lead, spread = float(mine.mean() - theirs.mean()), float(max(mine.std(), theirs.std()))
@@ -407,7 +408,7 @@ def lead_over(pairs: dict[int, tuple[dict, dict]], metric: str, deterministic: b
     return Lead(lead, in_std, t)
 
 
-def _paired(mine: dict[int, dict], theirs: dict[int, dict]) -> dict[int, tuple[dict, dict]]:
+def pair_by_seed(mine: dict[int, dict], theirs: dict[int, dict]) -> dict[int, tuple[dict, dict]]:
     """seed -> (my run, their run) over the seeds both have; an :func:`untrained` side pairs with every seed."""
     if untrained(list(theirs.values())):
         return {seed: (run, next(iter(theirs.values()))) for seed, run in sorted(mine.items())}
