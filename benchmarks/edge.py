@@ -93,8 +93,8 @@ def _runs(results: Path, spec: str, grid_runs: list[dict], own_budget: bool = Fa
     grid, _, row = spec.partition(":")
     if grid == grid_runs[0]["grid"]:
         return {run["seed"]: run for run in grid_runs if row_of(run) == row}
-    if not (results / grid / "runs").is_dir():
-        return {}
+    if not any(row_of(run) == row and "metrics" in run for run in load_runs(results / grid / "runs")):
+        return {}  # not run yet (or no run of it has finished)
     model = row.partition("+")[0]
     return {run["seed"]: run for run in borrow(results, f"{spec}={model}+borrowed", grid_runs, own_budget)}
 

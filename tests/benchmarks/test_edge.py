@@ -86,6 +86,8 @@ def test_a_shipped_row_with_another_budget_is_refused_and_a_missing_baseline_not
     missing = Comparison("w", "table", "screen:model+aux", "elsewhere:base", "theirs", own_budget=True)
     out = outcome(tmp_path, missing)
     assert out.theirs == {} and out.leads == {"IC": None, "Rank IC": None}
+    (tmp_path / "elsewhere" / "runs").mkdir(parents=True)  # the runner made the folder; no run has finished
+    assert outcome(tmp_path, missing).theirs == {}
     assert "| — (none yet) | — | — | — | not measured |" in table([out])
 
 
