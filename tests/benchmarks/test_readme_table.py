@@ -168,8 +168,8 @@ def test_what_holds_quotes_the_leads_the_run_files_give():
     phrases.append(
         f"IC {ic.mean():.4f} ± {ic.std():.4f} and Rank IC {rank.mean():.4f} ± {rank.std():.4f} over {len(mine)} seeds, "
         f"against qlib's HIST's {np.mean([m['IC'] for m in same]):.4f} and "
-        f"{np.mean([m['Rank IC'] for m in same]):.4f} on the seeds both have: a paired t of {seg['IC ' + t_col]} on IC, "
-        f"and {seg['IC ' + std_col].lstrip('+')} and {seg['Rank IC ' + std_col].lstrip('+')} standard deviations"
+        f"{np.mean([m['Rank IC'] for m in same]):.4f} on the seeds both have: a paired t of {seg['IC ' + t_col]} on "
+        f"IC, and {seg['IC ' + std_col].lstrip('+')} and {seg['Rank IC ' + std_col].lstrip('+')} standard deviations"
     )
     shipped = [run for run in dev if row_of(run) == "hist_pit+chosen"]
     phrases.append(f"the shipped YAML ({len(shipped)} seeds so far)")
