@@ -80,6 +80,12 @@ class Outcome:
     theirs: dict[int, dict]
     leads: dict[str, Lead | None]
 
+    def above(self, metric: str) -> str:
+        """On how many of the seeds both rows have ours scores higher: ``k of n``, or ``—`` without a shared seed."""
+        shared = sorted(set(self.ours) & set(self.theirs))
+        wins = sum(self.ours[s]["metrics"][metric] > self.theirs[s]["metrics"][metric] for s in shared)
+        return f"{wins} of {len(shared)}" if shared else "—"
+
 
 def verdict(lead: Lead | None) -> str:
     """``met``, ``not met`` or ``not measured`` (no lead, or no paired t) for one metric's lead."""
@@ -123,8 +129,9 @@ def _seeds(runs: dict[int, dict]) -> str:
 def table(outcomes: list[Outcome]) -> str:
     """Markdown: one line per comparison and metric."""
     lines = [
-        "| window | baseline | metric | ours (seeds) | baseline (seeds) | lead | in seed std | paired t | target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| window | baseline | metric | ours (seeds) | baseline (seeds) | ours above on "
+        "| lead | in seed std | paired t | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for out in outcomes:
         for metric, lead in out.leads.items():
@@ -132,7 +139,7 @@ def table(outcomes: list[Outcome]) -> str:
             lines.append(
                 f"| {out.comparison.window} | {out.comparison.baseline} | {metric} | "
                 f"{_mean_std(out.ours, metric)} ({_seeds(out.ours)}) | "
-                f"{_mean_std(out.theirs, metric)} ({_seeds(out.theirs)}) | "
+                f"{_mean_std(out.theirs, metric)} ({_seeds(out.theirs)}) | {out.above(metric)} | "
                 + " | ".join(cells)
                 + f" | {verdict(lead)} |"
             )
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "Made by `python -m benchmarks.edge` from the committed run files (`benchmarks/edge.py` says how each figure "
         "is computed). Ours: `workflow_config_hist_best.yaml`'s recipe, the screen's fits of its choice. Means ± "
         "standard deviations (population) over each row's seeds; the lead, its size in seed standard deviations "
-        "and the paired daily t (Newey–West, 5 lags) over the seeds both rows have. A lead meets the target at "
+        "and the paired daily t (Newey–West, 5 lags) over the seeds both rows have, and on how many of those seeds "
+        "ours scores higher. A lead meets the target at "
         f"≥ {MIN_IN_STD:g} seed std and t ≥ {MIN_T:g}; `not measured`: a row has no run yet, or its run files "
         "hold no daily series of that metric.",
         "",

@@ -72,7 +72,7 @@ def test_the_shipped_row_is_borrowed_through_the_reports_check_and_led_over_the_
     mine = np.mean([out.ours[s]["metrics"]["IC"] for s in (0, 1)])
     theirs = np.mean([out.theirs[s]["metrics"]["IC"] for s in (0, 1)])  # the seeds both rows have
     assert ic is not None and ic.lead == pytest.approx(mine - theirs) and ic.t > 2
-    assert "| w | theirs | IC |" in table([out])
+    assert "| w | theirs | IC |" in table([out]) and out.above("IC") == "2 of 2"  # ours' daily IC is 0.02 higher
     assert published_lines([out])[0].startswith("- w, IC: ours ")
 
 
@@ -88,7 +88,7 @@ def test_a_shipped_row_with_another_budget_is_refused_and_a_missing_baseline_not
     assert out.theirs == {} and out.leads == {"IC": None, "Rank IC": None}
     (tmp_path / "elsewhere" / "runs").mkdir(parents=True)  # the runner made the folder; no run has finished
     assert outcome(tmp_path, missing).theirs == {}
-    assert "| — (none yet) | — | — | — | not measured |" in table([out])
+    assert "| — (none yet) | — | — | — | — | not measured |" in table([out])
 
 
 def test_the_committed_page_is_what_the_committed_run_files_give():
