@@ -94,10 +94,11 @@ def verdict(lead: Lead | None) -> str:
     return "met" if lead.in_std >= MIN_IN_STD and lead.t >= MIN_T else "not met"
 
 
-def _runs(results: Path, spec: str, grid_runs: list[dict], own_budget: bool = False) -> dict[int, dict]:
-    """seed -> finished run of ``GRID:ROW`` ``spec``: the window grid's own row, or borrowed through the check."""
+def _runs(results: Path, spec: str, window: str, grid_runs: list[dict], own_budget: bool = False) -> dict[int, dict]:
+    """seed -> finished run of ``GRID:ROW`` ``spec``: a row of the ``window`` grid's own runs (``grid_runs``), or
+    borrowed into them through the report's check."""
     grid, _, row = spec.partition(":")
-    if grid == grid_runs[0]["grid"]:
+    if grid == window:
         return {run["seed"]: run for run in grid_runs if row_of(run) == row}
     if not any(row_of(run) == row and "metrics" in run for run in load_runs(results / grid / "runs")):
         return {}  # not run yet (or no run of it has finished)
@@ -110,8 +111,8 @@ def outcome(results: Path, comparison: Comparison) -> Outcome:
     grid_runs = [run for run in load_runs(results / comparison.grid / "runs") if "metrics" in run]
     if not grid_runs:
         raise SystemExit(f"benchmarks.edge: no finished run in {results / comparison.grid / 'runs'}")
-    ours = _runs(results, comparison.ours, grid_runs)
-    theirs = _runs(results, comparison.theirs, grid_runs, comparison.own_budget)
+    ours = _runs(results, comparison.ours, comparison.grid, grid_runs)
+    theirs = _runs(results, comparison.theirs, comparison.grid, grid_runs, comparison.own_budget)
     pairs = pair_by_seed(ours, theirs) if ours and theirs else {}
     leads = {metric: lead_over(pairs, metric) if pairs else None for metric in MARGIN_METRICS}
     return Outcome(comparison, ours, theirs, leads)

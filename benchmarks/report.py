@@ -17,6 +17,7 @@ aside (:func:`borrow`): a row two grids share is fitted once. The page says whic
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections import Counter
@@ -143,29 +144,27 @@ def _fixed_kwargs(run: dict) -> dict:
     return {k: v for k, v in _kwargs(run).items() if k not in run.get("settings", {})}
 
 
-def _grid_files() -> dict[str, Path]:
-    """Each grid name -> its file under ``benchmarks/grids`` (the ``name`` of every ``*.yaml`` there that has one)."""
-    files: dict[str, Path] = {}
+@functools.cache
+def _grid_profile(name: str) -> dict | None:
+    """The profile (dates, segments, budget) of the grid file named ``name`` under ``benchmarks/grids`` (its
+    ``name`` key); None when no grid file has that name. Read once per name."""
     for path in sorted((HERE / "grids").rglob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
-        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            files.setdefault(spec["name"], path)
-    return files
+        if isinstance(spec, dict) and spec.get("name") == name:
+            return load_grid(path, list(ROWS)).profile
+    return None
 
 
 def data_settings(run: dict, spec: str) -> dict:
     """The data a run was fitted and scored on: its grid's profile (dates, segments, fit window) without the budget
     (:data:`PROFILE_BUDGET`). Run files record it (``profile_settings``) from 0.8.2 on; for an older file it is read
     from the grid file of the run's ``grid`` name, and with neither, ``SystemExit`` says so (naming ``spec``)."""
-    profile = run.get("profile_settings")
+    profile = run.get("profile_settings") or _grid_profile(run.get("grid", ""))
     if profile is None:
-        path = _grid_files().get(run.get("grid", ""))
-        if path is None:
-            raise SystemExit(
-                f"--borrow {spec}: cannot tell the data of grid {run.get('grid')!r}'s runs: their files record no "
-                "profile_settings and no grid file under benchmarks/grids has that name"
-            )
-        profile = load_grid(path, list(ROWS)).profile
+        raise SystemExit(
+            f"--borrow {spec}: cannot tell the data of grid {run.get('grid')!r}'s runs: their files record no "
+            "profile_settings and no grid file under benchmarks/grids has that name"
+        )
     profile = json.loads(json.dumps(profile))  # tuples as lists, as a run file holds them
     return {k: v for k, v in profile.items() if k not in PROFILE_BUDGET}
 
@@ -187,20 +186,18 @@ def _nearest_row(kwargs: dict, peers: list[dict]) -> tuple[str, dict, list[str]]
     return (nearest, *diffs[nearest])
 
 
-def _check_borrow(spec: str, run: dict, peers: list[dict], own_budget: bool) -> None:
+def _check_borrow(spec: str, run: dict, peers: list[dict], peer_data: list[dict], own_budget: bool) -> None:
     """``SystemExit`` naming the first field by which a borrowed ``run`` may not sit beside ``peers`` (this grid's
-    runs of its model): the provider or profile, the data, a trained row's budget, or a model kwarg that neither
-    run's variant sets."""
-    for peer in peers:
+    runs of its model, ``peer_data`` their :func:`data_settings`): the provider or profile, the data, a trained
+    row's budget, or a model kwarg that neither run's variant sets."""
+    theirs, own = _kwargs(run), set(run.get("settings", {})) - set(BUDGET_KWARGS)
+    mine = data_settings(run, spec)
+    for peer, ours in zip(peers, peer_data):
         for key in SAME_FIELDS:
             if run.get(key) != peer.get(key):
                 raise SystemExit(
                     f"--borrow {spec}: {key} {run.get(key)!r} differs from {row_of(peer)}'s {peer.get(key)!r}"
                 )
-    theirs, own = _kwargs(run), set(run.get("settings", {})) - set(BUDGET_KWARGS)
-    mine = data_settings(run, spec)
-    for peer in peers:
-        ours = data_settings(peer, spec)
         for key in sorted(set(mine) | set(ours)):
             if mine.get(key) != ours.get(key):
                 raise SystemExit(
@@ -254,9 +251,10 @@ def borrow(
             f"--borrow {spec}: this grid's row {new_row} already has seed(s) {', '.join(map(str, taken))}: "
             "borrow as another row name, or only seeds it lacks"
         )
+    peer_data = [data_settings(peer, spec) for peer in peers]
     out = []
     for run in mine:
-        _check_borrow(spec, run, peers, own_budget)
+        _check_borrow(spec, run, peers, peer_data, own_budget)
         nearest, changed, unset = _nearest_row(_kwargs(run), peers)
         out.append(
             {
@@ -494,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="GRID:ROW=AS",
-        help="as --borrow, for runs at their own training budget (n_epochs, early_stop, metric); the page says so",
+        help="as --borrow, for runs at their own training budget (n_epochs, early_stop, pretrain_epochs, ensemble)",
     )
     parser.add_argument(
         "--versus",
