@@ -26,6 +26,13 @@ PAPER_YAML = ROOT / "workflow_config_hist_paper.yaml"
 #: every run passes its own (``model_path`` only when that file exists; the concept files of its row)
 FILE_KWARGS = ("model_path", "stock2concept", "stock_index")
 
+
+def portable_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` with each file kwarg (:data:`FILE_KWARGS`) as its file name: where a run found the file depends on
+    the folder it ran from (a pretrained file, the runner's concept tables in its cache), not on what it trained."""
+    return {k: Path(v).name if k in FILE_KWARGS and isinstance(v, str) else v for k, v in kwargs.items()}
+
+
 #: kwargs of the paper YAML's model that are not paper options: the seed is set per run; the committed
 #: ``hist_paper`` runs wrote no checkpoints, and one ``checkpoint_dir`` shared by every run would offer one run's
 #: checkpoint to the next (refused: another fingerprint)

@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from benchmarks import script_parser
+from benchmarks.config import portable_kwargs
 from benchmarks.grid import DEFAULT, load_grid
 from benchmarks.paired import DAILY_KEYS, NW_LAGS, paired_t
 from benchmarks.paths import HERE, repo_relative
@@ -128,15 +129,10 @@ BUDGET_KWARGS = ("n_epochs", "early_stop", "pretrain_epochs", "ensemble")
 #: profile settings that are the budget, not the data: the rest (dates, segments, the fit window) are the data
 PROFILE_BUDGET = ("n_epochs", "early_stop")
 
-#: model kwargs that name a file: where the runs found it depends on the folder they ran from (a pretrained file, the
-#: runner's concept table in its cache), so a borrow compares the file's name
-PATH_KWARGS = ("model_path", "stock2concept", "stock_index")
-
 
 def _kwargs(run: dict) -> dict:
-    """The run's model kwargs without the seed, each file kwarg (:data:`PATH_KWARGS`) as its file name."""
-    kwargs = {k: v for k, v in run["config"]["kwargs"].items() if k != "seed"}
-    return {k: Path(v).name if k in PATH_KWARGS and isinstance(v, str) else v for k, v in kwargs.items()}
+    """The run's model kwargs without the seed, each file kwarg as its file name (:func:`portable_kwargs`)."""
+    return portable_kwargs({k: v for k, v in run["config"]["kwargs"].items() if k != "seed"})
 
 
 def _fixed_kwargs(run: dict) -> dict:

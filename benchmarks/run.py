@@ -47,6 +47,7 @@ from benchmarks.config import (
     WORKFLOW,
     handler_config,
     hist_kwargs,
+    portable_kwargs,
     qlib_init_kwargs,
     record_configs,
     sqlite_uri,
@@ -249,6 +250,7 @@ class GridContext:
     market: str
     benchmark: str
     cache_dir: str
+    checkpoint_root: str
     runs_dir: str
     tracking_uri: str
     concepts: dict
@@ -274,12 +276,19 @@ class GridContext:
     def checkpoint_dir(self, key: RunKey) -> Path:
         """Where a run of a checkpointing row (qlib_hist's, or qlib's patched HIST: :data:`CHECKPOINTING`)
         checkpoints every epoch, so that Ray's rerun of a killed task (or a rerun of the grid after a stopped
-        session) resumes at its last epoch. The name holds a digest of everything the run's checkpoint fingerprint
-        covers (model settings, provider, handler, segments): a changed grid file starts afresh in a new folder
-        instead of meeting a checkpoint it must refuse."""
-        what = [self.config(key), self.provider_uri, self.handler(), self.grid.profile["segments"]]
+        session) resumes at its last epoch: ``<checkpoint_root>/<grid>/<row>_seed<seed>_<digest>``.
+
+        The digest covers what the run trains (model settings, the provider's folder name, handler, segments) but
+        no place on this machine: files by their names (:func:`portable_kwargs`), so that a checkpoint folder
+        carried to another machine, or kept in the repository between sessions (``--checkpoint-dir``), is found
+        again by the same grid. A changed grid file starts afresh in a new folder instead of meeting a checkpoint it
+        must refuse; a folder of the same digest whose checkpoint was written from other data or file contents is
+        refused by the checkpoint's own fingerprint (:class:`~qlib_hist.callbacks.CheckpointError`, naming it)."""
+        config = self.config(key)
+        config["kwargs"] = portable_kwargs(config["kwargs"])
+        what = [config, Path(self.provider_uri).name, self.handler(), self.grid.profile["segments"]]
         digest = json_digest(what, 12)
-        return Path(self.cache_dir) / "checkpoints" / self.grid.name / f"{key.row}_seed{key.seed}_{digest}"
+        return Path(self.checkpoint_root) / self.grid.name / f"{key.row}_seed{key.seed}_{digest}"
 
 
 #: the dataset this worker process loaded last, by (provider, store, handler, segments): the next task reuses it
@@ -542,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
         "with a warning where it is missing); '' = none: HIST rows start from random weights",
     )
     parser.add_argument("--cache-dir", default=str(HERE / "cache"))
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="where runs that checkpoint every epoch keep their checkpoints until their result file is written "
+        "(default <cache-dir>/checkpoints); a folder kept between sessions (e.g. committed) resumes a run there",
+    )
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument(
         "--tracking-uri", default=None, help="mlflow store of every run (default: sqlite <cache-dir>/mlruns.db)"
@@ -584,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
         market=args.market,
         benchmark=args.benchmark,
         cache_dir=str(cache),
+        checkpoint_root=str(
+            Path(args.checkpoint_dir).expanduser().resolve() if args.checkpoint_dir else cache / "checkpoints"
+        ),
         runs_dir=str(runs_dir),
         tracking_uri=args.tracking_uri or sqlite_uri(cache / "mlruns.db"),
         concepts=build_concepts(

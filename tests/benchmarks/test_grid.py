@@ -293,7 +293,7 @@ def test_ray_workers_start_qlib_without_forking(monkeypatch, tmp_path):
 
     monkeypatch.setattr(qlib, "init", fake_init)
     grid = make_grid("g", "cpu-quick", ["lightgbm"], [0], list(ROWS))
-    ctx = GridContext(grid, str(tmp_path), "csi300", "SH000300", str(tmp_path), str(tmp_path), "sqlite://", {}, None, 1)
+    ctx = GridContext(grid, str(tmp_path), "csi300", "SH000300", *[str(tmp_path)] * 3, "sqlite://", {}, None, 1)
     with pytest.raises(Stop):
         worker_dataset(ctx)
     assert seen["kernels"] == 1 and seen["provider_uri"] == str(tmp_path)

@@ -335,7 +335,10 @@ def test_the_grid_runner_gives_qlibs_hist_a_checkpoint_folder_it_does_not_record
     grid = make_grid("g", "qlib-bench", ["qlib_hist_patched", "qlib_hist"], [0], list(ROWS))
     legacy = SimpleNamespace(stock2concept=tmp_path / "s2c.npy", stock_index_npy=tmp_path / "index.npy")
     where = str(tmp_path)
-    ctx = GridContext(grid, where, "csi300", "SH000300", where, where, "sqlite://", {"legacy": legacy}, None, 1)
+    checkpoints = str(tmp_path / "checkpoints")
+    ctx = GridContext(
+        grid, where, "csi300", "SH000300", where, checkpoints, where, "sqlite://", {"legacy": legacy}, None, 1
+    )
     seen: list = []
     monkeypatch.setattr(run, "end_killed_attempts", lambda *args: None)
     monkeypatch.setattr(R, "start", lambda **kwargs: contextlib.nullcontext(), raising=False)
@@ -348,6 +351,41 @@ def test_the_grid_runner_gives_qlibs_hist_a_checkpoint_folder_it_does_not_record
     assert "checkpoint_dir" not in patched["config"]["kwargs"] and patched["resumed"] is False
     assert "checkpoint_dir" not in ctx.config(key)["kwargs"]  # nor in what names its checkpoint folder
     assert "checkpoint_dir" not in seen[1]["kwargs"] and "resumed" not in plain
+
+
+def test_a_checkpoint_folder_is_named_by_what_the_run_trains_not_by_where_this_machine_keeps_things(tmp_path):
+    """A run of qlib's own budget outlives a session only if its checkpoint folder does, and a new session has
+    another cache and maybe another checkout: the folder's name is the same whatever the cache, the checkpoint
+    root, the provider's parent folder or the concept files' folder, and changes with a setting or the provider."""
+    grid = make_grid("g", "qlib-bench", ["qlib_hist_patched"], [0], list(ROWS))
+    (key,) = grid.runs()
+
+    def folder(home: str, provider: str = "cn_csi300", **changed: object) -> str:
+        where = tmp_path / home
+        legacy = SimpleNamespace(stock2concept=where / "s2c.npy", stock_index_npy=where / "index.npy")
+        ctx = GridContext(
+            make_grid("g", "qlib-bench", ["qlib_hist_patched"], [0], list(ROWS)) if not changed else grid,
+            str(where / "data" / provider),
+            "csi300",
+            "SH000300",
+            str(where / "cache"),
+            str(where / "kept"),
+            str(where / "runs"),
+            "sqlite://",
+            {"legacy": legacy},
+            str(where / "model_lstm_csi300.pkl"),
+            1,
+        )
+        if changed:
+            ctx.grid.variants[key.variant].update(changed)
+        path = ctx.checkpoint_dir(key)
+        assert path.parent == where / "kept" / "g"  # under --checkpoint-dir, not the cache
+        return path.name
+
+    here = folder("session_a")
+    assert folder("session_b") == here
+    assert folder("session_c", provider="cn_data") != here
+    assert folder("session_d", lr=0.001) != here
 
 
 def test_the_full_budget_grid_is_qlibs_hist_at_its_own_budget_on_qlibs_segments():
