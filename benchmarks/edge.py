@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "Made by `python -m benchmarks.edge` from the committed run files (`benchmarks/edge.py` says how each figure "
         "is computed). Ours: `workflow_config_hist_best.yaml`'s recipe, the screen's fits of its choice. Means ± "
         "standard deviations (population) over each row's seeds; the lead, its size in seed standard deviations "
-        "and the paired daily t (Newey–West, 5 lags) over the seeds both rows have, and on how many of those seeds "
+        "and the paired daily t (Newey–West, 5 lags) over the seeds both rows have (where some of their run files "
+        "predate the daily series of a metric, over the seeds it names), and on how many of those seeds "
         "ours scores higher. A lead meets the target at "
         f"≥ {MIN_IN_STD:g} seed std and t ≥ {MIN_T:g}; `not measured`: a row has no run yet, or its run files "
         "hold no daily series of that metric.",

@@ -372,23 +372,28 @@ class Lead:
 
     lead: float  # mean of mine minus mean of theirs
     in_std: float  # lead / the larger seed std (ddof 0); ±inf when both are 0; NaN with one seed (not measured)
-    t: float  # the paired Newey–West t over test days; NaN without the daily series
+    t: float  # the paired Newey–West t over test days; NaN where no shared seed has the daily series on both sides
+    t_seeds: tuple[int, ...] = ()  # the seeds the t is over, where only some shared seeds have the daily series
 
     def cells(self) -> list[str]:
-        """The three cells of :func:`margins`: lead, in std, paired t."""
+        """The three cells of :func:`margins`: lead, in std, paired t (naming its seeds where it is over some)."""
         if np.isnan(self.in_std):
             in_std = "n/a (1 seed)"
         elif np.isinf(self.in_std):
             in_std = f"{self.in_std:+}"
         else:
             in_std = "0" if self.lead == 0 else f"{self.in_std:+.1f}"
-        return [f"{self.lead:+.4f}", in_std, "n/a" if np.isnan(self.t) else f"{self.t:+.1f}"]
+        t = "n/a" if np.isnan(self.t) else f"{self.t:+.1f}"
+        if self.t_seeds:
+            t += f" (seed{'s' if len(self.t_seeds) > 1 else ''} {', '.join(map(str, self.t_seeds))})"
+        return [f"{self.lead:+.4f}", in_std, t]
 
 
 def lead_over(pairs: dict[int, tuple[dict, dict]], metric: str, deterministic: bool = False) -> Lead:
     """The lead of the first run of each pair (seed -> (mine, theirs), :func:`pair_by_seed`) over the second on
     ``metric`` (``IC`` or ``Rank IC``); ``deterministic``: both rows are untrained, so a spread of 0 over one seed is
-    measured."""
+    measured. The paired t is over the pairs whose runs both hold the metric's daily series (files made before a
+    series was recorded lack it): all of them, or the seeds it names (``t_seeds``)."""
     mine = np.array([pair[0]["metrics"][metric] for pair in pairs.values()])
     theirs = np.array([pair[1]["metrics"][metric] for pair in pairs.values()])
     lead, spread = float(mine.mean() - theirs.mean()), float(max(mine.std(), theirs.std()))
@@ -398,8 +403,10 @@ def lead_over(pairs: dict[int, tuple[dict, dict]], metric: str, deterministic: b
         in_std = float("nan")
     else:
         in_std = 0.0 if lead == 0 else float(np.sign(lead) * np.inf)
-    t = paired_t([pair[0] for pair in pairs.values()], [pair[1] for pair in pairs.values()], DAILY_KEYS[metric])
-    return Lead(lead, in_std, t)
+    key = DAILY_KEYS[metric]
+    daily = {seed: pair for seed, pair in pairs.items() if key in pair[0] and key in pair[1]}
+    t = paired_t([pair[0] for pair in daily.values()], [pair[1] for pair in daily.values()], key) if daily else np.nan
+    return Lead(lead, in_std, float(t), tuple(daily) if 0 < len(daily) < len(pairs) else ())
 
 
 def pair_by_seed(mine: dict[int, dict], theirs: dict[int, dict]) -> dict[int, tuple[dict, dict]]:

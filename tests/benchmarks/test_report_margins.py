@@ -57,6 +57,34 @@ def test_a_five_fit_row_names_its_fits_and_a_lead_over_one_shared_seed_has_no_st
     assert cells == ["1/5", "0, 1", "+0.0010", "+inf", "n/a", "-0.0010", "-inf", "n/a"]
 
 
+def test_the_paired_t_is_over_the_shared_seeds_with_the_daily_series_and_names_them_when_some_lack_it():
+    """Run files made before the daily Rank IC was recorded lack it: the Rank IC t is over the seeds whose runs on
+    both sides hold it, and the cell names them; over none it is n/a; the IC t, which every run has, names none."""
+    import numpy as np
+
+    from benchmarks.paired import newey_west_t
+    from benchmarks.report import lead_over
+
+    days = [f"2019-01-{d:02d}" for d in range(1, 31)]
+    noise = np.random.default_rng(0).normal(0, 0.05, (2, 3, len(days)))  # side, seed, day
+
+    def run(side: int, seed: int, shift: float, rank: bool) -> dict:
+        daily = dict(zip(days, 0.03 + shift + noise[side, seed]))
+        extra = {"daily_rank_ic": {d: v + 0.01 for d, v in daily.items()}} if rank else {}
+        return {"seed": seed, "metrics": {"IC": 0.03 + shift, "Rank IC": 0.04 + shift}, "daily_ic": daily, **extra}
+
+    pairs = {s: (run(0, s, 0.004 * (s + 1), rank=True), run(1, s, 0.0, rank=s in (0, 2))) for s in range(3)}
+    rank, ic = lead_over(pairs, "Rank IC"), lead_over(pairs, "IC")
+    seeds = [0, 2]
+    expected = np.mean([0.004 * (s + 1) + noise[0, s] - noise[1, s] for s in seeds], axis=0)
+    assert rank.t_seeds == (0, 2) and rank.t == pytest.approx(newey_west_t(expected, 5))
+    every = np.mean([0.004 * (s + 1) + noise[0, s] - noise[1, s] for s in range(3)], axis=0)
+    assert ic.t_seeds == () and ic.t == pytest.approx(newey_west_t(every, 5)) and rank.t != pytest.approx(ic.t)
+    assert rank.cells()[2] == f"{rank.t:+.1f} (seeds 0, 2)" and ic.cells()[2] == f"{ic.t:+.1f}"
+    none = lead_over({1: pairs[1]}, "Rank IC")
+    assert np.isnan(none.t) and none.cells()[2] == "n/a"
+
+
 def test_two_untrained_rows_are_deterministic_so_their_lead_is_infinite_in_std():
     file = _run("hist_pit", 0, 0.028, 0.038, variant="pretrained_as_is", config={"kwargs": {"n_epochs": 0}})
     other = _run("lstm", 0, 0.027, 0.038, config={"kwargs": {"n_epochs": 0}})
