@@ -528,15 +528,8 @@ def stale_runs(grid: Grid, runs_dir: Path, keys: list[RunKey]) -> list[str]:
     return stale
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
-    parser = script_parser("benchmarks.run", __doc__)
-    parser.add_argument("--grid", default=None, help="a grid file (benchmarks/grids/*.yaml); replaces the next three")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-quick")
-    parser.add_argument(
-        "--models", nargs="+", default=["hist_pit", "hist_legacy", "qlib_hist", "qlib_hist_patched", "lstm", "gru"]
-    )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say where a grid's inputs, caches and results are, and how many threads a run has."""
     parser.add_argument("--provider-uri", default=WORKFLOW["qlib_init"]["provider_uri"])
     parser.add_argument("--market", default=WORKFLOW["market"])
     parser.add_argument("--benchmark", default=WORKFLOW["benchmark"])
@@ -562,38 +555,15 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", default=None, help="mlflow store of every run (default: sqlite <cache-dir>/mlruns.db)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of a run = the CPUs its task asks for")
-    parser.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each run's task asks for")
-    parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: every core)")
-    parser.add_argument("--address", default=None, help="a Ray cluster: auto, or HOST:PORT of its head")
-    parser.add_argument("--max-retries", type=int, default=3, help="reruns of a task whose worker process died")
-    args = parser.parse_args(argv)
-    try:
-        if args.grid:
-            grid = load_grid(args.grid, list(ROWS))
-        else:
-            grid = make_grid(args.profile, args.profile, args.models, args.seeds, list(ROWS))
-        check_resources(args)
-    except GridError as err:
-        parser.error(str(err))
+
+
+def grid_context(args: argparse.Namespace, grid: Grid, runs_dir: Path, parser: argparse.ArgumentParser) -> GridContext:
+    """The :class:`GridContext` of :func:`add_data_arguments`' options: the cache made, the concept files built."""
     cache = Path(args.cache_dir).expanduser().resolve()
-    runs_dir = Path(args.results_dir).expanduser().resolve() / grid.name / "runs"
-    keys = grid.runs()
-    stale = stale_runs(grid, runs_dir, keys)
-    if stale:
-        parser.error(
-            f"grid {grid.name}: {len(stale)} run file(s) in {runs_dir} were made with other settings than "
-            f"{grid.source} now gives their row, and would be taken as its results: {'; '.join(stale[:3])}"
-            f"{' ...' if len(stale) > 3 else ''}. Give a changed row a new variant name, or delete its files to "
-            "rerun it"
-        )
-    missing = [key for key in keys if not (runs_dir / key.file_name).exists()]
-    print(f"grid {grid.name}: {len(keys)} runs, {len(keys) - len(missing)} done, submitting {len(missing)}", flush=True)
-    if not missing:
-        return 0
     cache.mkdir(parents=True, exist_ok=True)
     provider = Path(args.provider_uri).expanduser().resolve()
     model_path = pretrained_file(args.model_path, parser)
-    ctx = GridContext(
+    return GridContext(
         grid=grid,
         provider_uri=str(provider),
         market=args.market,
@@ -616,6 +586,46 @@ def main(argv: list[str] | None = None) -> int:
         model_path=str(model_path) if model_path else None,
         threads=args.threads,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: submit the grid's missing runs; 0 when every run of the grid has its result file."""
+    parser = script_parser("benchmarks.run", __doc__)
+    parser.add_argument("--grid", default=None, help="a grid file (benchmarks/grids/*.yaml); replaces the next three")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-quick")
+    parser.add_argument(
+        "--models", nargs="+", default=["hist_pit", "hist_legacy", "qlib_hist", "qlib_hist_patched", "lstm", "gru"]
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_data_arguments(parser)
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each run's task asks for")
+    parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: every core)")
+    parser.add_argument("--address", default=None, help="a Ray cluster: auto, or HOST:PORT of its head")
+    parser.add_argument("--max-retries", type=int, default=3, help="reruns of a task whose worker process died")
+    args = parser.parse_args(argv)
+    try:
+        if args.grid:
+            grid = load_grid(args.grid, list(ROWS))
+        else:
+            grid = make_grid(args.profile, args.profile, args.models, args.seeds, list(ROWS))
+        check_resources(args)
+    except GridError as err:
+        parser.error(str(err))
+    runs_dir = Path(args.results_dir).expanduser().resolve() / grid.name / "runs"
+    keys = grid.runs()
+    stale = stale_runs(grid, runs_dir, keys)
+    if stale:
+        parser.error(
+            f"grid {grid.name}: {len(stale)} run file(s) in {runs_dir} were made with other settings than "
+            f"{grid.source} now gives their row, and would be taken as its results: {'; '.join(stale[:3])}"
+            f"{' ...' if len(stale) > 3 else ''}. Give a changed row a new variant name, or delete its files to "
+            "rerun it"
+        )
+    missing = [key for key in keys if not (runs_dir / key.file_name).exists()]
+    print(f"grid {grid.name}: {len(keys)} runs, {len(keys) - len(missing)} done, submitting {len(missing)}", flush=True)
+    if not missing:
+        return 0
+    ctx = grid_context(args, grid, runs_dir, parser)
     logging.basicConfig(level=logging.INFO)
     import qlib
 
@@ -628,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     ensure_cached(ctx.handler(), ctx.provider_uri, ctx.cache_dir)  # built once, here; the workers load it
     runs_dir.mkdir(parents=True, exist_ok=True)
-    prepare_store(ctx.tracking_uri, ctx.experiment, cache / "mlruns")
+    prepare_store(ctx.tracking_uri, ctx.experiment, Path(ctx.cache_dir) / "mlruns")
 
     def done(key: RunKey, summary: dict, seconds: float) -> None:
         outcome = summary["metrics"] or summary["error"]

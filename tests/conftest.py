@@ -104,6 +104,27 @@ DEMO_SEGMENTS = {
 }
 
 
+def tiny_grid(start: str, epochs: int, rest: str) -> str:
+    """A benchmark grid file's text (``name: tiny``) on the demo market: 3 months of train, 2 of valid, 1 of test
+    from 2016-04 (the demo's first days are its features' warm-up), ``epochs`` and as many early-stop rounds, then
+    ``rest`` (models, seeds, variants)."""
+    return f"""
+name: tiny
+profile: cpu-quick
+settings:
+  start: {start}
+  end: 2016-09-30
+  fit: [2016-04-01, 2016-06-30]
+  segments:
+    train: [2016-04-01, 2016-06-30]
+    valid: [2016-07-01, 2016-08-31]
+    test: [2016-09-01, 2016-09-29]
+  n_epochs: {epochs}
+  early_stop: {epochs}
+{rest.strip()}
+"""
+
+
 def init_qlib(provider_uri) -> None:
     """(Re)initialise qlib on ``provider_uri``; other test modules may have pointed it elsewhere."""
     import qlib

@@ -290,7 +290,7 @@ def test_committed_results_name_no_absolute_path():
         assert not any(isinstance(v, str) and v.startswith("/") for v in run.values()), path.name
 
 
-@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.report", "benchmarks.rolling"])
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.report", "benchmarks.rolling", "benchmarks.backfill"])
 def test_help_as_a_module(module):
     proc = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False

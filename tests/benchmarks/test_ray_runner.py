@@ -29,7 +29,7 @@ pytest.importorskip("ray")
 from benchmarks.report import summary_table  # noqa: E402
 from benchmarks.run import main  # noqa: E402
 
-from conftest import qlib_state_kept  # noqa: E402
+from conftest import qlib_state_kept, tiny_grid  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,24 +37,12 @@ pytestmark = [
 ]
 
 TASK_TITLE = b"ray::run_grid_task"  # the process title Ray gives a worker while it runs the task
-GRID = """
-name: tiny
-profile: cpu-quick
-settings:
-  start: {start}
-  end: 2016-09-30
-  fit: [2016-04-01, 2016-06-30]
-  segments:
-    train: [2016-04-01, 2016-06-30]
-    valid: [2016-07-01, 2016-08-31]
-    test: [2016-09-01, 2016-09-29]
-  n_epochs: 2
-  early_stop: 2
+GRID_ROWS = """
 models: [hist_pit]
 seeds: [0, 1]
 variants:
-  small: {{hidden_size: 8, num_layers: 1, base_model: GRU, GPU: -1}}
-  small_topk: {{hidden_size: 8, num_layers: 1, base_model: GRU, GPU: -1, hidden_topk: 3}}
+  small: {hidden_size: 8, num_layers: 1, base_model: GRU, GPU: -1}
+  small_topk: {hidden_size: 8, num_layers: 1, base_model: GRU, GPU: -1, hidden_topk: 3}
 """
 ROWS = {"hist_pit+small", "hist_pit+small_topk"}
 
@@ -152,7 +140,7 @@ def grid_run(demo, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ray_grid")
     grid = root / "tiny.yaml"
-    grid.write_text(GRID.format(start=demo.start))
+    grid.write_text(tiny_grid(demo.start, 2, GRID_ROWS))
     args = [
         "--grid",
         str(grid),
