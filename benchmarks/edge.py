@@ -7,10 +7,11 @@ Each comparison puts the shipped YAML's row (the screen's fits of its choice, ``
 data; both rows pass :func:`benchmarks.report.borrow`'s check against the window's grid (the same data and budget,
 or for qlib's HIST at its own budget, ``--borrow-budget``'s). On each of IC and Rank IC a lead is **met** when it is
 at least :data:`MIN_IN_STD` seed standard deviations (:class:`benchmarks.report.Lead`, over the seeds both rows
-have) **and** its paired daily t is at least :data:`MIN_T`; **not met** otherwise; **not measured** while a run file
-of either row holds no daily series of that metric (files from before ``daily_rank_ic`` was recorded), or either row
-has no finished run yet. On qlib's segments the shipped YAML's mean over its seeds is also set against the HIST row
-qlib publishes (:data:`PUBLISHED`).
+have) **and** its paired daily t is at least :data:`MIN_T`; **not met** when either falls short (a lead under
+:data:`MIN_IN_STD` seed std is not met whatever its t); **not measured** when the seed spread is not measured (one
+shared seed, or no finished run of a row), or the lead is wide enough across seeds but its t is not over every
+shared seed (run files from before ``daily_rank_ic`` was recorded hold no daily series of that metric). On qlib's
+segments the shipped YAML's mean over its seeds is also set against the HIST row qlib publishes (:data:`PUBLISHED`).
 """
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ class Outcome:
 
 
 def verdict(lead: Lead | None) -> str:
-    """``met``, ``not met`` or ``not measured`` (no lead, or no paired t) for one metric's lead."""
-    if lead is None or np.isnan(lead.t):
+    """``met``, ``not met`` or ``not measured`` for one metric's lead (module docstring)."""
+    if lead is None or np.isnan(lead.in_std):
         return "not measured"
-    return "met" if lead.in_std >= MIN_IN_STD and lead.t >= MIN_T else "not met"
+    if lead.in_std < MIN_IN_STD:
+        return "not met"
+    if np.isnan(lead.t) or lead.t_seeds:  # the paired test is not over every shared seed
+        return "not measured"
+    return "met" if lead.t >= MIN_T else "not met"
 
 
 def _runs(results: Path, spec: str, window: str, grid_runs: list[dict], own_budget: bool = False) -> dict[int, dict]:
@@ -182,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "and the paired daily t (Newey–West, 5 lags) over the seeds both rows have (where some of their run files "
         "predate the daily series of a metric, over the seeds it names), and on how many of those seeds "
         "ours scores higher. A lead meets the target at "
-        f"≥ {MIN_IN_STD:g} seed std and t ≥ {MIN_T:g}; `not measured`: a row has no run yet, or its run files "
-        "hold no daily series of that metric.",
+        f"≥ {MIN_IN_STD:g} seed std and t ≥ {MIN_T:g}, and is not met below {MIN_IN_STD:g} seed std whatever its t; "
+        "`not measured`: a row has no run yet, or the lead is wide enough across seeds but its paired t is not over "
+        "every shared seed.",
         "",
         table(outcomes),
         "",

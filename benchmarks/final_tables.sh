@@ -27,6 +27,7 @@ qseg_report=(--grid qlib-segments-capped --borrow screen-qlib-segments:hist_pit+
     --versus qlib_hist_patched)
 if compgen -G "$results/qlib-segments-full/runs/*.json" >/dev/null; then
     qseg_runs="$qseg_runs; python -m benchmarks.run --grid benchmarks/grids/qlib_segments_full.yaml \
+--checkpoint-dir benchmarks/results/checkpoints \
 --provider-uri $provider --cpus 2 --threads 1"
     qseg_report+=(--borrow-budget qlib-segments-full:qlib_hist_patched=qlib_hist_patched+full_budget
         --versus qlib_hist_patched+full_budget)

@@ -338,8 +338,9 @@ def margins(runs: list[dict], versus: str) -> str:
     5-fit row's lead over a 1-fit row is bought with 5 fits.
 
     Beside each lead, the paired test over test days (:func:`benchmarks.paired.paired_t`): the Newey–West t of the
-    daily differences, each day's value averaged over the same seeds; ``n/a`` where a run file has no such daily
-    series (run files before ``daily_rank_ic`` was recorded)."""
+    daily differences, each day's value averaged over the same seeds; where only some of those seeds' run files
+    hold the daily series (files made before ``daily_rank_ic`` was recorded), over those seeds, named in the cell;
+    ``n/a`` where none does."""
     by_row: dict[str, dict[int, dict]] = {}
     for run in runs:
         if "metrics" in run:
@@ -547,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Newey–West t-statistic ({NW_LAGS} lags) of the mean daily difference over the test days both rows "
             "scored, each day's value averaged over the same seeds (`benchmarks/paired.py`). It holds the fits "
             "fixed, so it measures day-to-day noise and not seed-to-seed: a lead needs |t| ≥ 2 and a lead in seed "
-            "standard deviations. `n/a`: the run files hold no such daily series.",
+            "standard deviations. A t followed by seeds is over those seeds only: the other shared seeds' run files "
+            "predate that daily series. `n/a`: no shared seed's run files hold it.",
             "",
             lead_table,
             "",

@@ -126,6 +126,8 @@ HIST_ROWS = {
 #: the model modules that checkpoint every epoch in a ``checkpoint_dir`` kwarg -> their checkpoint file's name
 #: (``benchmarks.qlib_patched`` is qlib's HIST with a checkpointed loop; qlib's own, unpatched, keeps none)
 CHECKPOINTING = {"qlib_hist": CHECKPOINT_NAME, "benchmarks.qlib_patched": "qlib_hist_checkpoint.pt"}
+#: the checkpointing modules whose checkpoint fingerprint holds their files' contents, not their paths
+PORTABLE_CHECKPOINTS = ("benchmarks.qlib_patched",)
 #: concept files a row reads (keys of :func:`build_concepts`' dict); the others read none
 ROW_CONCEPTS = {
     "hist_pit": "membership",
@@ -278,16 +280,20 @@ class GridContext:
         checkpoints every epoch, so that Ray's rerun of a killed task (or a rerun of the grid after a stopped
         session) resumes at its last epoch: ``<checkpoint_root>/<grid>/<row>_seed<seed>_<digest>``.
 
-        The digest covers what the run trains (model settings, the provider's folder name, handler, segments) but
-        no place on this machine: files by their names (:func:`portable_kwargs`), so that a checkpoint folder
-        carried to another machine, or kept in the repository between sessions (``--checkpoint-dir``), is found
-        again by the same grid. A changed grid file starts afresh in a new folder instead of meeting a checkpoint it
-        must refuse; a folder of the same digest whose checkpoint was written from other data or file contents is
-        refused by the checkpoint's own fingerprint (:class:`~qlib_hist.callbacks.CheckpointError`, naming it)."""
+        The digest covers what the checkpoint's own fingerprint covers, so that a changed grid file starts afresh
+        in a new folder instead of meeting a checkpoint it must refuse. For qlib's patched HIST
+        (:data:`PORTABLE_CHECKPOINTS`), whose fingerprint holds its files' contents, that is no place on this
+        machine: files by their names (:func:`portable_kwargs`), the provider by its folder's name, so that its
+        folder carried to another checkout (kept in the repository between sessions, ``--checkpoint-dir``) is
+        found again; one written from other data or file contents is refused by that fingerprint
+        (:class:`~qlib_hist.callbacks.CheckpointError`, naming it). qlib_hist's own checkpoints fingerprint their
+        files' paths, so their folders are named by the paths too."""
         config = self.config(key)
-        config["kwargs"] = portable_kwargs(config["kwargs"])
-        what = [config, Path(self.provider_uri).name, self.handler(), self.grid.profile["segments"]]
-        digest = json_digest(what, 12)
+        provider = self.provider_uri
+        if config["module_path"] in PORTABLE_CHECKPOINTS:
+            config["kwargs"] = portable_kwargs(config["kwargs"])
+            provider = Path(provider).name
+        digest = json_digest([config, provider, self.handler(), self.grid.profile["segments"]], 12)
         return Path(self.checkpoint_root) / self.grid.name / f"{key.row}_seed{key.seed}_{digest}"
 
 

@@ -90,7 +90,7 @@ def test_a_file_the_refit_does_not_reproduce_is_left_as_it_was(recorded, capsys)
     other = {**older, "metrics": {**older["metrics"], "IC": older["metrics"]["IC"] + 1e-12}}
     assert _backfill(recorded, other, "--seeds", "0") == 1
     assert json.loads(recorded["path"].read_text()) == other
-    assert "NOT written" in capsys.readouterr().out and "metrics differs on 1 of" in differences(other, run)[0]
+    assert "NOT written, the refit is not this file's fit: metrics differs on 1 of" in capsys.readouterr().out
 
 
 def test_what_cannot_be_backfilled_is_refused_before_any_fit(recorded, capsys):
@@ -100,11 +100,22 @@ def test_what_cannot_be_backfilled_is_refused_before_any_fit(recorded, capsys):
     assert stop.value.code == 2 and "records no best_epoch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _backfill(recorded, older, "--seeds", "3")
-    assert "has no run of row 'hist_pit+small' with seed 3" in capsys.readouterr().err
+    assert "hist_pit+small_seed3.json: cannot be read as a run file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _backfill(recorded, {**older, "best_epoch": [2, 3]}, "--seeds", "0")
+    assert "an ensemble's members stop apart" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the options must rebuild the run the file records, before any fit
+        complete = {k: v for k, v in recorded["run"].items() if k != SERIES}
+        _backfill(recorded, complete, "--seeds", "0", "--model-path", __file__)
+    assert "model_path: file None, now 'test_backfill.py'" in capsys.readouterr().err
 
 
 def test_differences_name_the_first_epoch_and_the_fields_that_differ():
-    file = {"valid_scores": [0.1, 0.2, 0.3], "best_epoch": 1, "metrics": {"IC": 0.1}, "daily_ic": {"d": 0.1}}
-    assert differences(file, {**file, "valid_scores": [0.1, 0.2]}) == []  # the epochs trained agree
-    refit = {**file, "valid_scores": [0.1, 0.25], "daily_ic": {"d": 0.2}}
-    assert differences(file, refit) == ["valid scores differ from epoch 1", "daily_ic differs on 1 of 1 (d ...)"]
+    nan = float("nan")  # a day with no IC: NaN in the file and in the refit is the same day
+    file = {"valid_scores": [0.1, 0.2, 0.3], "best_epoch": 1, "metrics": {"IC": 0.1}, "daily_ic": {"d": 0.1, "e": nan}}
+    same = json.loads(json.dumps({**file, "valid_scores": [0.1, 0.2]}))
+    assert differences(file, same) == []  # the epochs trained agree; NaN == NaN here
+    refit = {**file, "valid_scores": [0.1, 0.25], "daily_ic": {"d": 0.2, "e": nan}}
+    assert differences(file, refit) == ["valid scores differ from epoch 1", "daily_ic differs on 1 of 2 (d ...)"]
+    full = {**file, "valid_scores": [0.1, 0.2, 0.3]}  # n_epochs not cut to the best epoch: not what was asked
+    assert differences(file, full) == ["the refit trained 3 epochs, not the 2 up to the file's best"]

@@ -52,6 +52,10 @@ def _write(root, runs: list[dict]) -> None:
         (Lead(0.002, 3.0, 1.9), "not met"),
         (Lead(-0.002, -3.0, -3.0), "not met"),
         (Lead(0.002, 3.0, float("nan")), "not measured"),  # no daily series in a run file
+        (Lead(0.002, 1.8, float("nan")), "not met"),  # short across seeds: no t can make it met
+        (Lead(0.002, 3.0, 2.5, (1, 4)), "not measured"),  # the t is over two of the shared seeds only
+        (Lead(0.002, 1.0, 2.5, (1, 4)), "not met"),
+        (Lead(0.002, float("nan"), 2.5), "not measured"),  # one shared seed: no spread
         (None, "not measured"),  # a row with no finished run
     ],
 )

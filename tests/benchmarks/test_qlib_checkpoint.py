@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.grid import load_grid, make_grid
+from benchmarks.grid import RunKey, load_grid, make_grid
 from benchmarks.paths import ROOT
 from benchmarks.qlib_patched import CHECKPOINT_NAME, PatchedQlibHIST, cpu_pandas3_patches
 from benchmarks.run import CHECKPOINTING, ROWS, GridContext
@@ -355,16 +355,17 @@ def test_the_grid_runner_gives_qlibs_hist_a_checkpoint_folder_it_does_not_record
 
 def test_a_checkpoint_folder_is_named_by_what_the_run_trains_not_by_where_this_machine_keeps_things(tmp_path):
     """A run of qlib's own budget outlives a session only if its checkpoint folder does, and a new session has
-    another cache and maybe another checkout: the folder's name is the same whatever the cache, the checkpoint
-    root, the provider's parent folder or the concept files' folder, and changes with a setting or the provider."""
+    another cache and maybe another checkout: qlib's patched HIST's folder name is the same whatever the cache, the
+    checkpoint root, the provider's parent folder or the concept files' folder, and changes with a setting or the
+    provider."""
     grid = make_grid("g", "qlib-bench", ["qlib_hist_patched"], [0], list(ROWS))
     (key,) = grid.runs()
 
-    def folder(home: str, provider: str = "cn_csi300", **changed: object) -> str:
+    def folder(home: str, provider: str = "cn_csi300", model: str = "qlib_hist_patched", **changed: object) -> str:
         where = tmp_path / home
         legacy = SimpleNamespace(stock2concept=where / "s2c.npy", stock_index_npy=where / "index.npy")
         ctx = GridContext(
-            make_grid("g", "qlib-bench", ["qlib_hist_patched"], [0], list(ROWS)) if not changed else grid,
+            make_grid("g", "qlib-bench", [model], [0], list(ROWS)) if not changed else grid,
             str(where / "data" / provider),
             "csi300",
             "SH000300",
@@ -378,7 +379,7 @@ def test_a_checkpoint_folder_is_named_by_what_the_run_trains_not_by_where_this_m
         )
         if changed:
             ctx.grid.variants[key.variant].update(changed)
-        path = ctx.checkpoint_dir(key)
+        path = ctx.checkpoint_dir(RunKey(model, key.variant, key.seed))
         assert path.parent == where / "kept" / "g"  # under --checkpoint-dir, not the cache
         return path.name
 
@@ -386,6 +387,8 @@ def test_a_checkpoint_folder_is_named_by_what_the_run_trains_not_by_where_this_m
     assert folder("session_b") == here
     assert folder("session_c", provider="cn_data") != here
     assert folder("session_d", lr=0.001) != here
+    # qlib_hist's own checkpoints fingerprint their files' paths: their folders follow the paths
+    assert folder("session_a", model="hist_legacy") != folder("session_b", model="hist_legacy")
 
 
 def test_the_full_budget_grid_is_qlibs_hist_at_its_own_budget_on_qlibs_segments():
