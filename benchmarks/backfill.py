@@ -8,10 +8,14 @@ the best epoch, so training stops there (``n_epochs`` = the file's ``best_epoch`
 settings unchanged): the same weights, hence the same predictions, with the epochs after the best not trained.
 
 The refit runs the grid's own run (:func:`benchmarks.run.run_one`: its seeds, its records) and is then compared
-with the file: the valid score of every epoch trained, the best epoch, every metric and every day of the daily IC
-and excess return must be equal, bit for bit. Only then is the missing series written into the file (atomically),
-with ``backfilled`` saying how; otherwise nothing is written and the differences are printed (exit status 1). A
-machine whose kernels round differently does not reproduce the file and is refused this way.
+with the file: the valid score of every epoch trained, the best epoch, the signal's metrics (IC, ICIR, Rank IC,
+Rank ICIR) and the IC of every test day must be equal, bit for bit: the same predictions. Only then is the missing
+series written into the file (atomically), with ``backfilled`` saying how; otherwise nothing is written and the
+differences are printed (exit status 1). A machine whose kernels round differently does not reproduce the file
+and is refused this way. The backtest on those predictions is compared too, and its outcome noted, not required:
+it also depends on the backtest's environment (qlib's exchange, the provider's prices), and the file keeps its own
+figures. ``--from-recorder`` reads a finished refit back from its recorder instead of fitting again (a refit that
+finished but was not written).
 
 Needs the file's ``best_epoch`` and ``valid_scores`` (files of qlib_hist's and of the ``qlib_hist_patched`` row
 record them). Usage, with :mod:`benchmarks.run`'s data options::
@@ -38,7 +42,9 @@ from benchmarks.run import (
     add_data_arguments,
     grid_context,
     prepare_store,
+    qlib_init_kwargs,
     recorded_config,
+    recorded_results,
     run_one,
     stale_runs,
     worker_dataset,
@@ -48,8 +54,8 @@ from qlib_hist.callbacks import CheckpointError
 
 #: the series this adds to a file that lacks it
 SERIES = "daily_rank_ic"
-#: what the refit must give exactly as the file has it (valid scores are compared over the epochs trained)
-SAME = ("best_epoch", "metrics", "daily_ic", "daily_excess")
+#: the metrics of the predictions themselves (qlib's SigAnaRecord): with the daily IC, what makes a refit the file's fit
+SIGNAL_METRICS = ("IC", "ICIR", "Rank IC", "Rank ICIR")
 
 
 def _same(mine: object, theirs: object) -> bool:
@@ -58,48 +64,98 @@ def _same(mine: object, theirs: object) -> bool:
     return json.dumps(mine, sort_keys=True, default=str) == json.dumps(theirs, sort_keys=True, default=str)
 
 
+def _changed(mine: dict, theirs: dict) -> list[str]:
+    """The keys of two ``{name: value}`` dicts whose values differ (:func:`_same`), sorted."""
+    return sorted(k for k in set(mine) | set(theirs) if not _same(mine.get(k), theirs.get(k)))
+
+
 def differences(recorded: dict, refit: dict) -> list[str]:
-    """What the refit gives otherwise than the run file: [] when it is the file's own fit, trained to its best
-    epoch."""
+    """Where the refit is not the file's own fit, trained to its best epoch: [] when it is. Compared: the valid
+    score of every epoch trained (when the refit has them), the best epoch, the signal's metrics
+    (:data:`SIGNAL_METRICS`) and the IC of every test day: the predictions, not the backtest run on them
+    (:func:`backtest_differences`)."""
     out = []
-    trained, epochs = refit.get("valid_scores") or [], recorded["best_epoch"] + 1
-    if len(trained) != epochs:
-        out.append(f"the refit trained {len(trained)} epochs, not the {epochs} up to the file's best")
-    if not _same(trained, recorded["valid_scores"][: len(trained)]):
-        pairs = zip(recorded["valid_scores"], trained)
-        first = next(i for i, (a, b) in enumerate(pairs) if not _same(a, b))
-        out.append(f"valid scores differ from epoch {first}")
-    for key in SAME:
-        mine, theirs = recorded.get(key), refit.get(key)
-        if isinstance(mine, dict) and isinstance(theirs, dict):
-            changed = sorted(k for k in set(mine) | set(theirs) if not _same(mine.get(k), theirs.get(k)))
-            if changed:
-                out.append(f"{key} differs on {len(changed)} of {len(mine)} ({', '.join(map(str, changed[:3]))} ...)")
-        elif not _same(mine, theirs):
-            out.append(f"{key}: file {mine!r}, refit {theirs!r}")
+    if "valid_scores" in refit:
+        trained, epochs = refit["valid_scores"] or [], recorded["best_epoch"] + 1
+        if len(trained) != epochs:
+            out.append(f"the refit trained {len(trained)} epochs, not the {epochs} up to the file's best")
+        if not _same(trained, recorded["valid_scores"][: len(trained)]):
+            pairs = zip(recorded["valid_scores"], trained)
+            first = next(i for i, (a, b) in enumerate(pairs) if not _same(a, b))
+            out.append(f"valid scores differ from epoch {first}")
+        if not _same(recorded["best_epoch"], refit.get("best_epoch")):
+            out.append(f"best_epoch: file {recorded['best_epoch']}, refit {refit.get('best_epoch')}")
+    metrics = {k: v for k, v in recorded["metrics"].items() if k in SIGNAL_METRICS}
+    changed = _changed(metrics, {k: v for k, v in refit.get("metrics", {}).items() if k in SIGNAL_METRICS})
+    if changed:
+        out.append(f"signal metrics differ: {', '.join(changed)}")
+    changed = _changed(recorded.get("daily_ic", {}), refit.get("daily_ic", {}))
+    if changed:
+        out.append(f"daily IC differs on {len(changed)} of {len(recorded.get('daily_ic', {}))} days from {changed[0]}")
     return out
 
 
-def backfilled(recorded: dict, refit: dict) -> dict:
-    """The run file with the refit's :data:`SERIES` added, and a note of how it was made."""
-    epochs = recorded["best_epoch"] + 1
+def backtest_differences(recorded: dict, refit: dict) -> str:
+    """Whether the backtest on the same predictions gave the file's figures: it depends on the backtest's
+    environment too (qlib's exchange, the provider's prices), not only on the fit, so it is reported, not a
+    refusal; the file keeps its own."""
+    metrics = {k: v for k, v in recorded["metrics"].items() if k not in SIGNAL_METRICS}
+    changed = _changed(metrics, {k: v for k, v in refit.get("metrics", {}).items() if k not in SIGNAL_METRICS})
+    days = _changed(recorded.get("daily_excess", {}), refit.get("daily_excess", {}))
+    if not changed and not days:
+        return "the backtest on its predictions gave this file's figures"
+    where = f" on {len(days)} of {len(recorded.get('daily_excess', {}))} days from {days[0]}" if days else ""
+    return (
+        f"the backtest on its predictions gave other figures than this file's{where} ({', '.join(changed)}): "
+        "the file keeps its own"
+    )
+
+
+def backfilled(recorded: dict, refit: dict, how: str) -> dict:
+    """The run file with the refit's :data:`SERIES` added, and a note of how it was made (``how``)."""
     note = (
-        f"refit for {epochs} epochs (to the file's best epoch) on {refit['host']}; valid scores, best epoch, metrics, "
-        "daily IC and daily excess return equal to this file's"
+        f"{how}; valid scores, best epoch, signal metrics and daily IC equal to this file's; "
+        f"{backtest_differences(recorded, refit)}"
     )
     return {**recorded, SERIES: refit[SERIES], "backfilled": {SERIES: note}}
 
 
-def refit(key: RunKey, recorded: dict, ctx: GridContext) -> dict:
-    """:func:`run_one` of ``key`` stopped after the file's best epoch, in its own recorder experiment and
-    checkpoint folder (grid ``<grid>-backfill``: a killed refit resumes there; removed once it has finished)."""
+def short_context(key: RunKey, recorded: dict, ctx: GridContext) -> GridContext:
+    """``ctx`` as the refit runs: grid ``<grid>-backfill`` (its own recorder experiment and checkpoint folders),
+    ``key``'s variant stopped after the file's best epoch."""
     grid = ctx.grid
     variants = {**grid.variants, key.variant: {**grid.variants[key.variant], "n_epochs": recorded["best_epoch"] + 1}}
-    short = dataclasses.replace(ctx, grid=dataclasses.replace(grid, name=f"{grid.name}-backfill", variants=variants))
+    return dataclasses.replace(ctx, grid=dataclasses.replace(grid, name=f"{grid.name}-backfill", variants=variants))
+
+
+def refit(key: RunKey, recorded: dict, ctx: GridContext) -> dict:
+    """:func:`run_one` of ``key`` stopped after the file's best epoch (:func:`short_context`; a killed refit
+    resumes from its checkpoint, removed once it has finished)."""
+    short = short_context(key, recorded, ctx)
     prepare_store(short.tracking_uri, short.experiment, Path(short.cache_dir) / "mlruns")
     result = run_one(key, worker_dataset(short), short)
     shutil.rmtree(short.checkpoint_dir(key), ignore_errors=True)
     return result
+
+
+def from_recorder(key: RunKey, recorded: dict, ctx: GridContext) -> dict:
+    """The figures of ``key``'s last finished refit, read back from its recorder (:func:`short_context`'s
+    experiment in the tracking store): for a refit that finished but was not written (its process died after its
+    records, or a rule refused it). A recorder holds no valid scores, so those are not compared."""
+    import qlib
+    from qlib.workflow import R
+
+    short = short_context(key, recorded, ctx)
+    qlib.init(**qlib_init_kwargs(short.provider_uri, short.tracking_uri, kernels=1))
+    try:
+        experiment = R.get_exp(experiment_name=short.experiment, create=False)
+    except ValueError:
+        return {"error": f"no recorder experiment {short.experiment!r} in {short.tracking_uri}"}
+    name = f"{key.row}_seed{key.seed}"
+    finished = [r for r in experiment.list_recorders(rtype="list", status="FINISHED") if r.info["name"] == name]
+    if not finished:
+        return {"error": f"no finished recorder {name!r} in experiment {short.experiment!r}"}
+    return recorded_results(max(finished, key=lambda r: r.info["end_time"]))
 
 
 def refusal(recorded: dict) -> str | None:
@@ -142,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", required=True, help="the grid file whose run files to complete")
     parser.add_argument("--row", required=True, help="the row, as the run files name it (e.g. qlib_hist_patched)")
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
+    parser.add_argument(
+        "--from-recorder",
+        action="store_true",
+        help="fit nothing: read the last finished refit of each seed back from its recorder (a refit that was not "
+        "written); its valid scores are not compared",
+    )
     add_data_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -188,19 +250,24 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for key, path, recorded in todo:
         epochs = recorded["best_epoch"] + 1
-        print(f"{path.name}: refit for {epochs} epochs; valid scores to match: {recorded['valid_scores'][:epochs]}")
-        try:
-            with artifact_copies_removed():
-                result = refit(key, recorded, ctx)
-        except CheckpointError as err:
-            result = {"error": str(err)}
+        if args.from_recorder:
+            how = f"refit for {epochs} epochs (to the file's best epoch), read back from its recorder"
+            result = from_recorder(key, recorded, ctx)
+        else:
+            print(f"{path.name}: refit for {epochs} epochs; valid scores to match: {recorded['valid_scores'][:epochs]}")
+            try:
+                with artifact_copies_removed():
+                    result = refit(key, recorded, ctx)
+            except CheckpointError as err:
+                result = {"error": str(err)}
+            how = f"refit for {epochs} epochs (to the file's best epoch) on {result.get('host')}"
         diff = differences(recorded, result) if "error" not in result else [f"refit failed: {result['error']}"]
         if diff:
             failed += 1
             print(f"{path.name}: NOT written, the refit is not this file's fit: {'; '.join(diff)}", flush=True)
             continue
-        atomic_write_text(path, json.dumps(backfilled(recorded, result), indent=1, default=str))
-        print(f"{path.name}: {SERIES} added (the refit gave the file's own figures)", flush=True)
+        atomic_write_text(path, json.dumps(backfilled(recorded, result, how), indent=1, default=str))
+        print(f"{path.name}: {SERIES} added; {backtest_differences(recorded, result)}", flush=True)
     return 1 if failed else 0
 
 

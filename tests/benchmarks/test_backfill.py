@@ -90,7 +90,29 @@ def test_a_file_the_refit_does_not_reproduce_is_left_as_it_was(recorded, capsys)
     other = {**older, "metrics": {**older["metrics"], "IC": older["metrics"]["IC"] + 1e-12}}
     assert _backfill(recorded, other, "--seeds", "0") == 1
     assert json.loads(recorded["path"].read_text()) == other
-    assert "NOT written, the refit is not this file's fit: metrics differs on 1 of" in capsys.readouterr().out
+    assert "NOT written, the refit is not this file's fit: signal metrics differ: IC" in capsys.readouterr().out
+
+
+def test_a_backtest_that_differs_is_noted_not_refused_and_a_finished_refit_is_read_back_from_its_recorder(recorded):
+    """The backtest also depends on its environment: the series is added, and the note says the backtest gave
+    other figures, the file keeping its own. ``--from-recorder`` then reads the last refit back without fitting."""
+    run = recorded["run"]
+    older = {k: v for k, v in run.items() if k != SERIES}
+    day = next(iter(older["daily_excess"]))
+    other = {**older, "daily_excess": {**older["daily_excess"], day: 1.0}}
+    other["metrics"] = {**other["metrics"], "Max Drawdown": -0.5}
+    assert _backfill(recorded, other, "--seeds", "0") == 0
+    now = json.loads(recorded["path"].read_text())
+    assert now[SERIES] == run[SERIES] and now["daily_excess"][day] == 1.0  # the file keeps its own backtest
+    assert (
+        f"other figures than this file's on 1 of {len(run['daily_excess'])} days from {day}"
+        in now["backfilled"][SERIES]
+    )
+    assert "(Max Drawdown)" in now["backfilled"][SERIES]
+    assert _backfill(recorded, older, "--seeds", "0", "--from-recorder") == 0
+    read_back = json.loads(recorded["path"].read_text())
+    assert read_back[SERIES] == run[SERIES] and "read back from its recorder" in read_back["backfilled"][SERIES]
+    assert "gave this file's figures" in read_back["backfilled"][SERIES]
 
 
 def test_what_cannot_be_backfilled_is_refused_before_any_fit(recorded, capsys):
@@ -116,6 +138,7 @@ def test_differences_name_the_first_epoch_and_the_fields_that_differ():
     same = json.loads(json.dumps({**file, "valid_scores": [0.1, 0.2]}))
     assert differences(file, same) == []  # the epochs trained agree; NaN == NaN here
     refit = {**file, "valid_scores": [0.1, 0.25], "daily_ic": {"d": 0.2, "e": nan}}
-    assert differences(file, refit) == ["valid scores differ from epoch 1", "daily_ic differs on 1 of 2 (d ...)"]
+    assert differences(file, refit) == ["valid scores differ from epoch 1", "daily IC differs on 1 of 2 days from d"]
+    assert differences(file, {k: v for k, v in same.items() if k != "valid_scores"}) == []  # read back: no scores
     full = {**file, "valid_scores": [0.1, 0.2, 0.3]}  # n_epochs not cut to the best epoch: not what was asked
     assert differences(file, full) == ["the refit trained 3 epochs, not the 2 up to the file's best"]
