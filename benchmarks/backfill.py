@@ -95,18 +95,31 @@ def differences(recorded: dict, refit: dict) -> list[str]:
     return out
 
 
+#: the largest difference of the backtest's figures that is rounding in their last digits, not another backtest
+ROUNDING = 1e-12
+
+
 def backtest_differences(recorded: dict, refit: dict) -> str:
     """Whether the backtest on the same predictions gave the file's figures: it depends on the backtest's
-    environment too (qlib's exchange, the provider's prices), not only on the fit, so it is reported, not a
-    refusal; the file keeps its own."""
-    metrics = {k: v for k, v in recorded["metrics"].items() if k not in SIGNAL_METRICS}
-    changed = _changed(metrics, {k: v for k, v in refit.get("metrics", {}).items() if k not in SIGNAL_METRICS})
-    days = _changed(recorded.get("daily_excess", {}), refit.get("daily_excess", {}))
-    if not changed and not days:
+    environment too (qlib's exchange, the provider's prices, the float rounding of the machine's sums), not only on
+    the fit, so it is reported, not a refusal; the file keeps its own figures. A difference of at most
+    :data:`ROUNDING` in every day's excess return and every metric is called rounding."""
+    names = sorted(k for k in set(recorded["metrics"]) | set(refit.get("metrics", {})) if k not in SIGNAL_METRICS)
+    mine = {**{f"metric {k}": recorded["metrics"].get(k) for k in names}, **recorded.get("daily_excess", {})}
+    theirs = {**{f"metric {k}": refit.get("metrics", {}).get(k) for k in names}, **refit.get("daily_excess", {})}
+    changed = _changed(mine, theirs)
+    if not changed:
         return "the backtest on its predictions gave this file's figures"
-    where = f" on {len(days)} of {len(recorded.get('daily_excess', {}))} days from {days[0]}" if days else ""
+    try:
+        gap = max(abs(float(mine[k]) - float(theirs[k])) for k in changed)
+    except (KeyError, TypeError, ValueError):  # a figure on one side only, or not a number
+        gap = float("inf")
+    days = [k for k in changed if not k.startswith("metric ")]
+    where = f"{len(days)} of {len(recorded.get('daily_excess', {}))} days from {days[0]}" if days else "no day"
+    if gap <= ROUNDING:
+        return f"the backtest on its predictions gave this file's figures up to rounding (at most {gap:.1e}; {where})"
     return (
-        f"the backtest on its predictions gave other figures than this file's{where} ({', '.join(changed)}): "
+        f"the backtest on its predictions gave other figures than this file's (up to {gap:.1e}; {where}): "
         "the file keeps its own"
     )
 

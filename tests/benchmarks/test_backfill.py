@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from benchmarks.backfill import SERIES, differences
+from benchmarks.backfill import SERIES, backtest_differences, differences
 from benchmarks.backfill import main as backfill_main
 from benchmarks.grid import load_grid
 from benchmarks.run import (
@@ -104,11 +104,13 @@ def test_a_backtest_that_differs_is_noted_not_refused_and_a_finished_refit_is_re
     assert _backfill(recorded, other, "--seeds", "0") == 0
     now = json.loads(recorded["path"].read_text())
     assert now[SERIES] == run[SERIES] and now["daily_excess"][day] == 1.0  # the file keeps its own backtest
-    assert (
-        f"other figures than this file's on 1 of {len(run['daily_excess'])} days from {day}"
-        in now["backfilled"][SERIES]
+    note, days = now["backfilled"][SERIES], len(run["daily_excess"])
+    assert "other figures than this file's (up to " in note and f"; 1 of {days} days from {day}): the file" in note
+    rounding = {**other["daily_excess"], day: 1.0 + 1e-15}  # the last digits of a sum: rounding, not a backtest
+    assert backtest_differences(other, {**other, "daily_excess": rounding}) == (
+        f"the backtest on its predictions gave this file's figures up to rounding (at most 1.1e-15; 1 of {days} "
+        f"days from {day})"
     )
-    assert "(Max Drawdown)" in now["backfilled"][SERIES]
     assert _backfill(recorded, older, "--seeds", "0", "--from-recorder") == 0
     read_back = json.loads(recorded["path"].read_text())
     assert read_back[SERIES] == run[SERIES] and "read back from its recorder" in read_back["backfilled"][SERIES]
