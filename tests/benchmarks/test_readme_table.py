@@ -139,6 +139,15 @@ def _with_borrowed(grid: str, spec: str) -> list[dict]:
     return runs + borrow(RESULTS, spec, runs)
 
 
+def _t_words(cell: str) -> str:
+    """A paired-t cell of the lead table in the paragraph's words: ``+1.7 (seed 1)`` (a t over the shared seeds
+    whose run files hold the daily series) reads "a paired t of +1.7 on seed 1"; ``n/a``, "no paired t yet"."""
+    t, _, seeds = cell.partition(" (")
+    if t == "n/a":
+        return "no paired t yet"
+    return f"a paired t of {t} on {seeds.rstrip(')')}" if seeds else f"a paired t of {t}"
+
+
 def test_what_holds_quotes_the_leads_the_run_files_give():
     """The paragraph under the table quotes leads, paired t and the qlib-segments figures: each is recomputed."""
     text = " ".join(README.read_text(encoding="utf-8").split())
@@ -149,8 +158,8 @@ def test_what_holds_quotes_the_leads_the_run_files_give():
     t_col, std_col = "paired t (NW 5)", "in std"
     phrases = [
         f"by {chosen['IC lead']} IC, a paired t of {chosen['IC ' + t_col]} over the test days, and by "
-        f"{chosen['Rank IC lead']} Rank IC; across seeds that is {chosen['IC ' + std_col].lstrip('+')} and "
-        f"{chosen['Rank IC ' + std_col].lstrip('+')} standard deviations",
+        f"{chosen['Rank IC lead']} Rank IC, {_t_words(chosen['Rank IC ' + t_col])}; across seeds that is "
+        f"{chosen['IC ' + std_col].lstrip('+')} and {chosen['Rank IC ' + std_col].lstrip('+')} standard deviations",
         f"recipe by {over_recipe['IC lead']} IC (paired t {over_recipe['IC ' + t_col]})",
         f"level with qlib's HIST on IC (paired t {recipe['IC ' + t_col]}) and ahead on Rank IC by "
         f"{recipe['Rank IC lead']}, {recipe['Rank IC ' + std_col].lstrip('+')} standard deviations",
@@ -169,7 +178,8 @@ def test_what_holds_quotes_the_leads_the_run_files_give():
         f"IC {ic.mean():.4f} ± {ic.std():.4f} and Rank IC {rank.mean():.4f} ± {rank.std():.4f} over {len(mine)} seeds, "
         f"against qlib's HIST's {np.mean([m['IC'] for m in same]):.4f} and "
         f"{np.mean([m['Rank IC'] for m in same]):.4f} on the seeds both have: a paired t of {seg['IC ' + t_col]} on "
-        f"IC, and {seg['IC ' + std_col].lstrip('+')} and {seg['Rank IC ' + std_col].lstrip('+')} standard deviations"
+        f"IC and {_t_words(seg['Rank IC ' + t_col])} on Rank IC, and {seg['IC ' + std_col].lstrip('+')} and "
+        f"{seg['Rank IC ' + std_col].lstrip('+')} standard deviations"
     )
     shipped = [run for run in dev if row_of(run) == "hist_pit+chosen"]
     phrases.append(f"the shipped YAML ({len(shipped)} seeds so far)")
