@@ -197,10 +197,15 @@ def test_bf16_runs_where_the_cpu_reports_it(demo, short_dataset, monkeypatch):
     fp32.precision = "bf16"  # the fp32 weights, predicted under autocast
     rounded = fp32.predict(short_dataset, "test").to_numpy()
     assert pred.dtype == np.float32
-    for what, got in (("trained and predicted in bf16", pred.to_numpy()), ("predicted in bf16", rounded)):
+    # an epoch trained in bf16 drifts further from fp32's weights than one prediction's rounding, by how much
+    # depends on the CPU's bf16 kernels: above 0.99 on CPUs with avx512_bf16, 0.98999 on an AVX2-only one; a
+    # fp32 fit of another seed correlates about 0.64 with this one, so 0.98 still tells rounding from another model
+    cases = (("trained and predicted in bf16", pred.to_numpy(), 0.98), ("predicted in bf16", rounded, 0.99))
+    for what, got, least in cases:
         assert np.isfinite(got).all(), what
         assert (got == want).mean() < 0.5, f"{what}: {(got == want).mean():.0%} equal to fp32's, autocast did nothing"
-        assert np.corrcoef(got, want)[0, 1] > 0.99, what
+        corr = np.corrcoef(got, want)[0, 1]
+        assert corr > least, f"{what}: correlation {corr:.5f} with fp32's"
         assert np.abs(got - want).mean() < 0.2 * want.std(), what
 
 
