@@ -69,6 +69,11 @@ def _changed(mine: dict, theirs: dict) -> list[str]:
     return sorted(k for k in set(mine) | set(theirs) if not _same(mine.get(k), theirs.get(k)))
 
 
+def _signal(metrics: dict) -> dict:
+    """The :data:`SIGNAL_METRICS` of a run's ``metrics``."""
+    return {k: v for k, v in metrics.items() if k in SIGNAL_METRICS}
+
+
 def differences(recorded: dict, refit: dict) -> list[str]:
     """Where the refit is not the file's own fit, trained to its best epoch: [] when it is. Compared: the valid
     score of every epoch trained (when the refit has them), the best epoch, the signal's metrics
@@ -85,8 +90,7 @@ def differences(recorded: dict, refit: dict) -> list[str]:
             out.append(f"valid scores differ from epoch {first}")
         if not _same(recorded["best_epoch"], refit.get("best_epoch")):
             out.append(f"best_epoch: file {recorded['best_epoch']}, refit {refit.get('best_epoch')}")
-    metrics = {k: v for k, v in recorded["metrics"].items() if k in SIGNAL_METRICS}
-    changed = _changed(metrics, {k: v for k, v in refit.get("metrics", {}).items() if k in SIGNAL_METRICS})
+    changed = _changed(_signal(recorded["metrics"]), _signal(refit.get("metrics", {})))
     if changed:
         out.append(f"signal metrics differ: {', '.join(changed)}")
     changed = _changed(recorded.get("daily_ic", {}), refit.get("daily_ic", {}))
@@ -191,9 +195,7 @@ def setup_differences(recorded: dict, ctx: GridContext, key: RunKey) -> list[str
     out = []
     now = recorded_config(ctx.config(key))
     mine, theirs = portable_kwargs(recorded["config"]["kwargs"]), portable_kwargs(now["kwargs"])
-    for name in sorted(set(mine) | set(theirs)):
-        if not _same(mine.get(name), theirs.get(name)):
-            out.append(f"{name}: file {mine.get(name)!r}, now {theirs.get(name)!r}")
+    out += [f"{name}: file {mine.get(name)!r}, now {theirs.get(name)!r}" for name in _changed(mine, theirs)]
     for name in ("class", "module_path"):
         if recorded["config"].get(name) != now.get(name):
             out.append(f"{name}: file {recorded['config'].get(name)!r}, now {now.get(name)!r}")
@@ -279,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             print(f"{path.name}: NOT written, the refit is not this file's fit: {'; '.join(diff)}", flush=True)
             continue
-        atomic_write_text(path, json.dumps(backfilled(recorded, result, how), indent=1, default=str))
-        print(f"{path.name}: {SERIES} added; {backtest_differences(recorded, result)}", flush=True)
+        file = backfilled(recorded, result, how)
+        atomic_write_text(path, json.dumps(file, indent=1, default=str))
+        print(f"{path.name}: {SERIES} added; {file['backfilled'][SERIES]}", flush=True)
     return 1 if failed else 0
 
 
