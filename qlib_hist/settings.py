@@ -356,7 +356,7 @@ class TrainSettings(_Validated):
         "fp32",
         choices=PRECISIONS,
         help="`bf16`: the encoder runs under bf16 autocast, the concept modules and heads in fp32 (CUDA, or a CPU with "
-        "avx512_bf16/AMX, where an epoch took 0.69x of fp32's time); elsewhere keep `fp32`",
+        "avx512_bf16/AMX, where an epoch took 0.61–0.69x of fp32's time); elsewhere keep `fp32`",
         see="model.md#gpu-speed",
     )
     cuda_graphs: bool = setting(

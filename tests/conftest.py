@@ -104,10 +104,10 @@ DEMO_SEGMENTS = {
 }
 
 
-def tiny_grid(start: str, epochs: int, rest: str) -> str:
+def tiny_grid(start: str, epochs: int, rest: str, early_stop: int | None = None) -> str:
     """A benchmark grid file's text (``name: tiny``) on the demo market: 3 months of train, 2 of valid, 1 of test
-    from 2016-04 (the demo's first days are its features' warm-up), ``epochs`` and as many early-stop rounds, then
-    ``rest`` (models, seeds, variants)."""
+    from 2016-04 (the demo's first days are its features' warm-up), ``epochs`` and ``early_stop`` rounds (default:
+    as many as ``epochs``), then ``rest`` (models, seeds, variants)."""
     return f"""
 name: tiny
 profile: cpu-quick
@@ -120,7 +120,7 @@ settings:
     valid: [2016-07-01, 2016-08-31]
     test: [2016-09-01, 2016-09-29]
   n_epochs: {epochs}
-  early_stop: {epochs}
+  early_stop: {early_stop or epochs}
 {rest.strip()}
 """
 

@@ -198,15 +198,19 @@ def test_bf16_runs_where_the_cpu_reports_it(demo, short_dataset, monkeypatch):
     rounded = fp32.predict(short_dataset, "test").to_numpy()
     assert pred.dtype == np.float32
     # an epoch trained in bf16 drifts further from fp32's weights than one prediction's rounding, by how much
-    # depends on the CPU's bf16 kernels: above 0.99 on CPUs with avx512_bf16, 0.98999 on an AVX2-only one; a
-    # fp32 fit of another seed correlates about 0.64 with this one, so 0.98 still tells rounding from another model
+    # depends on the CPU's bf16 kernels: a correlation above 0.99 on a Xeon with AMX, 0.98999 on an AVX2-only CPU,
+    # 0.9894 on an AMD EPYC with avx512_bf16 (Zen 4); a fp32 fit of another seed correlates about 0.64 with this
+    # one, so 0.98 still tells rounding from another model. The drift also moves the predictions' level (on that
+    # EPYC by a quarter of their std, nearly the same for every stock), which no cross-sectional score reads: the
+    # distance is measured on the predictions less their mean.
     cases = (("trained and predicted in bf16", pred.to_numpy(), 0.98), ("predicted in bf16", rounded, 0.99))
     for what, got, least in cases:
         assert np.isfinite(got).all(), what
         assert (got == want).mean() < 0.5, f"{what}: {(got == want).mean():.0%} equal to fp32's, autocast did nothing"
         corr = np.corrcoef(got, want)[0, 1]
         assert corr > least, f"{what}: correlation {corr:.5f} with fp32's"
-        assert np.abs(got - want).mean() < 0.2 * want.std(), what
+        distance = np.abs((got - got.mean()) - (want - want.mean())).mean()
+        assert distance < 0.2 * want.std(), f"{what}: {distance / want.std():.3f} of fp32's std apart"
 
 
 def test_cuda_graphs_off_cuda_is_refused_at_construction(demo):
