@@ -120,7 +120,7 @@ settings:
     valid: [2016-07-01, 2016-08-31]
     test: [2016-09-01, 2016-09-29]
   n_epochs: {epochs}
-  early_stop: {early_stop or epochs}
+  early_stop: {epochs if early_stop is None else early_stop}
 {rest.strip()}
 """
 

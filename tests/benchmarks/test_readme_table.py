@@ -181,16 +181,16 @@ def test_what_holds_quotes_the_leads_the_run_files_give():
         f"IC and {_t_words(seg['Rank IC ' + t_col])} on Rank IC, and {seg['IC ' + std_col].lstrip('+')} and "
         f"{seg['Rank IC ' + std_col].lstrip('+')} standard deviations"
     )
+    # qlib's HIST at its own budget (200 epochs, early stop 20): its means, and the lead over the seeds shared
     full = borrow(RESULTS, f"qlib-segments-full:{VERSUS}={VERSUS}+full_budget", capped, own_budget=True)
-    if full:  # qlib's HIST at its own budget (200 epochs, early stop 20): its means, and the lead over the seeds shared
-        at_budget = _leads(capped + full, f"{VERSUS}+full_budget")["hist_pit+chosen"]
-        phrases.append(
-            f"qlib's HIST scores {np.mean([r['metrics']['IC'] for r in full]):.4f} / "
-            f"{np.mean([r['metrics']['Rank IC'] for r in full]):.4f} there: a lead of {at_budget['IC lead']} IC "
-            f"(t {at_budget['IC ' + t_col]}, {at_budget['IC ' + std_col].lstrip('+')} std) and "
-            f"{at_budget['Rank IC lead']} Rank IC (t {at_budget['Rank IC ' + t_col]}, "
-            f"{at_budget['Rank IC ' + std_col].lstrip('+')} std)"
-        )
+    at_budget = _leads(capped + full, f"{VERSUS}+full_budget")["hist_pit+chosen"]
+    phrases.append(
+        f"qlib's HIST scores {np.mean([r['metrics']['IC'] for r in full]):.4f} / "
+        f"{np.mean([r['metrics']['Rank IC'] for r in full]):.4f} there: a lead of {at_budget['IC lead']} IC "
+        f"(t {at_budget['IC ' + t_col]}, {at_budget['IC ' + std_col].lstrip('+')} std) and "
+        f"{at_budget['Rank IC lead']} Rank IC (t {at_budget['Rank IC ' + t_col]}, "
+        f"{at_budget['Rank IC ' + std_col].lstrip('+')} std)"
+    )
     shipped = [run for run in dev if row_of(run) == "hist_pit+chosen"]
     phrases.append(f"the shipped YAML ({len(shipped)} seeds so far)")
     for phrase in phrases:
