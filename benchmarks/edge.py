@@ -12,6 +12,8 @@ have) **and** its paired daily t is at least :data:`MIN_T`; **not met** when eit
 shared seed, or no finished run of a row), or the lead is wide enough across seeds but its t is not over every
 shared seed (run files from before ``daily_rank_ic`` was recorded hold no daily series of that metric). On qlib's
 segments the shipped YAML's mean over its seeds is also set against the HIST row qlib publishes (:data:`PUBLISHED`).
+Each lead is also cut by test year (:func:`benchmarks.paired.by_year`): the mean daily difference and its paired t
+within each year, over the same seeds as the lead's t, so a lead carried by one year shows.
 """
 
 from __future__ import annotations
@@ -23,8 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import script_parser
+from benchmarks.paired import DAILY_KEYS, by_year, daily_difference
 from benchmarks.paths import HERE
-from benchmarks.report import MARGIN_METRICS, Lead, borrow, lead_over, load_runs, pair_by_seed, row_of
+from benchmarks.report import (
+    MARGIN_METRICS,
+    Lead,
+    borrow,
+    daily_pairs,
+    lead_over,
+    load_runs,
+    pair_by_seed,
+    row_of,
+)
 from qlib_hist.atomic_files import atomic_write_text
 
 #: the targets: a lead of at least this many seed standard deviations, and a paired daily t of at least this
@@ -86,6 +98,13 @@ class Outcome:
         shared = sorted(set(self.ours) & set(self.theirs))
         wins = sum(self.ours[s]["metrics"][metric] > self.theirs[s]["metrics"][metric] for s in shared)
         return f"{wins} of {len(shared)}" if shared else "—"
+
+    def yearly(self, metric: str) -> tuple[list[int], list[tuple[int, int, float, float]]]:
+        """The lead on ``metric`` by test year (:func:`benchmarks.paired.by_year`), and the seeds it is over: the
+        shared seeds whose run files both hold the metric's daily series (those of the lead's paired t)."""
+        pairs = daily_pairs(pair_by_seed(self.ours, self.theirs), DAILY_KEYS[metric]) if self.ours else {}
+        diff = daily_difference([p[0] for p in pairs.values()], [p[1] for p in pairs.values()], DAILY_KEYS[metric])
+        return sorted(pairs), [] if diff is None or not pairs else by_year(diff)
 
 
 def verdict(lead: Lead | None) -> str:
@@ -152,6 +171,23 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def yearly_table(outcomes: list[Outcome]) -> str:
+    """Markdown: each comparison's lead by test year, one line per comparison and metric."""
+    lines = [
+        "| window | baseline | metric | seeds | the lead by test year: mean daily difference (paired t; days) |",
+        "|---|---|---|---|---|",
+    ]
+    for out in outcomes:
+        for metric in out.leads:
+            seeds, years = out.yearly(metric)
+            cells = "; ".join(f"{year}: {mean:+.4f} ({t:+.1f}; {days})" for year, days, mean, t in years) or "—"
+            lines.append(
+                f"| {out.comparison.window} | {out.comparison.baseline} | {metric} | "
+                f"{', '.join(map(str, seeds)) or '—'} | {cells} |"
+            )
+    return "\n".join(lines)
+
+
 def published_lines(outcomes: list[Outcome]) -> list[str]:
     """The shipped YAML's mean on qlib's segments against :data:`PUBLISHED`, once per window that asks for it."""
     lines, seen = [], set()
@@ -197,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         "up to 200 epochs, data from 2008):",
         "",
         *published_lines(outcomes),
+        "",
+        "The lead by test year: the daily difference (ours minus the baseline, each side's daily value averaged over "
+        "the seeds named, those of the paired t above) within each calendar year of the test segment, its mean, its "
+        "Newey–West t over that year's days alone, and the number of days. A lead that holds should hold in most "
+        "years; one carried by a single year is a regime, not an edge.",
+        "",
+        yearly_table(outcomes),
         "",
     ]
     atomic_write_text(results / "edge.md", "\n".join(page))

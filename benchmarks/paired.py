@@ -61,11 +61,27 @@ def seed_mean_daily(runs: Sequence[dict], key: str) -> pd.Series | None:
     return frame.mean(axis=1, skipna=False)
 
 
-def paired_t(mine: Sequence[dict], theirs: Sequence[dict], key: str, lags: int = NW_LAGS) -> float:
-    """:func:`newey_west_t` of the daily difference ``mine - theirs`` of the series ``key``, each side averaged over
-    its runs (the seeds both rows have), over the days both sides scored. ``nan`` when a side lacks the series."""
+def daily_difference(mine: Sequence[dict], theirs: Sequence[dict], key: str) -> pd.Series | None:
+    """The daily difference ``mine - theirs`` of the series ``key`` (``d_t`` above), each side averaged over its runs
+    (the seeds both rows have), over the days both sides scored, indexed by date (sorted); ``None`` when a side
+    lacks the series."""
     a, b = seed_mean_daily(mine, key), seed_mean_daily(theirs, key)
     if a is None or b is None:
-        return math.nan
+        return None
     diff = (a - b).dropna()
-    return newey_west_t(diff.to_numpy(), lags)
+    diff.index = pd.to_datetime(diff.index)
+    return diff.sort_index()
+
+
+def paired_t(mine: Sequence[dict], theirs: Sequence[dict], key: str, lags: int = NW_LAGS) -> float:
+    """:func:`newey_west_t` of :func:`daily_difference`; ``nan`` when a side lacks the series."""
+    diff = daily_difference(mine, theirs, key)
+    return math.nan if diff is None else newey_west_t(diff.to_numpy(), lags)
+
+
+def by_year(diff: pd.Series, lags: int = NW_LAGS) -> list[tuple[int, int, float, float]]:
+    """A daily difference (:func:`daily_difference`) cut by calendar year: ``(year, days, mean, t)`` for each year,
+    the t being :func:`newey_west_t` over that year's days alone. A lead that holds should hold in most years; one
+    carried by a single year is a regime, not an edge."""
+    years = diff.groupby(pd.DatetimeIndex(diff.index).year)
+    return [(int(year), len(days), float(days.mean()), newey_west_t(days.to_numpy(), lags)) for year, days in years]

@@ -405,9 +405,15 @@ def lead_over(pairs: dict[int, tuple[dict, dict]], metric: str, deterministic: b
     else:
         in_std = 0.0 if lead == 0 else float(np.sign(lead) * np.inf)
     key = DAILY_KEYS[metric]
-    daily = {seed: pair for seed, pair in pairs.items() if key in pair[0] and key in pair[1]}
+    daily = daily_pairs(pairs, key)
     t = paired_t([pair[0] for pair in daily.values()], [pair[1] for pair in daily.values()], key) if daily else np.nan
     return Lead(lead, in_std, float(t), tuple(daily) if 0 < len(daily) < len(pairs) else ())
+
+
+def daily_pairs(pairs: dict[int, tuple[dict, dict]], key: str) -> dict[int, tuple[dict, dict]]:
+    """The pairs (:func:`pair_by_seed`) whose two runs both hold the daily series ``key``: a paired test is over
+    these (files made before a series was recorded lack it)."""
+    return {seed: pair for seed, pair in pairs.items() if key in pair[0] and key in pair[1]}
 
 
 def pair_by_seed(mine: dict[int, dict], theirs: dict[int, dict]) -> dict[int, tuple[dict, dict]]:

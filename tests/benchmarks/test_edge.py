@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.edge import COMPARISONS, Comparison, outcome, published_lines, table, verdict
+from benchmarks.edge import COMPARISONS, Comparison, outcome, published_lines, table, verdict, yearly_table
 from benchmarks.paths import ROOT
 from benchmarks.report import Lead
 
@@ -78,6 +78,12 @@ def test_the_shipped_row_is_borrowed_through_the_reports_check_and_led_over_the_
     assert ic is not None and ic.lead == pytest.approx(mine - theirs) and ic.t > 2
     assert "| w | theirs | IC |" in table([out]) and out.above("IC") == "2 of 2"  # ours' daily IC is 0.02 higher
     assert published_lines([out])[0].startswith("- w, IC: ours ")
+    seeds, years = out.yearly("IC")  # one test year (DAYS): its mean is the whole lead on the days
+    runs = (out.ours[0], out.ours[1], out.theirs[0], out.theirs[1])
+    daily = [np.array(list(run["daily_ic"].values())) for run in runs]
+    assert seeds == [0, 1] and [(y, n) for y, n, _, _ in years] == [(2019, len(DAYS))]
+    assert years[0][2] == pytest.approx(np.mean(daily[:2]) - np.mean(daily[2:])) and years[0][3] == pytest.approx(ic.t)
+    assert f"| w | theirs | IC | 0, 1 | 2019: {years[0][2]:+.4f} ({ic.t:+.1f}; {len(DAYS)}) |" in yearly_table([out])
 
 
 def test_a_shipped_row_with_another_budget_is_refused_and_a_missing_baseline_not_measured(tmp_path):
@@ -101,3 +107,4 @@ def test_the_committed_page_is_what_the_committed_run_files_give():
     outcomes = [outcome(results, comparison) for comparison in COMPARISONS]
     assert table(outcomes) in page, "benchmarks/results/edge.md is stale: run python -m benchmarks.edge"
     assert "\n".join(published_lines(outcomes)) in page
+    assert yearly_table(outcomes) in page

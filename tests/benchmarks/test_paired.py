@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from benchmarks.paired import newey_west_t, paired_t, seed_mean_daily
+from benchmarks.paired import by_year, daily_difference, newey_west_t, paired_t, seed_mean_daily
 from benchmarks.report import margins
 
 
@@ -134,3 +135,21 @@ def test_a_day_some_seed_lacks_is_left_out_not_averaged_over_the_others():
     runs = [{"daily_ic": {"d1": 1.0, "d2": float("nan")}}, {"daily_ic": {"d1": 3.0, "d2": 4.0, "d3": 5.0}}]
     mean = seed_mean_daily(runs, "daily_ic")
     assert mean["d1"] == 2.0 and math.isnan(mean["d2"]) and math.isnan(mean["d3"])
+
+
+def test_the_lead_by_year_is_each_years_own_mean_and_t():
+    """Two years: 2019 led by +0.01 on average, 2020 lagging by -0.02; the days come unsorted, the years do not mix."""
+    rng = np.random.default_rng(3)
+    days19 = pd.bdate_range("2019-01-02", periods=40).strftime("%Y-%m-%d").tolist()
+    days20 = pd.bdate_range("2020-01-02", periods=30).strftime("%Y-%m-%d").tolist()
+    d19, d20 = rng.normal(0.01, 0.02, 40), rng.normal(-0.02, 0.02, 30)
+    theirs = {"daily_ic": dict(zip(days20 + days19, [0.03] * 70))}
+    mine = {"daily_ic": dict(zip(days20 + days19, (0.03 + np.concatenate([d20, d19])).tolist()))}
+    diff = daily_difference([mine], [theirs], "daily_ic")
+    assert diff is not None and diff.index.is_monotonic_increasing and len(diff) == 70
+    (y19, n19, m19, t19), (y20, n20, m20, t20) = by_year(diff)
+    assert (y19, n19, y20, n20) == (2019, 40, 2020, 30)
+    assert m19 == pytest.approx(d19.mean()) and m20 == pytest.approx(d20.mean())
+    assert t19 == pytest.approx(newey_west_t(d19)) and t20 == pytest.approx(newey_west_t(d20))
+    assert t19 > 0 > t20
+    assert daily_difference([mine], [{"seed": 0}], "daily_ic") is None  # a side without the series
