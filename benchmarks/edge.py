@@ -86,11 +86,13 @@ COMPARISONS = (
 
 @dataclass(frozen=True)
 class Outcome:
-    """One comparison's figures: the runs by seed on each side, and the lead on each metric (None: not measured)."""
+    """One comparison's figures: the runs by seed on each side, their pairs over the seeds both have, and the lead on
+    each metric (None: not measured)."""
 
     comparison: Comparison
     ours: dict[int, dict]
     theirs: dict[int, dict]
+    pairs: dict[int, tuple[dict, dict]]  # seed -> (our run, their run): what the leads are over
     leads: dict[str, Lead | None]
 
     def above(self, metric: str) -> str:
@@ -100,11 +102,13 @@ class Outcome:
         return f"{wins} of {len(shared)}" if shared else "—"
 
     def yearly(self, metric: str) -> tuple[list[int], list[tuple[int, int, float, float]]]:
-        """The lead on ``metric`` by test year (:func:`benchmarks.paired.by_year`), and the seeds it is over: the
-        shared seeds whose run files both hold the metric's daily series (those of the lead's paired t)."""
-        pairs = daily_pairs(pair_by_seed(self.ours, self.theirs), DAILY_KEYS[metric]) if self.ours else {}
-        diff = daily_difference([p[0] for p in pairs.values()], [p[1] for p in pairs.values()], DAILY_KEYS[metric])
-        return sorted(pairs), [] if diff is None or not pairs else by_year(diff)
+        """The seeds the lead on ``metric`` is tested over (the shared seeds whose run files both hold the metric's
+        daily series: those of the lead's paired t), and that lead by test year (:func:`benchmarks.paired.by_year`;
+        none without such a seed)."""
+        key = DAILY_KEYS[metric]
+        pairs = daily_pairs(self.pairs, key)
+        diff = daily_difference([pair[0] for pair in pairs.values()], [pair[1] for pair in pairs.values()], key)
+        return sorted(pairs), ([] if diff is None else by_year(diff))
 
 
 def verdict(lead: Lead | None) -> str:
@@ -139,7 +143,7 @@ def outcome(results: Path, comparison: Comparison) -> Outcome:
     theirs = _runs(results, comparison.theirs, comparison.grid, grid_runs, comparison.own_budget)
     pairs = pair_by_seed(ours, theirs) if ours and theirs else {}
     leads = {metric: lead_over(pairs, metric) if pairs else None for metric in MARGIN_METRICS}
-    return Outcome(comparison, ours, theirs, leads)
+    return Outcome(comparison, ours, theirs, pairs, leads)
 
 
 def _mean_std(runs: dict[int, dict], metric: str) -> str:
@@ -171,6 +175,11 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def _t(t: float) -> str:
+    """A paired t's cell: ``n/a`` where it is not defined (a year of 5 days or fewer: no 5-lag long-run variance)."""
+    return "n/a" if np.isnan(t) else f"{t:+.1f}"
+
+
 def yearly_table(outcomes: list[Outcome]) -> str:
     """Markdown: each comparison's lead by test year, one line per comparison and metric."""
     lines = [
@@ -180,7 +189,7 @@ def yearly_table(outcomes: list[Outcome]) -> str:
     for out in outcomes:
         for metric in out.leads:
             seeds, years = out.yearly(metric)
-            cells = "; ".join(f"{year}: {mean:+.4f} ({t:+.1f}; {days})" for year, days, mean, t in years) or "—"
+            cells = "; ".join(f"{year}: {mean:+.4f} ({_t(t)}; {days})" for year, days, mean, t in years) or "—"
             lines.append(
                 f"| {out.comparison.window} | {out.comparison.baseline} | {metric} | "
                 f"{', '.join(map(str, seeds)) or '—'} | {cells} |"

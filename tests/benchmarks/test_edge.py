@@ -86,6 +86,21 @@ def test_the_shipped_row_is_borrowed_through_the_reports_check_and_led_over_the_
     assert f"| w | theirs | IC | 0, 1 | 2019: {years[0][2]:+.4f} ({ic.t:+.1f}; {len(DAYS)}) |" in yearly_table([out])
 
 
+def test_the_lead_by_year_is_over_the_seeds_of_the_leads_paired_t(tmp_path):
+    """A baseline seed whose file predates the daily Rank IC: the Rank IC by year is over the other seeds, as its t."""
+    _write(tmp_path, [_run("table", "base", "default", s, 0.03) for s in range(3)])
+    _write(tmp_path, [_run("table", "model", "best", s, 0.03, {"lr": 2e-4}) for s in range(3)])
+    _write(tmp_path, [_run("screen", "model", "aux", s, 0.05, {"lr": 2e-4, "aux_horizons": [2]}) for s in range(3)])
+    old = json.loads((tmp_path / "table" / "runs" / "base_seed1.json").read_text())
+    del old["daily_rank_ic"]
+    (tmp_path / "table" / "runs" / "base_seed1.json").write_text(json.dumps(old))
+    out = outcome(tmp_path, WINDOW)
+    rank = out.leads["Rank IC"]
+    assert rank is not None and rank.t_seeds == (0, 2)
+    assert out.yearly("Rank IC")[0] == [0, 2] and out.yearly("IC")[0] == [0, 1, 2]
+    assert out.yearly("Rank IC")[1][0][3] == pytest.approx(rank.t)  # one test year: its t is the lead's
+
+
 def test_a_shipped_row_with_another_budget_is_refused_and_a_missing_baseline_not_measured(tmp_path):
     _write(tmp_path, [_run("table", "base", "default", s, 0.03) for s in range(2)])
     _write(tmp_path, [_run("table", "model", "best", s, 0.03, {"lr": 2e-4}) for s in range(2)])
@@ -107,4 +122,4 @@ def test_the_committed_page_is_what_the_committed_run_files_give():
     outcomes = [outcome(results, comparison) for comparison in COMPARISONS]
     assert table(outcomes) in page, "benchmarks/results/edge.md is stale: run python -m benchmarks.edge"
     assert "\n".join(published_lines(outcomes)) in page
-    assert yearly_table(outcomes) in page
+    assert yearly_table(outcomes) in page, "benchmarks/results/edge.md is stale: run python -m benchmarks.edge"

@@ -138,18 +138,25 @@ def test_a_day_some_seed_lacks_is_left_out_not_averaged_over_the_others():
 
 
 def test_the_lead_by_year_is_each_years_own_mean_and_t():
-    """Two years: 2019 led by +0.01 on average, 2020 lagging by -0.02; the days come unsorted, the years do not mix."""
+    """Two years: 2019 led by +0.01 on average, 2020 lagging by -0.02. The run files list the days shuffled; the t
+    (autocorrelated, so order-dependent) is over each year's days in date order, and the years do not mix."""
     rng = np.random.default_rng(3)
     days19 = pd.bdate_range("2019-01-02", periods=40).strftime("%Y-%m-%d").tolist()
     days20 = pd.bdate_range("2020-01-02", periods=30).strftime("%Y-%m-%d").tolist()
     d19, d20 = rng.normal(0.01, 0.02, 40), rng.normal(-0.02, 0.02, 30)
-    theirs = {"daily_ic": dict(zip(days20 + days19, [0.03] * 70))}
-    mine = {"daily_ic": dict(zip(days20 + days19, (0.03 + np.concatenate([d20, d19])).tolist()))}
+    d19[1::2] += 0.02  # alternating: a strongly negative lag-1 autocorrelation, so a shuffle would change the t
+    by_day = dict(zip(days19 + days20, np.concatenate([d19, d20]).tolist()))
+    shuffled = [days19[i] if i < 40 else days20[i - 40] for i in rng.permutation(70)]
+    theirs = {"daily_ic": {day: 0.03 for day in shuffled}}
+    mine = {"daily_ic": {day: 0.03 + by_day[day] for day in shuffled}}
     diff = daily_difference([mine], [theirs], "daily_ic")
     assert diff is not None and diff.index.is_monotonic_increasing and len(diff) == 70
     (y19, n19, m19, t19), (y20, n20, m20, t20) = by_year(diff)
     assert (y19, n19, y20, n20) == (2019, 40, 2020, 30)
     assert m19 == pytest.approx(d19.mean()) and m20 == pytest.approx(d20.mean())
     assert t19 == pytest.approx(newey_west_t(d19)) and t20 == pytest.approx(newey_west_t(d20))
+    in_file_order = np.array([mine["daily_ic"][day] - 0.03 for day in shuffled if day.startswith("2019")])
+    assert abs(newey_west_t(in_file_order) - t19) > 0.1  # the order matters, and the date order is the one taken
+    assert paired_t([mine], [theirs], "daily_ic") == pytest.approx(newey_west_t(np.concatenate([d19, d20])))
     assert t19 > 0 > t20
     assert daily_difference([mine], [{"seed": 0}], "daily_ic") is None  # a side without the series
